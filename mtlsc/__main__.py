@@ -1,0 +1,3 @@
+from mtlsc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""The AST: one frozen dataclass per grammar rule, in the order the user wrote things.
+
+Every node has a span (ignored by `==`). Strings are already unescaped; identifiers and
+numbers stay text so that lowering can report bad values at their exact position.
+Import as `from mtlsc import ast` (the stdlib module of the same name is not used here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mtlsc.source import Span, span_field
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """An identifier, number, hostname, path or listen address, as written."""
+
+    value: str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Str:
+    """A double-quoted string; `value` has `\\"` and `\\\\` unescaped, other backslashes kept."""
+
+    value: str
+    span: Span = span_field()
+
+
+# ---- top level
+@dataclass(frozen=True, slots=True)
+class NginxTarget:
+    version: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Waive:
+    code: Word
+    reason: Str
+    span: Span = span_field()
+
+
+# ---- ca
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    files: tuple[Str, ...]
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Depth:
+    value: Word
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Crl:
+    files: tuple[Str, ...]
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Ocsp:
+    mode: Word
+    responder: Str | None
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Ca:
+    name: Word
+    body: tuple
+    span: Span = span_field()
+
+
+# ---- identity
+@dataclass(frozen=True, slots=True)
+class Subject:
+    dn: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class AttrEq:
+    attr: Word
+    value: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class AttrRe:
+    attr: Word
+    pattern: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    value: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Serial:
+    value: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    dn: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class San:
+    kind: Word
+    value: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: Word
+    body: tuple
+    span: Span = span_field()
+
+
+# ---- server
+@dataclass(frozen=True, slots=True)
+class Listen:
+    address: Word
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    cert: Str
+    key: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    url: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    mode: Word
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Install:
+    directory: Str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: Word
+    status: Word
+    body: Str | None
+    span: Span = span_field()
+
+
+# ---- route
+@dataclass(frozen=True, slots=True)
+class Public:
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Optional:
+    ca: Word
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Require:
+    ca: Word
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    names: tuple[Word, ...]
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: Word
+    header: Str | None
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    fields: tuple[Field, ...]
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    exact: bool
+    path: Word
+    body: tuple
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    names: tuple[Word, ...]
+    body: tuple
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    path: str
+    items: tuple
+    span: Span = span_field()

@@ -1,0 +1,85 @@
+"""The command line. Exit codes: 0 ok, 1 policy findings at error level, 2 usage or I/O error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mtlsc import __version__
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+def _when(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text}") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtlsc", description="Compile mutual-TLS policies (.mtls) to nginx config, "
+                                "a variable table and a test script, after checking them for lockout and over-trust.")
+    p.add_argument("--version", action="version", version=f"mtlsc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(cmd):
+        cmd.add_argument("policies", nargs="+", metavar="POLICY", help=".mtls files compiled together")
+        cmd.add_argument("--format", choices=("text", "json"), default="text", help="diagnostics format (default text)")
+        cmd.add_argument("--strict", action="store_true", help="treat warnings as errors")
+        cmd.add_argument("--now", type=_when, help="check certificate and CRL dates as of this time (ISO 8601)")
+
+    c = sub.add_parser("check", help="report diagnostics; write nothing",
+                       description="Parse, lower and analyse the policies; print diagnostics.")
+    common(c)
+    c = sub.add_parser("compile", help="check, then write nginx config, variables.md and tests.sh",
+                       description="Check the policies and, when there is no error, write DIR/nginx/*.conf, "
+                       "DIR/mtls/*.pem (trust files), DIR/variables.md and DIR/tests.sh, all at once.")
+    common(c)
+    c.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="output directory (replaced whole)")
+    d = sub.add_parser("demo-pki", help="make a throwaway PKI shaped like a policy (demo and test use only)",
+                       description="Write the CA bundles and CRLs a policy names, with fresh keys that are thrown "
+                       "away, plus client certificates for its tests. Never for production.")
+    d.add_argument("policies", nargs="+", metavar="POLICY")
+    d.add_argument("--clients", type=Path, metavar="DIR", help="where client certificates go (default: none written)")
+    d.add_argument("--force", action="store_true", help="overwrite CA and CRL files that exist")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo-pki":
+            from mtlsc.demo import demo_pki
+            return demo_pki(args.policies, args.clients, args.force)
+        return _check_or_compile(args)
+    except KeyboardInterrupt:
+        return EXIT_USAGE
+
+
+def _check_or_compile(args) -> int:
+    from mtlsc import pipeline
+    from mtlsc.render import render
+
+    run = pipeline.compile_policy if args.command == "compile" else pipeline.check
+    result = run(args.policies, now=args.now, strict=args.strict)
+    report = render(result.diagnostics, result.sources, args.format)
+    if report:
+        (sys.stdout if args.format == "json" else sys.stderr).write(report)
+    if result.io_error:
+        return EXIT_USAGE
+    if result.failed:
+        return EXIT_FINDINGS
+    if args.command == "compile":
+        from mtlsc.output import OutputError, write_atomic
+        try:
+            write_atomic(args.output, result.outputs)
+        except OSError as exc:
+            sys.stderr.write(f"error[MTLS902]: cannot write {args.output}: {exc.strerror or exc}\n")
+            return EXIT_USAGE
+        if args.format == "text":
+            sys.stderr.write(f"wrote {len(result.outputs)} files to {args.output}\n")
+    return EXIT_OK

@@ -1,0 +1,407 @@
+"""Distinguished names exactly as nginx prints `$ssl_client_s_dn` (nginx-facts.md §7).
+
+nginx calls `X509_NAME_print_ex(..., XN_FLAG_RFC2253)`: the most specific RDN first, `,` between
+RDNs and `+` between the AVAs of one RDN (no spaces), `, + " \\ < > ;` escaped with a backslash,
+a leading `#` or space and a trailing space escaped, and every control or non-ASCII UTF-8 byte
+printed as `\\XX`, so the string is pure ASCII. Each claim is pinned by tests/test_dn_nginx.py
+against the real nginx and openssl binaries; the quirks they found are noted where they matter.
+
+Values here are *raw* (unescaped) strings unless a name says "escaped" or "nginx form".
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography import x509
+from cryptography.x509.name import _ASN1Type  # the only way to pick a string type
+
+from mtlsc.dn_regex import VALUE_TOKEN, DnError, candidates, check_value_pattern, confine, pcre_literal
+
+# DnError, check_value_pattern and pcre_literal are part of this module's API (re-exported).
+__all__ = ["ATTRIBUTES", "AttrConstraint", "DnError", "canonical_attribute", "check_value_pattern",
+           "constraints_regex", "escape_value", "example_value", "format_dn", "matches_constraints",
+           "matches_subject", "nginx_dn_of", "nginx_serial", "parse_dn", "pcre_literal", "x509_name"]
+
+Rdns = tuple[tuple[tuple[str, str], ...], ...]
+
+# Short name exactly as OpenSSL 3.0 prints it -> OID (each checked with `openssl x509 -nameopt
+# RFC2253` and nginx in tests/test_dn_nginx.py). Note `street`, `mail` and `jurisdictionC` spellings.
+ATTRIBUTES: dict[str, str] = {
+    "CN": "2.5.4.3", "SN": "2.5.4.4", "serialNumber": "2.5.4.5", "C": "2.5.4.6", "L": "2.5.4.7",
+    "ST": "2.5.4.8", "street": "2.5.4.9", "O": "2.5.4.10", "OU": "2.5.4.11", "title": "2.5.4.12",
+    "description": "2.5.4.13", "businessCategory": "2.5.4.15", "postalCode": "2.5.4.17",
+    "name": "2.5.4.41", "GN": "2.5.4.42", "initials": "2.5.4.43", "generationQualifier": "2.5.4.44",
+    "dnQualifier": "2.5.4.46", "pseudonym": "2.5.4.65", "role": "2.5.4.72",
+    "organizationIdentifier": "2.5.4.97", "UID": "0.9.2342.19200300.100.1.1",
+    "mail": "0.9.2342.19200300.100.1.3", "DC": "0.9.2342.19200300.100.1.25",
+    "emailAddress": "1.2.840.113549.1.9.1", "unstructuredName": "1.2.840.113549.1.9.2",
+    "jurisdictionL": "1.3.6.1.4.1.311.60.2.1.1", "jurisdictionST": "1.3.6.1.4.1.311.60.2.1.2",
+    "jurisdictionC": "1.3.6.1.4.1.311.60.2.1.3",
+}
+_ALIASES = {
+    "commonname": "CN", "surname": "SN", "countryname": "C", "localityname": "L",
+    "stateorprovincename": "ST", "streetaddress": "street", "organizationname": "O",
+    "organizationalunitname": "OU", "givenname": "GN", "domaincomponent": "DC", "userid": "UID",
+    "email": "emailAddress", "e": "emailAddress", "jurisdictioncountryname": "jurisdictionC",
+    "jurisdictionstateorprovincename": "jurisdictionST", "jurisdictionlocalityname": "jurisdictionL",
+}
+_LOOKUP = {**{k.lower(): k for k in ATTRIBUTES}, **{v: k for k, v in ATTRIBUTES.items()}, **_ALIASES}
+_BY_OID = {oid: name for name, oid in ATTRIBUTES.items()}
+
+
+def canonical_attribute(name: str) -> str | None:
+    """The canonical short name for a user-written attribute (`cn`, `commonName`, `2.5.4.3`)."""
+    return _LOOKUP.get(name.lower())
+
+
+# ---- values ---------------------------------------------------------------------------------
+
+_BACKSLASHED = frozenset(',+"\\<>;')
+_ESCAPABLE = _BACKSLASHED | frozenset("#= ")  # RFC 4514 lets a writer escape these anywhere
+_HEX = "0123456789abcdefABCDEF"
+
+
+def escape_value(raw: str) -> str:
+    """Raw attribute value -> exactly what nginx prints for it."""
+    out = []
+    for i, ch in enumerate(raw):
+        last = i == len(raw) - 1
+        # OpenSSL quirk (do_buf in a_strex.c): a one-character value gets only the "last" rule,
+        # so a lone `#` is printed bare while `#x` becomes `\#x` (test_dn_nginx: lone-hash).
+        first = i == 0 and not last
+        if ch in _BACKSLASHED or (ch == " " and (first or last)) or (ch == "#" and first):
+            out.append("\\" + ch)
+        elif ch < " " or ch >= "\x7f":
+            out.append("".join(f"\\{b:02X}" for b in ch.encode("utf-8", "surrogatepass")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _parse_value(text: str, start: int) -> tuple[str, int]:
+    """Read one escaped value from text[start:]; return (raw value, index of its end)."""
+    data, where = bytearray(), []  # bytes of the value, and the text offset of each byte
+    i = start
+    while i < len(text) and text[i] not in ",+":
+        ch = text[i]
+        if ch == "\\":
+            nxt = text[i + 1 : i + 2]
+            if not nxt:
+                raise DnError("dangling `\\` at the end: escape a backslash as `\\\\`", i)
+            if nxt in _HEX and text[i + 2 : i + 3] in tuple(_HEX):
+                data.append(int(text[i + 1 : i + 3], 16))
+                where.append(i)
+                i += 3
+                continue
+            if nxt not in _ESCAPABLE:
+                raise DnError(f"invalid escape `\\{nxt}`: escape one of `, + \" \\ < > ; # = space` "
+                              "or write a byte as two hex digits (`\\C3`)", i)
+            ch, i = nxt, i + 1
+        elif ch in '"<>;':
+            raise DnError(f"unescaped `{ch}` in a value: nginx prints it as `\\{ch}`", i)
+        elif ch == "#" and i == start and text[i + 1 : i + 2] not in ("", ",", "+"):
+            raise DnError("a value cannot start with a bare `#` (hex-encoded values are not "
+                          "supported): nginx prints a leading `#` as `\\#`", i)
+        elif ch == " " and (i == start or text[i + 1 : i + 2] in ("", ",", "+")):
+            raise DnError("unescaped space at the edge of a value: nginx prints it as `\\ `, and "
+                          "never puts spaces around `,` `+` `=`", i)
+        encoded = ch.encode("utf-8", "surrogatepass")
+        data += encoded
+        where += [i] * len(encoded)
+        i += 1
+    try:
+        return data.decode("utf-8"), i
+    except UnicodeDecodeError as exc:
+        raise DnError("the escaped bytes are not valid UTF-8", where[exc.start]) from None
+
+
+# ---- whole DNs ------------------------------------------------------------------------------
+
+
+def _legacy_hint(text: str) -> str:
+    parts = [p for p in text.split("/") if p]
+    return (f"this is the legacy `/`-separated format; nginx's $ssl_client_s_dn is RFC 2253: "
+            f"`{','.join(reversed(parts))}` (most specific first)")
+
+
+def _parse_attr(text: str, i: int) -> tuple[str, int]:
+    j = i
+    while j < len(text) and text[j] not in "=,+":
+        j += 1
+    name = text[i:j]
+    if j == len(text) or text[j] != "=":
+        if not name:
+            raise DnError("empty component: remove the extra separator", i)
+        hint = "; if the `,` or `+` before it is part of the previous value, escape it (`\\,`)" if i else ""
+        raise DnError(f"`{name}` is not `attribute=value`{hint}", i)
+    if name != name.strip():
+        raise DnError("spaces around an attribute name: nginx prints `CN=x,O=y` with no spaces", i)
+    attr = canonical_attribute(name)
+    if attr is None:
+        close = difflib.get_close_matches(name.lower(), list(_LOOKUP), n=1)
+        hint = f"; did you mean `{_LOOKUP[close[0]]}`?" if close else ""
+        raise DnError(f"unknown attribute `{name}`{hint}" if name else "missing attribute name", i)
+    return attr, j + 1
+
+
+def parse_dn(text: str) -> Rdns:
+    """Parse an RFC 2253 DN as a user writes it -> RDNs of (canonical attribute, raw value).
+
+    RDNs keep the written order (nginx's: most specific first); the AVAs of a multi-valued RDN
+    come back in the order nginx prints them, so `parse_dn(format_dn(r))` reproduces `r` up to
+    that order.
+    """
+    if not text:
+        raise DnError("the DN is empty", 0)
+    if text.startswith("/"):
+        raise DnError(_legacy_hint(text), 0)
+    rdns, rdn, i = [], [], 0
+    while True:
+        attr, i = _parse_attr(text, i)
+        value, i = _parse_value(text, i)
+        rdn.append((attr, value))
+        if i == len(text):
+            break
+        if text[i + 1 : i + 2] == " ":
+            raise DnError(f"space after `{text[i]}`: nginx never prints spaces after separators", i + 1)
+        if text[i] == ",":
+            rdns.append(rdn)
+            rdn = []
+        i += 1
+    rdns.append(rdn)
+    return tuple(_nginx_order(r) for r in rdns)
+
+
+def format_dn(rdns) -> str:
+    """RDNs of (attribute, raw value) -> the DN exactly as nginx prints it."""
+    return ",".join("+".join(f"{a}={escape_value(v)}" for a, v in _nginx_order(rdn)) for rdn in rdns)
+
+
+# ---- DER: AVA order inside an RDN, and what OpenSSL reads back ------------------------------
+
+_PRINTABLE_STRING = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*")
+_ONE_BYTE_TAGS = {0x12, 0x13, 0x14, 0x16, 0x17, 0x18, 0x1A}  # OpenSSL reads these as Latin-1
+_WIDE_TAGS = {0x0C: "utf-8", 0x1E: "utf-16-be", 0x1C: "utf-32-be"}
+
+
+def _string_type(attr: str, value: str) -> _ASN1Type:
+    # PrintableString where cryptography uses it and the value allows it; UTF8String otherwise,
+    # which OpenSSL prints byte-for-byte (IA5String, cryptography's default for DC and email,
+    # would be read back as Latin-1 and double-encode any non-ASCII: see _decode).
+    if attr in ("C", "jurisdictionC") and _PRINTABLE_STRING.fullmatch(value):
+        return _ASN1Type.PrintableString
+    return _ASN1Type.UTF8String
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n, width = len(body), (len(body).bit_length() + 7) // 8
+    return bytes([tag]) + (bytes([n]) if n < 0x80 else bytes([0x80 | width]) + n.to_bytes(width, "big")) + body
+
+
+def _oid_der(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    out = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        while arc > 0x7F:
+            arc >>= 7
+            chunk.append(0x80 | (arc & 0x7F))
+        out += bytes(reversed(chunk))
+    return _der(0x06, bytes(out))
+
+
+def _ava_der(attr: str, value: str) -> bytes:
+    body = value.encode("utf-8", "surrogatepass")
+    return _der(0x30, _oid_der(ATTRIBUTES[attr]) + _der(_string_type(attr, value).value, body))
+
+
+def _nginx_order(rdn) -> tuple[tuple[str, str], ...]:
+    # DER sorts a SET OF by encoding (cryptography does on write) and XN_FLAG_DN_REV prints the
+    # AVAs of an RDN in reverse, so `CN=multi+OU=Eng` is printed in that order however written
+    # (test_dn_nginx: multirdn, triple-cn).
+    avas = []
+    for attr, value in rdn:
+        if canonical_attribute(attr) is None:
+            raise DnError(f"unknown attribute `{attr}`", 0)
+        avas.append((canonical_attribute(attr), value))
+    return tuple(sorted(avas, key=lambda av: _ava_der(*av), reverse=True))
+
+
+def _read_tlv(data: bytes, i: int) -> tuple[int, bytes, int]:
+    """(tag, content, index past the element) of the DER element at data[i]."""
+    tag, n, i = data[i], data[i + 1], i + 2
+    if n & 0x80:
+        width = n & 0x7F
+        n, i = int.from_bytes(data[i : i + width], "big"), i + width
+    return tag, data[i : i + n], i + n
+
+
+def _children(content: bytes) -> list[tuple[int, bytes, bytes]]:
+    out, i = [], 0
+    while i < len(content):
+        tag, body, end = _read_tlv(content, i)
+        out.append((tag, body, content[i:end]))
+        i = end
+    return out
+
+
+def _oid_text(body: bytes) -> str:
+    arcs, acc = [], 0
+    for b in body:
+        acc = (acc << 7) | (b & 0x7F)
+        if not b & 0x80:
+            arcs.append(acc)
+            acc = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
+
+
+def _print_ava(oid_body: bytes, tag: int, body: bytes, element: bytes) -> str:
+    oid = _oid_text(oid_body)
+    name = _BY_OID.get(oid)
+    if name is None or (tag not in _ONE_BYTE_TAGS and tag not in _WIDE_TAGS):
+        # XN_FLAG_DUMP_UNKNOWN_FIELDS / ASN1_STRFLGS_DUMP_DER: `#` + the whole element in hex.
+        return f"{name or oid}=#{element.hex().upper()}"
+    raw = body.decode("latin-1") if tag in _ONE_BYTE_TAGS else body.decode(_WIDE_TAGS[tag], "surrogatepass")
+    return f"{name}={escape_value(raw)}"
+
+
+def nginx_dn_of(name: x509.Name) -> str:
+    """What nginx puts in `$ssl_client_s_dn` for a certificate whose subject is `name`.
+
+    Reads the DER cryptography writes, as OpenSSL does: RDNs and the AVAs inside each RDN in
+    reverse order, values decoded by string type (one-byte types as Latin-1, a quirk that
+    double-encodes non-ASCII in IA5String), unknown attributes as `OID=#HEX`.
+    """
+    _, seq, _ = _read_tlv(name.public_bytes(), 0)
+    rdns = []
+    for _, rdn_body, _ in reversed(_children(seq)):
+        avas = []
+        for _, ava_body, _ in reversed(_children(rdn_body)):
+            (_, oid_body, _), (tag, body, element) = _children(ava_body)
+            avas.append(_print_ava(oid_body, tag, body, element))
+        rdns.append("+".join(avas))
+    return ",".join(rdns)
+
+
+def x509_name(rdns) -> x509.Name:
+    """A Name whose nginx form is `format_dn(rdns)` (C as PrintableString, else UTF8String).
+
+    cryptography still enforces its length limits (`C` two bytes, `CN` 1-64 bytes).
+    """
+    return x509.Name([
+        x509.RelativeDistinguishedName([
+            x509.NameAttribute(x509.ObjectIdentifier(ATTRIBUTES[attr]), value, _string_type(attr, value))
+            for attr, value in _nginx_order(rdn)
+        ])
+        for rdn in reversed(rdns)  # DER lists the root-most RDN first; nginx prints it last
+    ])
+
+
+def nginx_serial(n: int) -> str:
+    """What nginx puts in `$ssl_client_serial`: i2a_ASN1_INTEGER, i.e. uppercase hex of the
+    magnitude in whole bytes (`01`, `80`, `0A00000001`), `00` for zero, `-` before a negative
+    one, and a `\\` + newline after every 35 bytes (test_dn_nginx: serial checks)."""
+    if n < 0:
+        return "-" + nginx_serial(-n)
+    digits = f"{n:X}".rjust(2 * max(1, (n.bit_length() + 7) // 8), "0")
+    return "\\\n".join(digits[i : i + 70] for i in range(0, len(digits), 70))
+
+
+# ---- matching -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AttrConstraint:
+    """One condition on a subject: `eq` compares raw values exactly; `re` is an anchored pattern
+    over the value as nginx prints it (escaped), confined by mtlsc.dn_regex."""
+
+    attr: str
+    op: Literal["eq", "re"]
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.op not in ("eq", "re"):
+            raise ValueError(f"unknown constraint op {self.op!r}")
+
+
+def matches_subject(dn: str, subject: str) -> bool:
+    """Exact subject match: ASCII case-insensitive, like an nginx `map` string key (facts §7)."""
+    return dn.encode("utf-8", "surrogatepass").lower() == subject.encode("utf-8", "surrogatepass").lower()
+
+
+# One AVA of an nginx-form DN. The attribute is everything up to the first `=`; the value is a
+# run of tokens (possessive: it always runs to the unescaped `,`/`+` that ends it).
+_AVA = r"[^,+\\=]++=" + VALUE_TOKEN + "*+"
+_AVA_RE = re.compile(r"([^,+\\=]+)=(" + VALUE_TOKEN + r"*+)(?:[,+]|$)")
+
+
+def _avas(dn: str) -> list[tuple[str, str]]:
+    """(attribute, escaped value) pairs, read exactly as constraints_regex's prefix reads them."""
+    out, pos = [], 0
+    while pos < len(dn) and (m := _AVA_RE.match(dn, pos)):
+        out.append((m[1], m[2]))
+        pos = m.end()
+    return out
+
+
+def _attr(c: AttrConstraint) -> str:
+    attr = canonical_attribute(c.attr)
+    if attr is None:
+        raise DnError(f"unknown attribute `{c.attr}`", 0)
+    return attr
+
+
+def matches_constraints(dn: str, constraints) -> bool:
+    """True when every constraint holds for some AVA of the nginx-form `dn`."""
+    avas = _avas(dn)
+    for c in constraints:
+        attr = _attr(c)
+        if c.op == "eq":
+            want = escape_value(c.value)  # escaping is one-to-one, so compare printed forms
+            ok = any(a == attr and v == want for a, v in avas)
+        else:
+            rx = _confined(c.value)
+            ok = any(a == attr and rx.fullmatch(v) for a, v in avas)
+        if not ok:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=512)
+def _confined(pattern: str) -> re.Pattern[str]:
+    return re.compile(confine(pattern))
+
+
+def constraints_regex(constraints) -> str:
+    """One anchored regex (PCRE2 and Python) over `$ssl_client_s_dn`, true exactly when
+    `matches_constraints` is: one lookahead per constraint, each skipping whole AVAs."""
+    looks = []
+    for c in constraints:
+        body = pcre_literal(escape_value(c.value)) if c.op == "eq" else confine(c.value)
+        looks.append(f"(?=(?:{_AVA}[,+])*{pcre_literal(_attr(c))}=(?:{body})(?:[,+]|$))")
+    return "^" + "".join(looks)
+
+
+def example_value(pattern: str) -> str:
+    """A short raw value whose nginx-printed form fully matches `pattern`."""
+    rx = _confined(pattern)
+    empty_ok = False
+    for cand in candidates(pattern):
+        try:
+            raw, end = _parse_value(cand, 0)
+        except DnError:
+            continue  # not something nginx prints (`\q`, a bare leading `#`, ...)
+        if end != len(cand) or escape_value(raw) != cand or not rx.fullmatch(cand):
+            continue
+        if raw:
+            return raw
+        empty_ok = True
+    if empty_ok:
+        return ""
+    raise DnError("found no value nginx could print that matches this pattern", 0)

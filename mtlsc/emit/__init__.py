@@ -1,0 +1,57 @@
+"""Emitters: IR (+ PKI facts) -> output files. One module per output, its template beside it.
+
+Every emitter is a pure function `emit(policy, pki) -> dict[relative path, text]`. The Jinja
+environment refuses to render any plain `str`: user text must come through `emit.quote`, which
+returns `Safe`. Numbers and booleans render as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jinja2
+
+from mtlsc import __version__
+from mtlsc.emit.quote import Safe
+
+
+class UnquotedString(TypeError):
+    pass
+
+
+def _finalize(value):
+    if isinstance(value, Safe) or isinstance(value, (int, float)) or value is None:
+        return "" if value is None else value
+    if isinstance(value, str):
+        raise UnquotedString(f"template tried to render an unquoted string: {value!r}")
+    raise UnquotedString(f"template tried to render a {type(value).__name__}")
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("mtlsc", "emit"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        finalize=_finalize,
+    )
+
+
+def render(template: str, **context) -> str:
+    return environment().get_template(template).render(version=Safe(__version__), **context)
+
+
+def emit_all(policy, pki) -> dict[str, str]:
+    """Run every emitter; two emitters claiming one path is a bug, not a silent overwrite."""
+    from mtlsc.emit import nginx, testscript, variables
+
+    out: dict[str, str] = {}
+    for emit in (nginx.emit, variables.emit, testscript.emit):
+        for path, text in emit(policy, pki).items():
+            if path in out:
+                raise RuntimeError(f"two emitters write {path}")
+            out[path] = text
+    return dict(sorted(out.items()))

@@ -1,0 +1,248 @@
+"""IR -> nginx config: one file per server plus one http-level file for what servers share.
+
+The view model built here holds only `Safe` text (from `quote`) and numbers; all nginx syntax and
+comments live in the templates beside this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mtlsc import dn, ir
+from mtlsc.emit import quote, render
+from mtlsc.emit.quote import Safe
+from mtlsc.evaluate import identity_headers
+from mtlsc.nginx_facts import FORWARD_FIELDS
+from mtlsc.pki import Pki, crl_file_pem, trust_file_pem
+
+HTTP_CONF = "nginx/00-mtlsc.conf"
+
+
+@dataclass
+class MapEntry:
+    key: Safe
+    value: Safe | int
+    note: Safe = Safe("")
+
+
+@dataclass
+class MapView:
+    note: Safe
+    source: Safe
+    var: Safe
+    default: Safe | int
+    entries: list[MapEntry] = field(default_factory=list)
+
+
+@dataclass
+class Gate:
+    var: Safe
+    response: tuple[int, Safe]
+    note: Safe
+
+
+@dataclass
+class LocationView:
+    location: Safe
+    note: Safe
+    gates: list[Gate]
+    headers: list[tuple[Safe, Safe]]
+    backend: Safe
+
+
+def emit(policy: ir.Policy, pki: Pki) -> dict[str, str]:
+    out: dict[str, str] = {}
+    views = [_server_view(policy, s, pki) for s in policy.servers]
+    for server, view in zip(policy.servers, views):
+        out[f"nginx/{server.slug}.conf"] = render("nginx_server.conf.j2", s=view)
+        if server.cas:
+            out[f"mtls/{server.slug}.ca.pem"] = trust_file_pem(pki, [c.name for c in server.cas])
+            if any(c.crls for c in server.cas):
+                out[f"mtls/{server.slug}.crl.pem"] = crl_file_pem(pki, [c.name for c in server.cas])
+    out[HTTP_CONF] = render(
+        "nginx_http.conf.j2",
+        sources=_sources(policy),
+        defaults=_default_listens(policy),
+        hash_sizes=_hash_sizes(views),
+    )
+    return out
+
+
+def _sources(policy: ir.Policy) -> list[Safe]:
+    return [quote.comment(p) for p in sorted({s.span.path for s in policy.servers if s.span})]
+
+
+def _listen_text(listen: ir.Listen) -> str:
+    return f"{listen.address}:{listen.port}" if listen.address else str(listen.port)
+
+
+def _default_listens(policy: ir.Policy) -> list[Safe]:
+    """Every address mtlsc listens on gets a default server mtlsc owns (nginx-facts §5)."""
+    return [quote.bare(t) for t in sorted({_listen_text(l) for s in policy.servers for l in s.listens})]
+
+
+def _hash_sizes(views) -> tuple[int, int]:
+    """map_hash sizes that fit the longest key and the largest map (nginx refuses to start otherwise)."""
+    keys = [e.key for v in views for m in v.maps for e in m.entries]
+    longest = max((len(k) for k in keys), default=0)
+    need = 8 + ((longest + 2 + 7) // 8) * 8 + 8  # ngx_hash element: pointer + aligned name, plus a terminator
+    bucket = 64
+    while bucket < need:
+        bucket *= 2
+    largest = max((len(m.entries) for v in views for m in v.maps), default=0)
+    max_size = 2048
+    while max_size < 2 * largest:
+        max_size *= 2
+    return bucket, max_size
+
+
+@dataclass
+class ServerView:
+    slug: Safe
+    origin: Safe
+    names: list[Safe]
+    listens: list[Safe]
+    certificate: Safe
+    key: Safe
+    verify: Safe | None
+    ca_file: Safe | None
+    crl_file: Safe | None
+    depth: int
+    ocsp: ir.Ocsp | None
+    ocsp_mode: Safe | None
+    ocsp_responder: Safe | None
+    no_cert: tuple[int, Safe]
+    bad_cert: tuple[int, Safe]
+    maps: list[MapView]
+    locations: list[LocationView]
+    catch_all: bool
+    cas_note: list[Safe]
+
+
+def _response(r: ir.Response) -> tuple[int, Safe]:
+    return r.status, quote.nginx_body(r.body)
+
+
+def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki) -> ServerView:
+    prefix = "mtls_" + quote.ident_from(server.slug) + "_"
+    cas = server.cas
+    maps: list[MapView] = []
+    ca_index = {c.name: i for i, c in enumerate(cas)}
+    needs_unverified = any(r.mode is ir.Mode.REQUIRE for r in server.routes)
+    if needs_unverified:
+        maps.append(MapView(Safe("1 unless the client presented a certificate that verified"),
+                            Safe("$ssl_client_verify"), quote.nginx_var(prefix + "unverified"), 1,
+                            [MapEntry(Safe("SUCCESS"), 0)]))
+    if len(cas) > 1:
+        maps += _ca_binding_maps(server, pki, prefix, ca_index)
+    identity_gate = _identity_maps(server, prefix, maps)
+    locations = [_location(server, r, prefix, ca_index, identity_gate) for r in server.routes]
+    ocsp = next((c.ocsp for c in cas if c.ocsp), None)
+    install = server.install_dir.rstrip("/")
+    return ServerView(
+        slug=quote.comment(server.slug),
+        origin=quote.comment(str(server.span)),
+        names=[quote.bare(n) for n in server.names],
+        listens=[quote.bare(_listen_text(l)) for l in server.listens],
+        certificate=quote.nginx_text(server.certificate),
+        key=quote.nginx_text(server.key),
+        verify=(Safe("on") if server.handshake_require else Safe("optional")) if cas else None,
+        ca_file=quote.nginx_text(f"{install}/{server.slug}.ca.pem") if cas else None,
+        crl_file=quote.nginx_text(f"{install}/{server.slug}.crl.pem") if any(c.crls for c in cas) else None,
+        depth=max((c.depth for c in cas), default=1),
+        ocsp=ocsp,
+        ocsp_mode=quote.bare(ocsp.mode) if ocsp else None,
+        ocsp_responder=quote.nginx_text(ocsp.responder) if ocsp and ocsp.responder else None,
+        no_cert=_response(server.rejections.no_cert),
+        bad_cert=_response(server.rejections.bad_cert),
+        maps=maps,
+        locations=locations,
+        catch_all=not any(r.match is ir.PathMatch.PREFIX and r.path == "/" for r in server.routes),
+        cas_note=[quote.comment(f"ca {c.name}: depth {c.depth}, {len(c.crls)} CRL file(s)") for c in cas],
+    )
+
+
+def _ca_binding_maps(server, pki, prefix, ca_index) -> list[MapView]:
+    """Several CAs share the trust file: bind each route to its CA by the issuer DN (nginx-facts §E2)."""
+    issuer = MapView(Safe("which of this server's CAs issued the client certificate"),
+                     Safe("$ssl_client_i_dn"), quote.nginx_var(prefix + "issuer_ca"), Safe('""'))
+    for ca in server.cas:
+        facts = pki.ca(ca.name)
+        for cert in facts.certs if facts else ():
+            issuer.entries.append(MapEntry(quote.map_key(cert.subject), quote.bare(f"ca{ca_index[ca.name]}"),
+                                           quote.comment(f"ca {ca.name}")))
+    maps = [issuer]
+    for ca in server.cas:
+        i = ca_index[ca.name]
+        maps.append(MapView(quote.comment(f"1 when a verified certificate was not issued by ca {ca.name}"),
+                            quote.nginx_concat("ssl_client_verify", prefix + "issuer_ca"),
+                            quote.nginx_var(f"{prefix}not_ca{i}"), 0,
+                            [MapEntry(quote.map_key(f"SUCCESS:ca{i}"), 0), MapEntry(quote.map_regex("^SUCCESS:"), 1)]))
+    return maps
+
+
+def _identity_maps(server: ir.Server, prefix: str, maps: list[MapView]) -> dict[tuple[str, ...], Safe]:
+    """One deny variable per distinct allow list: hashed maps for exact keys, one regex per pattern."""
+    gates: dict[tuple[str, ...], Safe] = {}
+    for route in server.routes:
+        key = tuple(sorted(i.name for i in route.allow))
+        if not key or key in gates:
+            continue
+        n = len(gates) + 1
+        parts = []
+        by_source = {
+            "subject": (Safe("$ssl_client_s_dn"), [i for i in route.allow if i.kind in (ir.IdentityKind.SUBJECT, ir.IdentityKind.ATTRS)]),
+            "fingerprint": (Safe("$ssl_client_fingerprint"), [i for i in route.allow if i.kind is ir.IdentityKind.FINGERPRINT]),
+            "serial": (quote.nginx_concat("ssl_client_serial", "ssl_client_i_dn"), [i for i in route.allow if i.kind is ir.IdentityKind.SERIAL]),
+        }
+        for label, (source, idents) in by_source.items():
+            if not idents:
+                continue
+            var = f"{prefix}allow{n}_{label}"
+            view = MapView(quote.comment(f"1 when the certificate is one of: {', '.join(i.name for i in idents)}"),
+                           source, quote.nginx_var(var), 0)
+            for ident in sorted(idents, key=lambda i: i.name):
+                view.entries.append(MapEntry(_identity_key(ident), 1, quote.comment(f"identity {ident.name}")))
+            maps.append(view)
+            parts.append(var)
+        deny = f"{prefix}deny{n}"
+        maps.append(MapView(quote.comment(f"1 unless the certificate is one of: {', '.join(key)}"),
+                            quote.nginx_concat(*parts), quote.nginx_var(deny), 1,
+                            [MapEntry(quote.map_regex("1"), 0)]))
+        gates[key] = quote.nginx_var(deny)
+    return gates
+
+
+def _identity_key(ident: ir.Identity) -> Safe:
+    if ident.kind is ir.IdentityKind.SUBJECT:
+        return quote.map_key(ident.subject)  # hashed, ASCII case-insensitive: X.509 caseIgnoreMatch
+    if ident.kind is ir.IdentityKind.ATTRS:
+        return quote.map_regex(dn.constraints_regex(tuple(dn.AttrConstraint(a.attr, a.op, a.value) for a in ident.attrs)))
+    if ident.kind is ir.IdentityKind.FINGERPRINT:
+        return quote.map_key(ident.fingerprint)
+    return quote.map_key(f"{ident.serial}:{ident.issuer}")
+
+
+def _location(server, route: ir.Route, prefix, ca_index, identity_gate) -> LocationView:
+    rej = server.rejections
+    gates: list[Gate] = []
+    if route.mode is ir.Mode.REQUIRE:
+        gates.append(Gate(quote.nginx_var(prefix + "unverified"), _response(rej.no_cert), Safe("no verified certificate")))
+    if route.ca is not None and len(server.cas) > 1:
+        gates.append(Gate(quote.nginx_var(f"{prefix}not_ca{ca_index[route.ca.name]}"), _response(rej.bad_cert),
+                          quote.comment(f"certificate from another CA than {route.ca.name}")))
+    if route.allow:
+        gates.append(Gate(identity_gate[tuple(sorted(i.name for i in route.allow))], _response(rej.forbidden),
+                          quote.comment("identity not on the allow list")))
+    forwarded = {f.header.lower(): FORWARD_FIELDS[f.field].variable for f in route.forward}
+    headers = [(quote.header_name(h), quote.nginx_var(forwarded[h.lower()]) if h.lower() in forwarded else Safe('""'))
+               for h in identity_headers(server)]
+    mode = route.mode.value + (f" {route.ca.name}" if route.ca else "")
+    allow = " allow any" if route.allow_any else (" allow " + " ".join(i.name for i in route.allow) if route.allow else "")
+    return LocationView(
+        location=Safe(("= " if route.match is ir.PathMatch.EXACT else "^~ ") + quote.nginx_word(route.path)),
+        note=quote.comment(f"route {route.path} ({route.span}): {mode}{allow}"),
+        gates=gates,
+        headers=headers,
+        backend=quote.bare(route.backend),
+    )

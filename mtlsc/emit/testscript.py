@@ -1,0 +1,134 @@
+"""IR -> tests.sh: per route, the clients that must get in and the ones that must not.
+
+Expected answers come from `mtlsc.evaluate`, the same model `mtlsc test` and the docs use; the
+client certificates are the cast of `mtlsc.cast`, so the lab PKI provides exactly these files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mtlsc import ir
+from mtlsc.cast import Member, cast
+from mtlsc.emit import quote, render
+from mtlsc.emit.quote import Safe
+from mtlsc.evaluate import evaluate, identity_headers, probe_path
+
+# Headers a test sends to try to pass for someone else; the backend must never see them.
+SPOOF_MARK = "mtlsc-spoofed"
+
+
+@dataclass
+class Case:
+    title: Safe
+    host: Safe
+    port: int
+    path: Safe
+    cert: Safe  # file under the clients dir, or "-" for none
+    status: int
+    body: Safe  # a substring the answer must contain ("" for any)
+    fields: Safe  # Header=field pairs the echoing backend must show, comma-separated ("-" for none)
+    spoof: Safe  # identity headers to send forged ("-": none); the backend must never see them
+
+
+@dataclass
+class TlsCase:
+    title: Safe
+    host: Safe
+    port: int
+    mode: Safe  # none | unknown | tls12
+
+
+def _w(s: str) -> Safe:
+    return quote.shell_word(s)
+
+
+def _member_verified_by(m: Member, server: ir.Server) -> str | None:
+    if m.kind in ("untrusted", "revoked", "expired"):
+        return None
+    return m.ca if m.ca in {c.name for c in server.cas} else None
+
+
+def _fields(route: ir.Route, with_cert: bool) -> str:
+    pairs = [f"{f.header}={f.field}" for f in route.forward if with_cert or f.field == "verify"]
+    return ",".join(pairs) or "-"
+
+
+def _cases_for_route(server: ir.Server, route: ir.Route, members: list[Member]) -> list[Case]:
+    path = probe_path(server, route)
+    if path is None:
+        return []  # shadowed by other routes everywhere: a check reports it
+    host, port = server.names[0].replace("*", "mtlsc-wildcard"), server.listens[0].port
+    where = f"{server.names[0]}{route.path} ({route.mode.value}{' ' + route.ca.name if route.ca else ''})"
+    cases = []
+
+    spoofable = ",".join(_spoof_headers(server))
+
+    def add(label: str, member: Member | None, spoof: bool = False):
+        client = member.client(_member_verified_by(member, server)) if member else None
+        out = evaluate(server, path, client)
+        ok = out.status == 200
+        cases.append(Case(
+            title=_w(f"{where}: {label} -> {out.status}{'' if ok else ' ' + out.reason}"),
+            host=_w(host), port=port, path=_w(path), cert=_w(member.file if member else "-"),
+            status=out.status, body=_w("" if ok else out.body),
+            fields=_w(_fields(route, member is not None) if ok and route.forward else "-"),
+            spoof=_w(spoofable if spoof else "-"),
+        ))
+
+    add("no certificate", None, spoof=True)
+    relevant = [m for m in members if m.ca is None or m.ca in {c.name for c in server.cas}]
+    for m in relevant:
+        if m.kind == "identity" and m.ca == (route.ca.name if route.ca else None):
+            if route.allow and m.identity not in route.allow:
+                continue
+            add(f"identity {m.identity.name}", m, spoof=True)
+        elif m.kind == "stranger":
+            same_ca = route.ca is not None and m.ca == route.ca.name
+            if route.mode is ir.Mode.PUBLIC or not same_ca:
+                add(f"certificate of ca {m.ca}", m)
+            else:
+                add("certificate of the CA on no allow list" if route.allow else "certificate of the CA", m, spoof=True)
+        elif m.kind in ("revoked", "expired") and (route.ca is None or m.ca == route.ca.name):
+            add(f"{m.kind} certificate of ca {m.ca}", m)
+        elif m.kind == "untrusted":
+            add("certificate from a CA no server trusts", m)
+    return cases
+
+
+def _spoof_headers(server: ir.Server) -> list[str]:
+    """Every identity header of the server, plus an `_` variant nginx must drop (nginx-facts §6)."""
+    names = identity_headers(server)
+    return names + [names[0].replace("-", "_")] if names else []
+
+
+def _server_cases(server: ir.Server, members: list[Member]) -> tuple[list[Case], list[TlsCase]]:
+    cases = [c for r in server.routes for c in _cases_for_route(server, r, members)]
+    host, port = server.names[0].replace("*", "mtlsc-wildcard"), server.listens[0].port
+    probe = "/mtlsc-no-route-probe"
+    out = evaluate(server, probe, None)
+    if out.reason == "no_route":
+        cases.append(Case(_w(f"{server.names[0]}: path with no route -> 404"), _w(host), port, _w(probe),
+                          _w("-"), 404, _w(out.body), _w("-"), _w("-")))
+    tls = [
+        TlsCase(_w(f"{server.names[0]}: handshake without SNI is refused"), _w(host), port, Safe("none")),
+        TlsCase(_w(f"{server.names[0]}: handshake with an unknown SNI name is refused"), _w(host), port, Safe("unknown")),
+        TlsCase(_w(f"{server.names[0]}: TLS 1.3 is accepted"), _w(host), port, Safe("tls13")),
+        TlsCase(_w(f"{server.names[0]}: TLS 1.2 is accepted"), _w(host), port, Safe("tls12")),
+    ]
+    return cases, tls
+
+
+def emit(policy: ir.Policy, pki) -> dict[str, str]:
+    members = cast(policy)
+    cases, tls = [], []
+    for server in policy.servers:
+        c, t = _server_cases(server, members)
+        cases += c
+        tls += t
+    needed = sorted({m.file for m in members})
+    unmintable = sorted(m.file for m in members if not m.mintable)
+    return {"tests.sh": render(
+        "tests.sh.j2", cases=cases, tls=tls, spoof_mark=Safe(SPOOF_MARK),
+        files=[_w(f) for f in needed], unmintable=[_w(f) for f in unmintable],
+    )}

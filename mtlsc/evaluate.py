@@ -1,0 +1,132 @@
+"""mtlsc's own model of what the emitted nginx config does with a request.
+
+It is the specification users read (`mtlsc test`, `explain`), the oracle the emitted test script
+is generated from, and what the differential tests compare with real nginx.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mtlsc import dn, ir
+from mtlsc.nginx_facts import FORWARD_FIELDS
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A client certificate as nginx would see it. `verified_by` is the CA (of the server's trust
+    file) under which the chain verifies, or None when verification fails (untrusted, expired,
+    revoked)."""
+
+    subject: str
+    issuer: str
+    fingerprint: str = ""
+    serial: str = ""
+    verified_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int
+    reason: str  # ok | no_cert | bad_cert | forbidden | no_route
+    route: ir.Route | None
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str = ""
+
+
+NO_ROUTE = ir.Response(404, "no route")
+
+
+def find_route(server: ir.Server, path: str) -> ir.Route | None:
+    """nginx's choice among `location =` and `location ^~` blocks: exact, then longest prefix."""
+    for r in server.routes:
+        if r.match is ir.PathMatch.EXACT and r.path == path:
+            return r
+    prefixes = [r for r in server.routes if r.match is ir.PathMatch.PREFIX and path.startswith(r.path)]
+    return max(prefixes, key=lambda r: len(r.path), default=None)
+
+
+def identity_matches(identity: ir.Identity, client: Client) -> bool:
+    kind = identity.kind
+    if kind is ir.IdentityKind.SUBJECT:
+        return dn.matches_subject(client.subject, identity.subject)
+    if kind is ir.IdentityKind.ATTRS:
+        return dn.matches_constraints(client.subject, attr_constraints(identity))
+    if kind is ir.IdentityKind.FINGERPRINT:
+        return client.fingerprint.lower() == identity.fingerprint
+    return client.serial.upper() == identity.serial and client.issuer.lower() == identity.issuer.lower()
+
+
+def attr_constraints(identity: ir.Identity) -> tuple:
+    return tuple(dn.AttrConstraint(a.attr, a.op, a.value) for a in identity.attrs)
+
+
+def verify_value(client: Client | None) -> str:
+    return "NONE" if client is None else "SUCCESS"
+
+
+def _headers(route: ir.Route, client: Client | None) -> tuple[tuple[str, str], ...]:
+    values = {
+        "ssl_client_verify": verify_value(client),
+        "ssl_client_s_dn": client.subject if client else "",
+        "ssl_client_i_dn": client.issuer if client else "",
+        "ssl_client_fingerprint": client.fingerprint if client else "",
+        "ssl_client_serial": client.serial if client else "",
+    }
+    out = []
+    for f in route.forward:
+        value = values.get(FORWARD_FIELDS[f.field].variable)
+        if value:  # nginx omits a header whose value is empty (nginx-facts §6)
+            out.append((f.header, value))
+    return tuple(out)
+
+
+def _reject(server: ir.Server, reason: str, route: ir.Route | None) -> Outcome:
+    response = getattr(server.rejections, reason)
+    return Outcome(response.status, reason, route, body=response.body)
+
+
+def evaluate(server: ir.Server, path: str, client: Client | None) -> Outcome:
+    """What the emitted config answers to `path` on `server` for `client` (None: no certificate)."""
+    verifies = bool(server.cas)  # ssl_verify_client is off when no route names a CA
+    if verifies and client is not None and client.verified_by not in {c.name for c in server.cas}:
+        # nginx rejects a failed verification before any location runs, public ones too (§1)
+        return _reject(server, "bad_cert", find_route(server, path))
+    if not verifies:
+        client = None  # no certificate is requested, so none is seen
+    if server.handshake_require and client is None:
+        return _reject(server, "no_cert", find_route(server, path))
+    route = find_route(server, path)
+    if route is None:
+        return Outcome(NO_ROUTE.status, "no_route", None, body=NO_ROUTE.body)
+    if route.mode is ir.Mode.PUBLIC:
+        return Outcome(200, "ok", route)
+    if client is None:
+        if route.mode is ir.Mode.OPTIONAL:
+            return Outcome(200, "ok", route, _headers(route, None))
+        return _reject(server, "no_cert", route)
+    if client.verified_by != route.ca.name:
+        return _reject(server, "bad_cert", route)
+    if route.allow and not any(identity_matches(i, client) for i in route.allow):
+        return _reject(server, "forbidden", route)
+    return Outcome(200, "ok", route, _headers(route, client))
+
+
+def probe_path(server: ir.Server, route: ir.Route) -> str | None:
+    """A request path that `route` really handles, or None when other routes shadow it entirely."""
+    if route.match is ir.PathMatch.EXACT:
+        candidates = [route.path]
+    else:
+        sep = "" if route.path.endswith("/") else "/"
+        candidates = [route.path + sep + "mtlsc-probe", route.path]
+    return next((p for p in candidates if find_route(server, p) == route), None)
+
+
+def identity_headers(server: ir.Server) -> list[str]:
+    """Every identity header of a server, sorted: each proxied location sets or clears all of
+    them, because a location's own proxy_set_header lines replace the server's (nginx-facts §6)."""
+    names = {f.default_header.lower(): f.default_header for f in FORWARD_FIELDS.values()}
+    for r in server.routes:
+        for f in r.forward:
+            names.setdefault(f.header.lower(), f.header)
+    return [names[k] for k in sorted(names)]

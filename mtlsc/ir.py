@@ -1,0 +1,174 @@
+"""The IR: a policy with every name resolved, every default applied and every string validated.
+
+Lowering (`mtlsc.lower`) is the only producer. Checks, the evaluator and the emitters read it.
+Spans point back at the policy line that caused each object, and take no part in equality.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from mtlsc.source import Span, span_field
+
+
+class Mode(enum.Enum):
+    PUBLIC = "public"  # no certificate asked for by the route; identity headers cleared
+    OPTIONAL = "optional"  # verified if presented; the backend decides
+    REQUIRE = "require"  # a valid certificate from the route's CA, else rejected
+
+
+class PathMatch(enum.Enum):
+    EXACT = "exact"  # `route = /p`  -> location = /p
+    PREFIX = "prefix"  # `route /p/`  -> location ^~ /p/
+
+
+@dataclass(frozen=True, slots=True)
+class Ocsp:
+    mode: str  # "on" (leaf and intermediates) or "leaf"
+    responder: str | None  # http://IP[:port]/path, or None: the URL in each certificate
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Ca:
+    """A set of trust anchors and intermediates, plus how nginx checks certificates they issue."""
+
+    name: str
+    bundle: tuple[str, ...]  # file paths, resolved against the policy's directory
+    depth: int  # ssl_verify_depth: intermediates allowed between client certificate and root
+    crls: tuple[str, ...]
+    ocsp: Ocsp | None
+    span: Span = span_field()
+    bundle_spans: tuple[Span, ...] = span_field()
+    crl_spans: tuple[Span, ...] = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class AttrMatch:
+    """One constraint on one attribute of the subject DN.
+
+    `op == "eq"`: `value` is the raw attribute value (unescaped). `op == "re"`: `value` is an
+    anchored regex over the value as nginx prints it (RFC 2253 escaped).
+    """
+
+    attr: str  # canonical short name as nginx prints it: CN, O, OU, C, ...
+    op: str
+    value: str
+    span: Span = span_field()
+
+
+class IdentityKind(enum.Enum):
+    SUBJECT = "subject"  # the whole subject DN, exact (ASCII case-insensitive, like X.509 names)
+    ATTRS = "attrs"  # per-attribute exact values or anchored patterns, all must hold
+    FINGERPRINT = "fingerprint"  # SHA-1 of the certificate, $ssl_client_fingerprint
+    SERIAL = "serial"  # serial number + issuer DN
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    kind: IdentityKind
+    subject: str | None = None  # canonical RFC 2253 form, as nginx prints $ssl_client_s_dn
+    attrs: tuple[AttrMatch, ...] = ()
+    fingerprint: str | None = None  # 40 lowercase hex digits
+    serial: str | None = None  # uppercase hex, as nginx prints $ssl_client_serial
+    issuer: str | None = None  # canonical RFC 2253 form of the issuer DN
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A certificate field sent to the backend in a request header."""
+
+    field: str  # key of mtlsc.nginx_facts.FORWARD_FIELDS
+    header: str
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejections:
+    """What a refused client gets back, per reason."""
+
+    no_cert: Response  # a certificate is required and none was sent
+    bad_cert: Response  # the certificate failed verification, or comes from another CA of the server
+    forbidden: Response  # a valid certificate whose identity is not on the route's allow list
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    address: str | None  # None: all addresses
+    port: int
+    span: Span = span_field()
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}" if self.address else str(self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    match: PathMatch
+    path: str
+    mode: Mode
+    ca: Ca | None  # None only for public routes
+    allow: tuple[Identity, ...]  # empty: no identity list
+    allow_any: bool  # `allow any`: every certificate of the CA, said on purpose
+    forward: tuple[Forward, ...]
+    backend: str
+    span: Span = span_field()
+
+    @property
+    def location(self) -> str:
+        return f"= {self.path}" if self.match is PathMatch.EXACT else f"^~ {self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    names: tuple[str, ...]
+    listens: tuple[Listen, ...]
+    certificate: str
+    key: str
+    backend: str
+    handshake_require: bool  # `handshake require`: ssl_verify_client on for the whole listener
+    install_dir: str  # where nginx reads the CA and CRL files compiled for this server
+    routes: tuple[Route, ...]
+    rejections: Rejections
+    span: Span = span_field()
+    handshake_span: Span | None = span_field()
+
+    @property
+    def slug(self) -> str:
+        """A file- and variable-safe name, unique per (first name, first port)."""
+        name = self.names[0].replace("*", "wildcard")
+        return f"{name}_{self.listens[0].port}"
+
+    @property
+    def cas(self) -> tuple[Ca, ...]:
+        """The CAs this server's routes name, sorted by name: together they are its trust file."""
+        seen = {r.ca.name: r.ca for r in self.routes if r.ca is not None}
+        return tuple(seen[n] for n in sorted(seen))
+
+
+@dataclass(frozen=True, slots=True)
+class Waiver:
+    """`waive CODE "reason"`: findings of CODE inside `scope` are reported as waived, not counted."""
+
+    code: str
+    reason: str
+    scope: Span = span_field()
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    nginx_version: tuple[int, int, int]
+    cas: tuple[Ca, ...]
+    identities: tuple[Identity, ...]
+    servers: tuple[Server, ...]
+    waivers: tuple[Waiver, ...] = ()

@@ -1,0 +1,341 @@
+"""Throwaway PKIs for tests, `mtlsc demo-pki` and `mtlsc lab`: EC P-256 keys, SHA-256 signatures.
+
+Every function takes the current time as `now`, so dates are reproducible in tests (keys and
+serial numbers are random). Never for production: keys are written unencrypted.
+
+`build_lab_pki` makes a PKI shaped like a policy and writes it where the policy and the emitted
+`tests.sh` expect it. Which client certificates exist, and their subjects, come from
+`mtlsc.cast`, the one definition shared with the test script generator.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+from mtlsc import dn, ir
+from mtlsc.cast import Member, cast
+
+# Certificates start a little before `now`, so a machine whose clock lags slightly still accepts them.
+BACKDATE = timedelta(hours=1)
+LAB_ORG = "mtlsc lab"
+MAX_SERIAL = 2**159 - 1  # RFC 5280: at most 20 octets, positive
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A certificate and its private key."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    def cert_pem(self) -> str:
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def key_pem(self) -> str:
+        """PKCS#8, unencrypted."""
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class CaChain:
+    """A root and the intermediates below it, root-most first."""
+
+    root: Issued
+    intermediates: tuple[Issued, ...] = ()
+
+    @property
+    def issuing(self) -> Issued:
+        """The CA that issues leaves: the last intermediate, or the root."""
+        return self.intermediates[-1] if self.intermediates else self.root
+
+    @property
+    def members(self) -> tuple[Issued, ...]:
+        """Root first, then each intermediate: the order of a policy's `bundle` files."""
+        return (self.root, *self.intermediates)
+
+
+def _name(cn: str, org: str) -> x509.Name:
+    # DER order is root-most first, so nginx prints this as `CN=...,O=...`. CN is capped at 64.
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn[:64])])
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _base(subject: x509.Name, issuer: Issued | None, key: ec.EllipticCurvePrivateKey,
+          not_before: datetime, not_after: datetime, serial: int | None) -> x509.CertificateBuilder:
+    """Builder with the fields every lab certificate has: names, dates, serial, SKI and AKI."""
+    public = key.public_key()
+    b = (x509.CertificateBuilder()
+         .subject_name(subject)
+         .issuer_name(issuer.cert.subject if issuer else subject)
+         .public_key(public)
+         .serial_number(serial if serial is not None else x509.random_serial_number())
+         .not_valid_before(not_before)
+         .not_valid_after(not_after)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False))
+    if issuer is not None:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
+        b = b.add_extension(aki, critical=False)
+    return b
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                         crl_sign=True, encipher_only=False, decipher_only=False)
+
+
+def _leaf_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                         crl_sign=False, encipher_only=False, decipher_only=False)
+
+
+def _make_ca(issuer: Issued | None, subject: x509.Name, now: datetime, days: int,
+             path_length: int | None) -> Issued:
+    key = _new_key()
+    b = (_base(subject, issuer, key, now - BACKDATE, now + timedelta(days=days), None)
+         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+         .add_extension(_ca_usage(), critical=True))
+    return Issued(b.sign(issuer.key if issuer else key, hashes.SHA256()), key)
+
+
+def make_root(cn: str, *, now: datetime, org: str = LAB_ORG, days: int = 3650,
+              path_length: int | None = None, subject: x509.Name | None = None) -> Issued:
+    """A self-signed CA. `subject` overrides `cn`/`org` (to mimic a real CA's DN)."""
+    return _make_ca(None, subject or _name(cn, org), now, days, path_length)
+
+
+def make_intermediate(issuer: Issued, cn: str, *, now: datetime, org: str = LAB_ORG, days: int = 3650,
+                      path_length: int | None = None, subject: x509.Name | None = None) -> Issued:
+    """A CA signed by `issuer`. `subject` overrides `cn`/`org`."""
+    return _make_ca(issuer, subject or _name(cn, org), now, days, path_length)
+
+
+def make_chain(prefix: str, intermediates: int, *, now: datetime,
+               subjects: Mapping[int, x509.Name] | None = None) -> CaChain:
+    """A root `<prefix> root` and `intermediates` CAs below it, each signed by the previous one.
+
+    `subjects` optionally replaces the DN of member i (0 = root), e.g. so that a certificate
+    pinned by serial and issuer DN can be minted.
+    """
+    subjects = subjects or {}
+    root = make_root(f"{prefix} root", now=now, subject=subjects.get(0))
+    chain = [root]
+    for i in range(1, intermediates + 1):
+        chain.append(make_intermediate(chain[-1], f"{prefix} intermediate {i}", now=now, subject=subjects.get(i)))
+    return CaChain(root, tuple(chain[1:]))
+
+
+def issue_client(issuer: Issued, subject: x509.Name, *, now: datetime, days: int = 365,
+                 not_before: datetime | None = None, serial: int | None = None,
+                 ocsp_url: str | None = None) -> Issued:
+    """A client (leaf) certificate valid from `not_before` (default: just before `now`) for `days`.
+
+    An expired certificate: `not_before=now - timedelta(days=30), days=1`.
+    """
+    key = _new_key()
+    start = not_before or now - BACKDATE
+    b = (_base(subject, issuer, key, start, start + timedelta(days=days), serial)
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(_leaf_usage(), critical=True)
+         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    if ocsp_url:
+        aia = x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))
+        b = b.add_extension(x509.AuthorityInformationAccess([aia]), critical=False)
+    return Issued(b.sign(issuer.key, hashes.SHA256()), key)
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def issue_server(issuer: Issued, names: list[str], *, now: datetime, days: int = 365) -> Issued:
+    """A server certificate for DNS names and IP addresses (SAN), CN = the first name."""
+    key = _new_key()
+    unique = list(dict.fromkeys(names))
+    b = (_base(_name(unique[0], LAB_ORG), issuer, key, now - BACKDATE, now + timedelta(days=days), None)
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(_leaf_usage(), critical=True)
+         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+         .add_extension(x509.SubjectAlternativeName([_san(n) for n in unique]), critical=False))
+    return Issued(b.sign(issuer.key, hashes.SHA256()), key)
+
+
+def make_crl(issuer: Issued, revoked_serials: Iterable[int], *, now: datetime,
+             next_update: timedelta = timedelta(days=30),
+             last_update: datetime | None = None) -> x509.CertificateRevocationList:
+    """A CRL of `issuer` listing `revoked_serials`. A negative `next_update` gives an expired CRL
+    (last updated twice that long ago)."""
+    if last_update is None:
+        last_update = now if next_update >= timedelta(0) else now + 2 * next_update
+    b = (x509.CertificateRevocationListBuilder()
+         .issuer_name(issuer.cert.subject)
+         .last_update(last_update)
+         .next_update(now + next_update)
+         # A CRL number that grows with time, so a reissued CRL supersedes the old one.
+         .add_extension(x509.CRLNumber(int(last_update.timestamp())), critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+                        critical=False))
+    for serial in sorted(set(revoked_serials)):
+        b = b.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(last_update).build())
+    return b.sign(issuer.key, hashes.SHA256())
+
+
+def _pem_of(obj) -> tuple[bytes, bool]:
+    """(PEM bytes, is it secret) for a certificate, CRL or private key."""
+    if isinstance(obj, (x509.Certificate, x509.CertificateRevocationList)):
+        return obj.public_bytes(serialization.Encoding.PEM), False
+    if hasattr(obj, "private_bytes"):  # any private key type
+        return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()), True
+    raise TypeError(f"cannot write {type(obj).__name__} as PEM")
+
+
+def write_pem(path: str | Path, *objects) -> Path:
+    """Write certificates, CRLs and keys concatenated; a file holding a key is made mode 0600."""
+    path = Path(path)
+    parts = [_pem_of(o) for o in objects]
+    secret = any(s for _, s in parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Create with the final mode, so a key is never readable by others, even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        if secret:
+            os.fchmod(f.fileno(), 0o600)
+        f.write(b"".join(p for p, _ in parts))
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class LabPki:
+    """What `build_lab_pki` wrote: `clients/<ca>/<member>.crt|.key`, `server/<slug>.crt|.key`,
+    `server-ca.pem`, and the CA and CRL files at the paths the policy names."""
+
+    out_dir: Path
+    chains: Mapping[str, CaChain]
+    clients_dir: Path
+    server_ca: Path  # PEM of the CA that issued the lab server certificates
+    unsatisfiable: tuple[str, ...]  # identities no fresh certificate can satisfy (fingerprint pins)
+
+    def client(self, name: str) -> tuple[Path, Path]:
+        """(certificate, key) of a cast member, e.g. `client("partners/id-acme")`."""
+        return self.clients_dir / f"{name}.crt", self.clients_dir / f"{name}.key"
+
+    def server(self, slug: str) -> tuple[Path, Path]:
+        """(certificate, key) of a server, by `ir.Server.slug`."""
+        return self.out_dir / "server" / f"{slug}.crt", self.out_dir / "server" / f"{slug}.key"
+
+
+def _x509_name(subject: str) -> x509.Name:
+    return dn.x509_name(dn.parse_dn(subject))
+
+
+def _serial_issuers(ca: ir.Ca, members: list[Member]) -> tuple[dict[int, x509.Name], dict[str, int]]:
+    """Give chain members the issuer DNs of serial pins, issuing CA first, so the pins can be minted.
+
+    Returns (chain position -> subject, issuer DN lowercased -> position). Issuers beyond the
+    chain's length get no position: their identities are unsatisfiable.
+    """
+    size = max(len(ca.bundle), 1)
+    subjects: dict[int, x509.Name] = {}
+    where: dict[str, int] = {}
+    for m in members:
+        ident = m.identity
+        if m.ca != ca.name or ident is None or ident.kind is not ir.IdentityKind.SERIAL or not ident.issuer:
+            continue
+        key = ident.issuer.lower()  # DN comparison is case-insensitive, as in nginx map keys
+        if key not in where and len(where) < size:
+            where[key] = size - 1 - len(where)
+            subjects[where[key]] = _x509_name(ident.issuer)
+    return subjects, where
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or base_dir is None else base_dir / p
+
+
+def _mint(m: Member, chain: CaChain, serial_pos: dict[str, int], now: datetime) -> Issued | None:
+    """The certificate of one cast member of a trusted CA, or None when it cannot be minted."""
+    subject = _x509_name(m.subject)
+    if m.kind == "expired":
+        return issue_client(chain.issuing, subject, now=now, not_before=now - timedelta(days=30), days=1)
+    ident = m.identity
+    if ident is not None and ident.kind is ir.IdentityKind.FINGERPRINT:
+        return None
+    if ident is not None and ident.kind is ir.IdentityKind.SERIAL:
+        pos = serial_pos.get((ident.issuer or "").lower())
+        serial = int(ident.serial or "0", 16)
+        if pos is None or not 0 < serial <= MAX_SERIAL:
+            return None
+        return issue_client(chain.members[pos], subject, now=now, serial=serial)
+    return issue_client(chain.issuing, subject, now=now)
+
+
+def _write_issued(base: Path, issued: Issued) -> None:
+    write_pem(base.with_name(base.name + ".crt"), issued.cert)
+    write_pem(base.with_name(base.name + ".key"), issued.key)
+
+
+def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: Path | None = None,
+                  crl_valid: timedelta = timedelta(days=30)) -> LabPki:
+    """Make a PKI shaped like `policy` and write it (layout: see `LabPki`).
+
+    Each CA gets a chain with one certificate per `bundle` file (root first), written to those
+    paths, and CRL i (signed by CA certificate i) at `crls[i]`. A CA with fewer CRL files than
+    certificates keeps that gap: it is the policy's mistake for the checks to report. Relative
+    policy paths are taken from `base_dir` (default: the current directory). CRLs are current for
+    `crl_valid` (the committed demo PKI uses years, so the examples keep compiling).
+    """
+    out_dir = Path(out_dir)
+    clients_dir = out_dir / "clients"
+    members = cast(policy)
+    chains: dict[str, CaChain] = {}
+    unsatisfiable: list[str] = []
+    for ca in policy.cas:
+        subjects, serial_pos = _serial_issuers(ca, members)
+        chain = make_chain(ca.name, max(len(ca.bundle) - 1, 0), now=now, subjects=subjects)
+        chains[ca.name] = chain
+        for path, issued in zip(ca.bundle, chain.members):
+            write_pem(_resolve(path, base_dir), issued.cert)
+        revoked: list[int] = []
+        for m in (m for m in members if m.ca == ca.name):
+            issued = _mint(m, chain, serial_pos, now)
+            if issued is None:
+                unsatisfiable.append(m.identity.name)
+                continue
+            if m.kind == "revoked":
+                revoked.append(issued.cert.serial_number)
+            _write_issued(clients_dir / m.file, issued)
+        for path, issuer in zip(ca.crls, chain.members):
+            listed = revoked if issuer is chain.issuing else []
+            write_pem(_resolve(path, base_dir), make_crl(issuer, listed, now=now, next_update=crl_valid))
+    outsider = make_root("mtlsc untrusted root", now=now)
+    for m in (m for m in members if m.ca is None):
+        _write_issued(clients_dir / m.file, issue_client(outsider, _x509_name(m.subject), now=now))
+    server_ca = make_root("mtlsc lab server CA", now=now)
+    write_pem(out_dir / "server-ca.pem", server_ca.cert)
+    for server in policy.servers:
+        names = [*server.names, "127.0.0.1", "localhost"]
+        _write_issued(out_dir / "server" / server.slug, issue_server(server_ca, names, now=now))
+    return LabPki(out_dir, chains, clients_dir, out_dir / "server-ca.pem", tuple(sorted(set(unsatisfiable))))

@@ -1,0 +1,62 @@
+"""Rewrite a policy for a lab: same CAs, identities and routes; local ports, files and backend.
+
+Works on the source text through the AST's spans, so everything the user wrote (comments,
+order, identities) stays as it is and only the deployment details change.
+"""
+
+from __future__ import annotations
+
+from mtlsc import ast
+from mtlsc.source import Source, Span
+
+
+def _offset(text: str, line: int, col: int) -> int:
+    starts = [0]
+    for i, ch in enumerate(text):
+        if ch == "\n":
+            starts.append(i + 1)
+    return starts[line - 1] + col - 1
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir: str,
+                    backend: str, install_dir: str) -> str:
+    """Every `listen X` of server N becomes `listen 127.0.0.1:port_for(N, X)` (X = "443" when the
+    server has no listen); certificates become `cert_dir/<N>_<port>.crt|.key`, every backend
+    `backend`, every install dir `install_dir`."""
+    text = source.text
+    edits: list[tuple[int, int, str]] = []  # (start, end, replacement) offsets into text
+
+    def replace(span: Span, value: str) -> None:
+        edits.append((_offset(text, span.line, span.col), _offset(text, span.end_line, span.end_col), value))
+
+    for server in (i for i in tree.items if isinstance(i, ast.Server)):
+        name = server.names[0].value.lower()
+        listens = [s for s in server.body if isinstance(s, ast.Listen)]
+        port = port_for(name, listens[0].address.value if listens else "443")
+        for stmt in listens:
+            replace(stmt.address.span, f"127.0.0.1:{port_for(name, stmt.address.value)}")
+        added = ([] if listens else [f"listen 127.0.0.1:{port}"]) + (
+            [] if any(isinstance(s, ast.Install) for s in server.body) else [f"install {_quoted(install_dir)}"])
+        if added:
+            last = server.names[-1].span
+            brace = text.index("{", _offset(text, last.end_line, last.end_col)) + 1
+            edits.append((brace, brace, " " + "  ".join(added) + " "))
+        for stmt in server.body:
+            if isinstance(stmt, ast.Certificate):
+                slug = f"{name.replace('*', 'wildcard')}_{port}"
+                replace(stmt.cert.span, _quoted(f"{cert_dir}/{slug}.crt"))
+                replace(stmt.key.span, _quoted(f"{cert_dir}/{slug}.key"))
+            elif isinstance(stmt, ast.Install):
+                replace(stmt.directory.span, _quoted(install_dir))
+            elif isinstance(stmt, ast.Backend):
+                replace(stmt.url.span, _quoted(backend))
+            elif isinstance(stmt, ast.Route):
+                for r in (s for s in stmt.body if isinstance(s, ast.Backend)):
+                    replace(r.url.span, _quoted(backend))
+    for start, end, value in sorted(edits, reverse=True):
+        text = text[:start] + value + text[end:]
+    return text

@@ -1,0 +1,99 @@
+"""A policy proven on a real nginx: rewrite it for loopback, mint a PKI shaped like it, compile,
+start nginx and an echo backend, and run the emitted tests.sh against them.
+
+The test suite uses this for every example policy; `mtlsc lab` is built on it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mtlsc import pipeline
+from mtlsc.diagnostics import Diagnostic
+from mtlsc.lab.echo import EchoRequest, running_echo_backend
+from mtlsc.lab.nginx import find_nginx, free_port, nginx_command, running_nginx
+from mtlsc.lab.pki import LabPki, build_lab_pki
+from mtlsc.lab.rewrite import rewrite_for_lab
+from mtlsc.output import write_atomic
+from mtlsc.parse import parse
+from mtlsc.source import read_source
+
+_SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$", re.M)
+
+
+class LabError(RuntimeError):
+    """The lab could not be built: the policy has errors, or nginx would not start."""
+
+    def __init__(self, message: str, diagnostics: list[Diagnostic] | None = None):
+        super().__init__(message)
+        self.diagnostics = diagnostics or []
+
+
+@dataclass
+class LabRun:
+    workdir: Path
+    out_dir: Path
+    pki: LabPki
+    ports: list[int]
+    output: str  # what tests.sh printed
+    returncode: int
+    passed: int
+    failed: int
+    skipped: int
+    requests: list[EchoRequest] = field(default_factory=list)  # what reached the backend
+
+
+def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime) -> tuple[pipeline.Result, LabPki, list[int]]:
+    """Rewrite, mint and compile into `workdir`; returns the compile result, the PKI and the ports."""
+    ports: dict[tuple[str, str], int] = {}
+
+    def port_for(name: str, listen: str) -> int:
+        return ports.setdefault((name, listen), free_port())
+
+    lab_paths = []
+    for i, path in enumerate(policy_paths):
+        source = read_source(path)
+        tree, diags = parse(source)
+        if tree is None:
+            raise LabError(f"{path} does not parse", diags)
+        target = workdir / "policy" / f"{i:02d}-{Path(path).name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(rewrite_for_lab(source, tree, port_for=port_for, cert_dir=str(workdir / "lab" / "server"),
+                                          backend=backend, install_dir=str(workdir / "out" / "mtls")))
+        lab_paths.append(str(target))
+    front = pipeline.read_and_lower(lab_paths)
+    if front.policy is None:
+        raise LabError("the policy has errors", front.diagnostics)
+    pki = build_lab_pki(front.policy, workdir / "lab", now=now)
+    result = pipeline.compile_policy(lab_paths, now=now)
+    if result.failed:
+        raise LabError("the lab policy does not compile", result.diagnostics)
+    write_atomic(workdir / "out", result.outputs)
+    return result, pki, sorted(set(ports.values()))
+
+
+def run_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = None,
+            now: datetime | None = None, timeout: float = 120) -> LabRun:
+    """Build the lab in `workdir`, run the emitted tests.sh against real nginx, stop everything."""
+    now = now or datetime.now(timezone.utc)
+    binary = find_nginx(nginx_bin)
+    with running_echo_backend() as echo:
+        result, pki, ports = prepare(policy_paths, workdir, echo.url, now)
+        out = workdir / "out"
+        prefix = workdir / "nginx"
+        with running_nginx(f"include {out}/nginx/*.conf;", prefix, ports=ports, nginx_bin=binary):
+            nginx_test = shlex.join([*nginx_command(binary, prefix.resolve()), "-t"])
+            proc = subprocess.run(
+                ["bash", str(out / "tests.sh"), "--certs", str(pki.clients_dir), "--server-ca", str(pki.server_ca),
+                 "--echo", "--nginx-test", nginx_test],
+                capture_output=True, text=True, timeout=timeout,
+            )
+        requests = echo.snapshot()
+    found = _SUMMARY.search(proc.stdout)
+    passed, failed, skipped = (int(found[1]), int(found[2]), int(found[3] or 0)) if found else (0, 0, 0)
+    return LabRun(workdir, out, pki, ports, proc.stdout + proc.stderr, proc.returncode, passed, failed, skipped, requests)

@@ -1,0 +1,129 @@
+"""Step two: AST -> IR. Resolve names, apply defaults, validate every value.
+
+Several files may describe one compile: names are global across them, and server blocks with
+the same names and listen addresses merge into one server. A conflict is an error that points
+at both places; nothing is ever "first one wins".
+"""
+
+from __future__ import annotations
+
+from mtlsc import ast, ir, values
+from mtlsc.diagnostics import Diagnostic, Related
+from mtlsc.lower.common import Ctx, file_path, once
+from mtlsc.lower.identity import lower_identity
+from mtlsc.lower.merge import merge_servers
+from mtlsc.lower.server import lower_server
+from mtlsc.nginx_facts import MIN_NGINX
+from mtlsc.source import Span
+
+DEFAULT_NGINX = (1, 22, 0)
+
+
+def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnostic]]:
+    """Lower parsed files into one policy. Returns None when any error was found."""
+    ctx = Ctx()
+    version = _lower_target(ctx, [i for f in files for i in f.items if isinstance(i, ast.NginxTarget)])
+    cas = _unique(ctx, "ca", [(i, _lower_ca(ctx, i, f.path)) for f in files for i in f.items if isinstance(i, ast.Ca)])
+    idents = _unique(
+        ctx, "identity", [(i, lower_identity(ctx, i)) for f in files for i in f.items if isinstance(i, ast.Identity)]
+    )
+    servers = [lower_server(ctx, s, cas, idents) for f in files for s in f.items if isinstance(s, ast.Server)]
+    merged = merge_servers(ctx, [s for s in servers if s is not None])
+    waivers = tuple(w for f in files for w in _waivers(f.items, Span(f.path, 1, 1, 10**9, 1)))
+    if ctx.diags:
+        return None, ctx.diags
+    policy = ir.Policy(
+        version,
+        tuple(cas[n] for n in sorted(cas)),
+        tuple(idents[n] for n in sorted(idents)),
+        tuple(merged),
+        waivers,
+    )
+    return policy, []
+
+
+def _waivers(nodes, scope: Span):
+    """Each `waive` applies to findings inside the block that holds it (the file, at top level)."""
+    for node in nodes:
+        if isinstance(node, ast.Waive):
+            yield ir.Waiver(node.code.value, node.reason.value, scope, node.span)
+        elif isinstance(node, (ast.Ca, ast.Identity, ast.Server, ast.Route)):
+            yield from _waivers(node.body, node.span)
+
+
+def _lower_target(ctx, targets: list[ast.NginxTarget]) -> tuple[int, int, int]:
+    found: list[tuple[tuple[int, int, int], ast.NginxTarget]] = []
+    for t in targets:
+        try:
+            found.append((values.nginx_version(t.version.value), t))
+        except values.ValueProblem as p:
+            ctx.err("MTLS012", t.version.span, p.message, p.help)
+    for version, t in found:
+        if version < MIN_NGINX:
+            ctx.err(
+                "MTLS031", t.version.span, f"nginx {'.'.join(map(str, version))} is older than mtlsc supports",
+                f"mtlsc needs nginx >= {'.'.join(map(str, MIN_NGINX))}: `ssl_reject_handshake` closes the no-SNI hole (nginx-facts §5)",
+            )
+        if version != found[0][0]:
+            ctx.err("MTLS023", t.span, "the policy files name different nginx targets",
+                    "state one target version for everything compiled together",
+                    related=[Related(found[0][1].span, "first target here")])
+    return found[0][0] if found else DEFAULT_NGINX
+
+
+def _unique(ctx, kind: str, pairs) -> dict:
+    table, first = {}, {}
+    for node, lowered in pairs:
+        name = node.name.value
+        if name in first:
+            ctx.err("MTLS010", node.name.span, f"{kind} `{name}` is defined twice",
+                    f"rename one of them; names are shared by every file compiled together",
+                    related=[Related(first[name].name.span, "first defined here")])
+            continue
+        first[name] = node
+        if lowered is not None:
+            table[name] = lowered
+    return table
+
+
+def _lower_ca(ctx, node: ast.Ca, policy_path: str) -> ir.Ca | None:
+    where = f"ca `{node.name.value}`"
+    bundle = once(ctx, node.body, ast.Bundle, where)
+    depth = once(ctx, node.body, ast.Depth, where)
+    crl = once(ctx, node.body, ast.Crl, where)
+    ocsp = once(ctx, node.body, ast.Ocsp, where)
+    if bundle is None:
+        ctx.err("MTLS011", node.name.span, f"{where} has no `bundle`",
+                'name the CA certificates: `bundle "ca/root.pem" "ca/issuing.pem"`')
+        return None
+    depth_value = 1  # nginx's default ssl_verify_depth (nginx-facts §3)
+    if depth is not None:
+        depth_value = int(depth.value.value)
+        if depth_value > 10:
+            ctx.err("MTLS012", depth.value.span, f"depth {depth_value} is not a sensible chain length",
+                    "depth counts intermediates between the client certificate and the root: 0, 1 or 2 is usual")
+    lowered_ocsp = None
+    if ocsp is not None:
+        if ocsp.mode.value not in ("on", "leaf"):
+            ctx.err("MTLS012", ocsp.mode.span, f"`{ocsp.mode.value}` is not an OCSP mode",
+                    "write `ocsp on` (leaf and intermediates) or `ocsp leaf`; leave the line out for no OCSP")
+        responder = None
+        if ocsp.responder is not None:
+            try:
+                responder = values.ocsp_responder(ocsp.responder.value)
+            except values.ValueProblem as p:
+                ctx.err("MTLS012", ocsp.responder.span, p.message, p.help)
+        lowered_ocsp = ir.Ocsp(ocsp.mode.value, responder, ocsp.span)
+    crl_files = crl.files if crl else ()
+    return ir.Ca(
+        name=node.name.value,
+        bundle=tuple(file_path(ctx, s, policy_path) for s in bundle.files),
+        depth=depth_value,
+        crls=tuple(file_path(ctx, s, policy_path) for s in crl_files),
+        ocsp=lowered_ocsp,
+        span=node.span,
+        bundle_spans=tuple(s.span for s in bundle.files),
+        crl_spans=tuple(s.span for s in crl_files),
+    )
+
+

@@ -1,0 +1,104 @@
+"""Lowering of `identity` blocks: DNs parsed into nginx's own form, patterns checked."""
+
+from __future__ import annotations
+
+from mtlsc import ast, dn, ir, values
+from mtlsc.lower.common import Ctx
+from mtlsc.source import Span
+
+
+def _inside(s: ast.Str, offset: int) -> Span:
+    """A one-character span at `offset` inside a string literal (after its opening quote)."""
+    sp = s.span
+    col = sp.col + 1 + offset
+    return Span(sp.path, sp.line, col, sp.line, col + 1)
+
+
+def _dn(ctx: Ctx, s: ast.Str, what: str) -> str | None:
+    try:
+        return dn.format_dn(dn.parse_dn(s.value))
+    except dn.DnError as e:
+        ctx.err("MTLS014", _inside(s, e.offset), f"{what} is not a DN nginx can produce: {e.message}",
+                "write the DN as nginx prints `$ssl_client_s_dn` (RFC 2253): `CN=alice,O=Acme,C=US`")
+        return None
+
+
+def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
+    name = node.name.value
+    if name == "any":
+        ctx.err("MTLS012", node.name.span, "`any` is reserved", "`allow any` means every certificate of the CA; pick another name")
+    body = [s for s in node.body if not isinstance(s, ast.Waive)]
+    for san in (s for s in body if isinstance(s, ast.San)):
+        ctx.err(
+            "MTLS030", san.span, "SAN matching is not available in stock nginx",
+            "nginx has no variable for subjectAltName; match the subject (`cn`, `subject`) or pin a `fingerprint`",
+            label="nginx cannot see SANs",
+        )
+    kinds = {
+        ir.IdentityKind.SUBJECT: [s for s in body if isinstance(s, ast.Subject)],
+        ir.IdentityKind.ATTRS: [s for s in body if isinstance(s, (ast.AttrEq, ast.AttrRe))],
+        ir.IdentityKind.FINGERPRINT: [s for s in body if isinstance(s, ast.Fingerprint)],
+        ir.IdentityKind.SERIAL: [s for s in body if isinstance(s, (ast.Serial, ast.Issuer))],
+    }
+    used = [k for k, stmts in kinds.items() if stmts]
+    if not used:
+        if not any(isinstance(s, ast.San) for s in body):
+            ctx.err("MTLS014", node.name.span, f"identity `{name}` matches nothing",
+                    'give a `subject "CN=..."`, attribute matches such as `cn "x"`, a `fingerprint` or `serial` + `issuer`')
+        return None
+    if len(used) > 1:
+        ctx.err("MTLS014", kinds[used[1]][0].span, f"identity `{name}` mixes {used[0].value} and {used[1].value} matching",
+                "one identity matches one way; define two identities and allow both")
+        return None
+    kind, stmts = used[0], kinds[used[0]]
+    if kind is not ir.IdentityKind.ATTRS and len(stmts) > (2 if kind is ir.IdentityKind.SERIAL else 1):
+        ctx.err("MTLS013", stmts[-1].span, f"identity `{name}` states its {kind.value} twice", "keep one")
+        return None
+    if kind is ir.IdentityKind.SUBJECT:
+        subject = _dn(ctx, stmts[0].dn, "the subject")
+        return subject and ir.Identity(name, kind, subject=subject, span=node.span)
+    if kind is ir.IdentityKind.FINGERPRINT:
+        try:
+            return ir.Identity(name, kind, fingerprint=values.fingerprint(stmts[0].value.value), span=node.span)
+        except values.ValueProblem as p:
+            ctx.err("MTLS030" if "SHA-256" in p.message else "MTLS014", stmts[0].value.span, p.message, p.help)
+            return None
+    if kind is ir.IdentityKind.SERIAL:
+        return _serial_identity(ctx, node, stmts)
+    attrs = [a for a in (_attr(ctx, s) for s in stmts) if a is not None]
+    if len(attrs) != len(stmts):
+        return None
+    return ir.Identity(name, kind, attrs=tuple(attrs), span=node.span)
+
+
+def _serial_identity(ctx: Ctx, node: ast.Identity, stmts) -> ir.Identity | None:
+    serial = next((s for s in stmts if isinstance(s, ast.Serial)), None)
+    issuer = next((s for s in stmts if isinstance(s, ast.Issuer)), None)
+    if serial is None or issuer is None:
+        ctx.err("MTLS014", node.name.span, f"identity `{node.name.value}` needs both `serial` and `issuer`",
+                "a serial number is unique only within its issuer")
+        return None
+    try:
+        number = values.serial(serial.value.value)
+    except values.ValueProblem as p:
+        ctx.err("MTLS014", serial.value.span, p.message, p.help)
+        return None
+    issuer_dn = _dn(ctx, issuer.dn, "the issuer")
+    return issuer_dn and ir.Identity(node.name.value, ir.IdentityKind.SERIAL, serial=number, issuer=issuer_dn, span=node.span)
+
+
+def _attr(ctx: Ctx, s) -> ir.AttrMatch | None:
+    attr = dn.canonical_attribute(s.attr.value)
+    if attr is None:
+        ctx.err("MTLS014", s.attr.span, f"`{s.attr.value}` is not a DN attribute nginx prints",
+                "use a short name such as `cn`, `o`, `ou`, `c`, `l`, `st`, `dc` or `uid`")
+        return None
+    if isinstance(s, ast.AttrEq):
+        return ir.AttrMatch(attr, "eq", s.value.value, s.span)
+    try:
+        dn.check_value_pattern(s.pattern.value)
+    except dn.DnError as e:
+        ctx.err("MTLS014", _inside(s.pattern, e.offset), f"unsafe or unsupported pattern: {e.message}",
+                "patterns are anchored regexes (`^...$`) over the value as nginx prints it, confined to one attribute")
+        return None
+    return ir.AttrMatch(attr, "re", s.pattern.value, s.span)

@@ -1,0 +1,178 @@
+"""Lowering of one `server` block and its routes."""
+
+from __future__ import annotations
+
+from mtlsc import ast, ir, values
+from mtlsc.diagnostics import Related
+from mtlsc.emit import quote
+from mtlsc.lower.common import Ctx, nginx_string, once, resolve, suggest
+from mtlsc.nginx_facts import FORWARD_FIELDS
+
+DEFAULT_INSTALL_DIR = "/etc/nginx/mtls"
+DEFAULT_REJECTIONS = ir.Rejections(
+    no_cert=ir.Response(403, "client certificate required"),
+    bad_cert=ir.Response(403, "client certificate not accepted"),
+    forbidden=ir.Response(403, "client certificate not allowed here"),
+)
+
+
+def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Server | None:
+    """A server block on its own; blocks naming the same server are merged afterwards."""
+    where = f"server `{node.names[0].value}`"
+    names = []
+    for w in node.names:
+        try:
+            names.append(values.hostname(w.value))
+        except values.ValueProblem as p:
+            ctx.err("MTLS024", w.span, p.message, p.help)
+    listens = []
+    for stmt in (s for s in node.body if isinstance(s, ast.Listen)):
+        try:
+            address, port = values.listen(stmt.address.value)
+            listens.append(ir.Listen(address, port, stmt.span))
+        except values.ValueProblem as p:
+            ctx.err("MTLS012", stmt.address.span, p.message, p.help)
+    cert = once(ctx, node.body, ast.Certificate, where)
+    backend = once(ctx, node.body, ast.Backend, where)
+    handshake = once(ctx, node.body, ast.Handshake, where)
+    install = once(ctx, node.body, ast.Install, where)
+    if handshake is not None and handshake.mode.value != "require":
+        ctx.err("MTLS012", handshake.mode.span, f"`handshake {handshake.mode.value}` is not a handshake mode",
+                "write `handshake require` to ask for a certificate on the whole listener; leave it out for per-route gates")
+    server_backend = _backend(ctx, backend) if backend else ""
+    routes = tuple(r for r in (_lower_route(ctx, r, cas, idents, server_backend) for r in node.body
+                               if isinstance(r, ast.Route)) if r is not None)
+    if cert is None:
+        ctx.err("MTLS011", node.names[0].span, f"{where} has no `certificate`",
+                'give the server certificate and key: `certificate "/etc/nginx/tls/api.crt" key "/etc/nginx/tls/api.key"`')
+    if not routes and not any(isinstance(r, ast.Route) for r in node.body):
+        ctx.err("MTLS011", node.names[0].span, f"{where} has no routes",
+                "add at least one `route`; paths without a route are refused")
+    return ir.Server(
+        names=tuple(names),
+        listens=tuple(listens) or (ir.Listen(None, 443, node.span),),
+        certificate=nginx_string(ctx, cert.cert, "the certificate path") if cert else "",
+        key=nginx_string(ctx, cert.key, "the key path") if cert else "",
+        backend=server_backend,
+        handshake_require=handshake is not None,
+        install_dir=nginx_string(ctx, install.directory, "the install directory") if install else DEFAULT_INSTALL_DIR,
+        routes=routes,
+        rejections=_rejections(ctx, node.body),
+        span=node.span,
+        handshake_span=handshake.span if handshake else None,
+    )
+
+
+def _backend(ctx: Ctx, stmt: ast.Backend) -> str:
+    try:
+        return values.backend_url(stmt.url.value)
+    except values.ValueProblem as p:
+        ctx.err("MTLS012", stmt.url.span, p.message, p.help)
+        return ""
+
+
+def _rejections(ctx: Ctx, body) -> ir.Rejections:
+    chosen = {}
+    for stmt in (s for s in body if isinstance(s, ast.Reject)):
+        reason = stmt.reason.value
+        if reason not in ("no_cert", "bad_cert", "forbidden"):
+            ctx.err("MTLS012", stmt.reason.span, f"`{reason}` is not a rejection reason",
+                    suggest(reason, ("no_cert", "bad_cert", "forbidden")) or "use `no_cert`, `bad_cert` or `forbidden`")
+            continue
+        status = int(stmt.status.value)
+        if not 400 <= status <= 599:
+            ctx.err("MTLS012", stmt.status.span, f"status {status} does not refuse the request",
+                    "use a 4xx or 5xx status, e.g. 403")
+            continue
+        if reason in chosen:
+            ctx.err("MTLS013", stmt.span, f"`reject {reason}` is given twice", "keep one",
+                    related=[Related(chosen[reason][1], "first given here")])
+            continue
+        default = getattr(DEFAULT_REJECTIONS, reason)
+        text = nginx_string(ctx, stmt.body, "the response body") if stmt.body else default.body
+        chosen[reason] = (ir.Response(status, text), stmt.span)
+    return ir.Rejections(**{r: chosen[r][0] if r in chosen else getattr(DEFAULT_REJECTIONS, r)
+                            for r in ("no_cert", "bad_cert", "forbidden")})
+
+
+def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_backend: str) -> ir.Route | None:
+    try:
+        path = values.route_path(node.path.value)
+    except values.ValueProblem as p:
+        sp = node.path.span
+        ctx.err("MTLS021", type(sp)(sp.path, sp.line, sp.col + p.offset, sp.line, sp.col + p.offset + 1), p.message, p.help)
+        return None
+    where = f"route `{path}`"
+    modes = [s for s in node.body if isinstance(s, (ast.Public, ast.Optional, ast.Require))]
+    if len(modes) != 1:
+        if not modes:
+            ctx.err("MTLS015", node.path.span, f"{where} says nothing about client certificates",
+                    "add `public`, `optional CA` or `require CA`")
+        else:
+            ctx.err("MTLS015", modes[1].span, f"{where} has more than one mode", "keep one of `public`, `optional`, `require`",
+                    related=[Related(modes[0].span, "first mode here")])
+        return None
+    mode_stmt = modes[0]
+    mode = {ast.Public: ir.Mode.PUBLIC, ast.Optional: ir.Mode.OPTIONAL, ast.Require: ir.Mode.REQUIRE}[type(mode_stmt)]
+    ca = None if mode is ir.Mode.PUBLIC else resolve(ctx, mode_stmt.ca, cas, "ca", "MTLS018")
+    allow_stmt = once(ctx, node.body, ast.Allow, where)
+    forward_stmt = once(ctx, node.body, ast.Forward, where)
+    backend_stmt = once(ctx, node.body, ast.Backend, where)
+    allow, allow_any = (), False
+    if allow_stmt is not None:
+        if mode is not ir.Mode.REQUIRE:
+            ctx.err("MTLS016", allow_stmt.span, f"`allow` needs `require`: {where} is {mode.value}",
+                    "an allow list only means something when a certificate is required; use `require CA`")
+        allow_any = any(w.value == "any" for w in allow_stmt.names)
+        if allow_any and len(allow_stmt.names) > 1:
+            ctx.err("MTLS016", allow_stmt.span, "`allow any` cannot be combined with named identities",
+                    "`any` already admits every certificate of the CA")
+        allow = tuple(i for i in (resolve(ctx, w, idents, "identity", "MTLS019")
+                                  for w in allow_stmt.names if w.value != "any") if i is not None)
+        _no_duplicates(ctx, allow_stmt.names, "identity")
+    forward = _forward(ctx, forward_stmt, mode, where) if forward_stmt else ()
+    backend = _backend(ctx, backend_stmt) if backend_stmt else server_backend  # "": settled after merging
+    if mode is not ir.Mode.PUBLIC and ca is None:
+        return None
+    return ir.Route(
+        match=ir.PathMatch.EXACT if node.exact else ir.PathMatch.PREFIX,
+        path=path, mode=mode, ca=ca, allow=allow, allow_any=allow_any,
+        forward=forward, backend=backend, span=node.span,
+    )
+
+
+def _no_duplicates(ctx: Ctx, words, kind: str) -> None:
+    seen = {}
+    for w in words:
+        if w.value in seen:
+            ctx.err("MTLS013", w.span, f"{kind} `{w.value}` is listed twice", "list it once",
+                    related=[Related(seen[w.value].span, "first listed here")])
+        seen.setdefault(w.value, w)
+
+
+def _forward(ctx: Ctx, stmt: ast.Forward, mode: ir.Mode, where: str) -> tuple[ir.Forward, ...]:
+    if mode is ir.Mode.PUBLIC:
+        ctx.err("MTLS016", stmt.span, f"{where} is public: it forwards no identity",
+                "public routes clear every identity header; remove `forward` or require a certificate")
+        return ()
+    out, headers = [], {}
+    for f in stmt.fields:
+        spec = FORWARD_FIELDS.get(f.name.value)
+        if spec is None:
+            ctx.err("MTLS017", f.name.span, f"`{f.name.value}` is not a certificate field mtlsc can forward",
+                    suggest(f.name.value, FORWARD_FIELDS) or "fields: " + ", ".join(FORWARD_FIELDS))
+            continue
+        header = f.header.value if f.header else spec.default_header
+        problem = quote.header_problem(header)
+        if problem:
+            ctx.err("MTLS020", f.header.span if f.header else f.span, f"header name `{header}` {problem}",
+                    "use letters, digits and `-`, e.g. `X-Client-Subject`")
+            continue
+        key = header.lower()
+        if key in headers:
+            ctx.err("MTLS013", f.span, f"header `{header}` is forwarded twice", "give each field its own header",
+                    related=[Related(headers[key], "first here")])
+            continue
+        headers[key] = f.span
+        out.append(ir.Forward(spec.name, header, f.span))
+    return tuple(out)

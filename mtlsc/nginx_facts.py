@@ -1,0 +1,134 @@
+"""nginx knowledge as data: the `$ssl_client_*` variables, forwardable fields, version gates.
+
+Facts marked §N are measured in shared/design/nginx-facts.md on nginx 1.22.1 and re-proven by
+tests/test_nginx_facts.py and the emitted-config tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    name: str  # without the `$`
+    holds: str  # what nginx puts in it
+    empty_when: str
+    backend_should: str
+    since: tuple[int, int, int]
+
+
+VARIABLES: dict[str, Variable] = {
+    v.name: v
+    for v in (
+        Variable(
+            "ssl_client_verify",
+            "`SUCCESS`, `NONE` (no certificate sent) or `FAILED:<reason>` (reason since 1.11.7). "
+            "With mtlsc's config a `FAILED` value never reaches the backend: nginx answers 400 first (§1).",
+            "never empty on a TLS connection",
+            "Treat only the exact string `SUCCESS` as authenticated; never test for `!= NONE` or for a "
+            "non-empty subject (§9).",
+            (1, 0, 0),
+        ),
+        Variable(
+            "ssl_client_s_dn",
+            "the subject DN in RFC 2253 form: most specific RDN first, `,` between RDNs without spaces, "
+            "`+` inside multi-valued RDNs; `, + \" \\ < > ;` escaped with `\\`, a leading `#` or space and a "
+            "trailing space escaped, every non-ASCII UTF-8 byte as `\\XX` (uppercase hex), so it is pure "
+            "ASCII; `=` inside a value is not escaped (§7)",
+            "no certificate was sent",
+            "Parse it as RFC 2253 (respect `\\` escapes) or compare it whole; never split on `,` or match "
+            "it with an unanchored regex: `CN=mallory\\,O=Acme` contains `O=Acme` as text (§7).",
+            (1, 11, 6),
+        ),
+        Variable(
+            "ssl_client_i_dn",
+            "the issuer DN of the client certificate, same format as `$ssl_client_s_dn`",
+            "no certificate was sent",
+            "Use it for display and logging. It names the immediate issuer only; any CA in the server's "
+            "trust file could mint an issuer with the same DN (§E2), so do not authorise on it alone.",
+            (1, 11, 6),
+        ),
+        Variable(
+            "ssl_client_fingerprint",
+            "SHA-1 of the DER certificate: 40 lowercase hex digits, no separators (§7)",
+            "no certificate was sent",
+            "Use it as a stable key for one certificate (it changes on every renewal). SHA-1 only in "
+            "nginx: pin with it, do not use it for anything collision-sensitive.",
+            (1, 7, 1),
+        ),
+        Variable(
+            "ssl_client_serial",
+            "the serial number as uppercase hex of its bytes, even length, leading zero kept: `0A00000001` (§7)",
+            "no certificate was sent",
+            "Unique only together with the issuer: compare serial and issuer, never serial alone.",
+            (1, 0, 0),
+        ),
+        Variable(
+            "ssl_client_escaped_cert",
+            "the URL-encoded PEM of the client certificate: `-----BEGIN%20CERTIFICATE-----%0AMIIB...` (§7)",
+            "no certificate was sent",
+            "URL-decode, then parse as PEM if the backend needs more fields (SANs, extensions). The chain "
+            "was already verified by nginx; do not re-verify against a different trust store.",
+            (1, 13, 5),
+        ),
+        Variable(
+            "ssl_client_v_start",
+            "notBefore as `Nov 24 01:55:42 2036 GMT` (day padded with a space: `Jan  1`) (§7)",
+            "no certificate was sent",
+            "Informational.",
+            (1, 11, 7),
+        ),
+        Variable(
+            "ssl_client_v_end",
+            "notAfter as `Nov 24 01:55:42 2036 GMT` (§7)",
+            "no certificate was sent",
+            "Use it to warn clients about renewal; nginx already refused expired certificates.",
+            (1, 11, 7),
+        ),
+        Variable(
+            "ssl_client_v_remain",
+            "whole days left until notAfter, rounded down (§7)",
+            "no certificate was sent",
+            "Use it to warn clients about renewal.",
+            (1, 11, 7),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardField:
+    name: str  # the word in `forward ...`
+    variable: str  # the nginx variable it carries
+    default_header: str
+
+
+FORWARD_FIELDS: dict[str, ForwardField] = {
+    f.name: f
+    for f in (
+        ForwardField("verify", "ssl_client_verify", "X-Client-Verify"),
+        ForwardField("subject", "ssl_client_s_dn", "X-Client-Subject"),
+        ForwardField("issuer", "ssl_client_i_dn", "X-Client-Issuer"),
+        ForwardField("fingerprint", "ssl_client_fingerprint", "X-Client-Fingerprint"),
+        ForwardField("serial", "ssl_client_serial", "X-Client-Serial"),
+        ForwardField("cert", "ssl_client_escaped_cert", "X-Client-Cert"),
+        ForwardField("not_before", "ssl_client_v_start", "X-Client-Not-Before"),
+        ForwardField("not_after", "ssl_client_v_end", "X-Client-Not-After"),
+        ForwardField("days_remaining", "ssl_client_v_remain", "X-Client-Days-Remaining"),
+    )
+}
+
+# The oldest nginx the emitted config runs on: `ssl_reject_handshake` (1.19.4) closes the
+# no-SNI default-server hole (§5), and nothing else mtlsc emits is newer.
+MIN_NGINX = (1, 19, 4)
+
+# Directives / variables newer than some targets users might name.
+FEATURE_SINCE = {
+    "ssl_reject_handshake": (1, 19, 4),
+    "ssl_ocsp": (1, 19, 0),
+}
+
+# nginx 1.22's built-in statuses when a certificate fails before any location runs (§1, §E1).
+STATUS_BAD_CERT = 495
+STATUS_NO_CERT = 496

@@ -1,0 +1,239 @@
+"""Step one: text -> lark Tree -> AST. Syntax errors become MTLS00x diagnostics.
+
+The lark Tree never leaves this module. The parser is built once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.lexer import PatternStr
+
+from mtlsc import ast
+from mtlsc.diagnostics import Diagnostic, error
+from mtlsc.source import Source, Span
+
+# Words for the named terminals; keyword terminals are shown as the keyword itself.
+FRIENDLY_TERMINALS = {
+    "NAME": "a name",
+    "STRING": "a quoted string",
+    "PATH": "a path starting with `/`",
+    "HOSTNAME": "a host name",
+    "LISTEN": "a port or `address:port`",
+    "INT": "a number",
+    "CODE": "a check code such as `MTLS201`",
+    "EXACT": "`=`",
+    "$END": "the end of the file",
+}
+
+
+@functools.cache
+def parser() -> Lark:
+    grammar = resources.files("mtlsc.grammar").joinpath("mtls.lark").read_text(encoding="utf-8")
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(source: Source) -> tuple[ast.PolicyFile | None, list[Diagnostic]]:
+    """Parse one file. Returns the AST, or None and the syntax error."""
+    try:
+        tree = parser().parse(source.text)
+    except UnexpectedInput as exc:
+        return None, [_syntax_error(source, exc)]
+    return _ToAst(source.path).transform(tree), []
+
+
+def unescape(raw: str) -> str:
+    """The value of a STRING token: `\\"` and `\\\\` are escapes; any other backslash stays."""
+    body, out, i = raw[1:-1], [], 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body) and body[i + 1] in '"\\':
+            out.append(body[i + 1])
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+def _token_span(path: str, tok: Token) -> Span:
+    return Span(path, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+def _meta_span(path: str, meta) -> Span:
+    if getattr(meta, "empty", True):
+        return Span(path, 1, 1, 1, 1)
+    return Span(path, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _describe_expected(names) -> str:
+    words = sorted({_friendly(n) for n in names})
+    if not words:
+        return "something else"
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _friendly(name: str) -> str:
+    if name in FRIENDLY_TERMINALS:
+        return FRIENDLY_TERMINALS[name]
+    for term in parser().terminals:
+        if term.name == name and isinstance(term.pattern, PatternStr):
+            return f"`{term.pattern.value}`"
+    return name.lower()
+
+
+def _syntax_error(source: Source, exc: UnexpectedInput) -> Diagnostic:
+    line, col = max(exc.line, 1), max(exc.column, 1)
+    if isinstance(exc, UnexpectedCharacters):
+        char = source.text[exc.pos_in_stream]
+        span = Span(source.path, line, col, line, col + 1)
+        if char == '"':
+            rest = source.line_text(line)[col - 1 :]
+            return error(
+                "MTLS002", Span(source.path, line, col, line, col + len(rest)),
+                "unterminated string", "close the string with `\"` on the same line; write `\\\"` for a quote inside it",
+                label="this string has no closing quote",
+            )
+        shown = repr(char)[1:-1] if not char.isprintable() else char
+        return error(
+            "MTLS001", span, f"unexpected character `{shown}`",
+            f"expected {_describe_expected(exc.allowed or ())} here", label="not allowed here",
+        )
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        tok = exc.token
+        span = _token_span(source.path, tok)
+        return error(
+            "MTLS003", span, f"unexpected `{tok.value}`",
+            f"expected {_describe_expected(exc.accepts or exc.expected)}", label="not expected here",
+        )
+    expected = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ()
+    lines = source.text.splitlines() or [""]
+    end = Span(source.path, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 1)
+    return error(
+        "MTLS004", end, "unexpected end of file",
+        f"expected {_describe_expected(expected)}; is a `}}` missing?", label="the file ends here",
+    )
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """One method per grammar rule. Terminals become Word/Str; rules become ast nodes."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def _span(self, meta) -> Span:
+        return _meta_span(self.path, meta)
+
+    # terminals
+    def __default_token__(self, tok: Token):
+        span = _token_span(self.path, tok)
+        if tok.type == "STRING":
+            return ast.Str(unescape(tok.value), span)
+        return ast.Word(tok.value, span)
+
+    def start(self, meta, items):
+        return ast.PolicyFile(self.path, tuple(items), self._span(meta))
+
+    def nginx_target(self, meta, c):
+        return ast.NginxTarget(c[0], self._span(meta))
+
+    def waive(self, meta, c):
+        return ast.Waive(c[0], c[1], self._span(meta))
+
+    def ca(self, meta, c):
+        return ast.Ca(c[0], tuple(c[1:]), self._span(meta))
+
+    def bundle(self, meta, c):
+        return ast.Bundle(tuple(c), self._span(meta))
+
+    def depth(self, meta, c):
+        return ast.Depth(c[0], self._span(meta))
+
+    def crl(self, meta, c):
+        return ast.Crl(tuple(c), self._span(meta))
+
+    def ocsp(self, meta, c):
+        return ast.Ocsp(c[0], c[1], self._span(meta))
+
+    def responder(self, meta, c):
+        return c[0]
+
+    def identity(self, meta, c):
+        return ast.Identity(c[0], tuple(c[1:]), self._span(meta))
+
+    def subject(self, meta, c):
+        return ast.Subject(c[0], self._span(meta))
+
+    def attr_eq(self, meta, c):
+        return ast.AttrEq(c[0], c[1], self._span(meta))
+
+    def attr_re(self, meta, c):
+        return ast.AttrRe(c[0], c[1], self._span(meta))
+
+    def fingerprint(self, meta, c):
+        return ast.Fingerprint(c[0], self._span(meta))
+
+    def serial(self, meta, c):
+        return ast.Serial(c[0], self._span(meta))
+
+    def issuer(self, meta, c):
+        return ast.Issuer(c[0], self._span(meta))
+
+    def san(self, meta, c):
+        return ast.San(c[0], c[1], self._span(meta))
+
+    def server(self, meta, c):
+        names = tuple(x for x in c if isinstance(x, ast.Word))
+        return ast.Server(names, tuple(c[len(names):]), self._span(meta))
+
+    def listen(self, meta, c):
+        return ast.Listen(c[0], self._span(meta))
+
+    def certificate(self, meta, c):
+        return ast.Certificate(c[0], c[1], self._span(meta))
+
+    def backend(self, meta, c):
+        return ast.Backend(c[0], self._span(meta))
+
+    def handshake(self, meta, c):
+        return ast.Handshake(c[0], self._span(meta))
+
+    def install(self, meta, c):
+        return ast.Install(c[0], self._span(meta))
+
+    def reject(self, meta, c):
+        return ast.Reject(c[0], c[1], c[2], self._span(meta))
+
+    def route(self, meta, c):
+        exact, path, *body = c
+        return ast.Route(exact is not None, path, tuple(body), self._span(meta))
+
+    def public(self, meta, c):
+        return ast.Public(self._span(meta))
+
+    def optional(self, meta, c):
+        return ast.Optional(c[0], self._span(meta))
+
+    def require(self, meta, c):
+        return ast.Require(c[0], self._span(meta))
+
+    def allow(self, meta, c):
+        return ast.Allow(tuple(c), self._span(meta))
+
+    def forward(self, meta, c):
+        return ast.Forward(tuple(c), self._span(meta))
+
+    def field(self, meta, c):
+        return ast.Field(c[0], c[1], self._span(meta))
+
+    def field_name(self, meta, c):
+        return c[0]
+
+    def header(self, meta, c):
+        return c[0]

@@ -1,0 +1,82 @@
+"""The driver: every stage of mtlsc, in order, in one place.
+
+    read -> parse -> lower -> load_pki -> run_checks -> emit_all
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+from mtlsc import ir
+from mtlsc.checks import CheckContext, run_checks
+from mtlsc.diagnostics import Diagnostic, Severity, error, has_errors
+from mtlsc.emit import emit_all
+from mtlsc.lower import lower
+from mtlsc.parse import parse
+from mtlsc.pki import Pki, load_pki
+from mtlsc.source import Source, point, read_source
+
+
+@dataclass
+class Result:
+    sources: dict[str, Source] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    policy: ir.Policy | None = None
+    pki: Pki | None = None
+    outputs: dict[str, str] | None = None
+    io_error: bool = False  # a policy file could not be read: exit 2, not 1
+
+    @property
+    def failed(self) -> bool:
+        return self.io_error or has_errors(self.diagnostics)
+
+
+def read_and_lower(paths: list[str]) -> Result:
+    """The front end: read, parse and lower the policy files (no certificate file is read)."""
+    result = Result()
+    files = []
+    for path in paths:
+        try:
+            source = read_source(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            result.diagnostics.append(error("MTLS900", point(path), f"cannot read the policy file: {reason}",
+                                            "check the path; policy files are UTF-8 text"))
+            result.io_error = True
+            continue
+        result.sources[path] = source
+        tree, diags = parse(source)
+        result.diagnostics += diags
+        if tree is not None:
+            files.append(tree)
+    if result.failed:
+        return result
+    result.policy, diags = lower(files)
+    result.diagnostics += diags
+    return result
+
+
+def check(paths: list[str], now: datetime | None = None, strict: bool = False) -> Result:
+    """Everything short of emitting: diagnostics for the policy files at `paths`."""
+    result = read_and_lower(paths)
+    if result.policy is None:
+        return result
+    result.pki, diags = load_pki(result.policy)
+    result.diagnostics += diags
+    if has_errors(diags):
+        return result
+    ctx = CheckContext(result.policy, result.pki, now or datetime.now(timezone.utc))
+    result.diagnostics += run_checks(ctx)
+    if strict:
+        result.diagnostics = [replace(d, severity=Severity.ERROR) if d.severity is Severity.WARNING else d
+                              for d in result.diagnostics]
+    return result
+
+
+def compile_policy(paths: list[str], now: datetime | None = None, strict: bool = False) -> Result:
+    """Check, then emit every output file (in memory) when no error was found."""
+    result = check(paths, now, strict)
+    if not result.failed:
+        result.outputs = emit_all(result.policy, result.pki)
+    return result

@@ -1,0 +1,397 @@
+"""CA bundle and CRL files -> facts: the only reader of certificate files in mtlsc.
+
+Every file problem becomes a located diagnostic (the file's string in the policy), never an
+exception: MTLS901 unreadable, MTLS301 bundle without a certificate, MTLS302 CRL file without a
+CRL, MTLS303 private key in a file, MTLS304 damaged PEM block, MTLS305 a block of the wrong kind.
+The compiled trust and CRL files are rebuilt from the parsed objects, so junk, keys and stray
+blocks in the user's files never reach nginx.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from mtlsc import dn, ir
+from mtlsc.diagnostics import Diagnostic, error, warning
+from mtlsc.source import Span, point
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """One certificate of a bundle file, with names and serial as nginx prints them."""
+
+    path: str
+    index: int  # position among the certificates of the file, from 0
+    pem: str  # re-encoded from the parsed certificate
+    subject: str
+    issuer: str
+    serial: str
+    fingerprint: str  # SHA-1 of the DER, lowercase hex, as $ssl_client_fingerprint
+    not_before: datetime
+    not_after: datetime
+    is_ca: bool  # basicConstraints CA:TRUE
+    path_length: int | None
+    key_cert_sign: bool  # keyUsage allows certificate signing (True when there is no keyUsage)
+    self_signed: bool  # issuer == subject and its own key verifies the signature
+    ski: str | None  # hex
+    aki: str | None  # hex key identifier
+    ocsp_urls: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CrlInfo:
+    """One CRL of a CRL file."""
+
+    path: str
+    pem: str
+    issuer: str
+    last_update: datetime
+    next_update: datetime | None
+    revoked_serials: frozenset[int]
+    aki: str | None
+    signed_by: str | None  # subject of the CA's bundle certificate whose key verifies the CRL
+    index: int = 0  # position among the CRLs of the file, from 0
+
+
+@dataclass(frozen=True, slots=True)
+class CaFacts:
+    name: str
+    certs: tuple[CertInfo, ...]  # bundle file order, then order within each file
+    crls: tuple[CrlInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pki:
+    cas: tuple[CaFacts, ...]
+
+    def ca(self, name: str) -> CaFacts | None:
+        """The facts of a CA, or None when the policy has no CA of that name."""
+        return next((c for c in self.cas if c.name == name), None)
+
+
+# ----- PEM blocks -----------------------------------------------------------------------------
+
+# OpenSSL (and so nginx) ignores text outside BEGIN/END lines, so junk around blocks is harmless.
+_MARKER = re.compile(rb"-----(BEGIN|END) ([A-Z0-9 ]*)-----")
+_CERT_LABELS = ("CERTIFICATE", "X509 CERTIFICATE")
+_CRL_LABEL = "X509 CRL"
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    label: str
+    line: int  # of the BEGIN line, from 1
+    pem: bytes | None  # None: damaged (no END line)
+
+
+def _blocks(data: bytes) -> list[_Block]:
+    """The PEM blocks of a file, in order; a BEGIN without its END is a damaged block."""
+    out: list[_Block] = []
+    start = None  # (label, offset, line) of the open block
+    for m in _MARKER.finditer(data):
+        kind, label = m.group(1), m.group(2).decode()
+        if kind == b"BEGIN":
+            if start:
+                out.append(_Block(start[0], start[2], None))
+            start = (label, m.start(), data.count(b"\n", 0, m.start()) + 1)
+        elif start:
+            ok = label == start[0]
+            out.append(_Block(start[0], start[2], data[start[1]:m.end()] + b"\n" if ok else None))
+            start = None
+    if start:
+        out.append(_Block(start[0], start[2], None))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Issue:
+    """A diagnostic before it is placed at the policy's file string."""
+
+    code: str
+    make: Callable[..., Diagnostic]  # diagnostics.error or diagnostics.warning
+    message: str
+    help: str = ""
+
+
+def _utc(obj, name: str) -> datetime | None:
+    # cryptography >= 42 has tz-aware `*_utc` properties; 41 gives naive UTC.
+    if hasattr(obj, name + "_utc"):
+        return getattr(obj, name + "_utc")
+    naive = getattr(obj, name)
+    return naive.replace(tzinfo=timezone.utc) if naive else None
+
+
+def _ext(obj, cls):
+    try:
+        return obj.extensions.get_extension_for_class(cls).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(cert)
+        return True
+    except Exception:  # name mismatch, bad signature, key type cryptography cannot verify
+        return False
+
+
+def _cert_info(cert: x509.Certificate, path: str, index: int) -> CertInfo:
+    """Facts of one certificate. Raises ValueError on extensions cryptography cannot decode."""
+    bc = _ext(cert, x509.BasicConstraints)
+    ku = _ext(cert, x509.KeyUsage)
+    ski = _ext(cert, x509.SubjectKeyIdentifier)
+    aki = _ext(cert, x509.AuthorityKeyIdentifier)
+    aia = _ext(cert, x509.AuthorityInformationAccess) or []
+    return CertInfo(
+        path=path, index=index, pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+        subject=dn.nginx_dn_of(cert.subject), issuer=dn.nginx_dn_of(cert.issuer),
+        serial=dn.nginx_serial(cert.serial_number), fingerprint=cert.fingerprint(hashes.SHA1()).hex(),
+        not_before=_utc(cert, "not_valid_before"), not_after=_utc(cert, "not_valid_after"),
+        is_ca=bool(bc and bc.ca), path_length=bc.path_length if bc else None,
+        key_cert_sign=ku.key_cert_sign if ku else True, self_signed=_self_signed(cert),
+        ski=ski.digest.hex() if ski else None,
+        aki=aki.key_identifier.hex() if aki and aki.key_identifier else None,
+        ocsp_urls=tuple(d.access_location.value for d in aia
+                        if d.access_method == AuthorityInformationAccessOID.OCSP),
+    )
+
+
+def _crl_info(crl: x509.CertificateRevocationList, path: str, index: int) -> CrlInfo:
+    aki = _ext(crl, x509.AuthorityKeyIdentifier)
+    return CrlInfo(
+        path=path, pem=crl.public_bytes(serialization.Encoding.PEM).decode(), issuer=dn.nginx_dn_of(crl.issuer),
+        last_update=_utc(crl, "last_update"), next_update=_utc(crl, "next_update"),
+        revoked_serials=frozenset(r.serial_number for r in crl),
+        aki=aki.key_identifier.hex() if aki and aki.key_identifier else None,
+        signed_by=None, index=index,
+    )
+
+
+def describe(cert: CertInfo) -> str:
+    """`subject` (serial S, not after DATE): how diagnostics name a certificate."""
+    return f"`{cert.subject}` (serial {cert.serial}, not after {cert.not_after:%Y-%m-%d %H:%M} UTC)"
+
+
+def _damaged(path: str, block: _Block, reason: str) -> _Issue:
+    return _Issue("MTLS304", error, f"`{path}` line {block.line}: the `{block.label}` block is damaged: {reason}",
+                  "nginx -t fails on a damaged PEM block; export the file again from the CA")
+
+
+def _parse_blocks(path: str, data: bytes, wanted: str) -> tuple[list, list[CertInfo], list[_Block], list[_Issue]]:
+    """Split a file into (wanted objects, certificates seen, other blocks, issues).
+
+    `wanted` is "cert" (a bundle: objects are CertInfo) or "crl" (objects are (x509 CRL, CrlInfo)).
+    """
+    objects, certs, others, issues = [], [], [], []
+    for b in _blocks(data):
+        if b.pem is None:
+            issues.append(_damaged(path, b, "no matching END line (truncated?)"))
+        elif b.label in _CERT_LABELS:
+            try:
+                certs.append(_cert_info(x509.load_pem_x509_certificate(b.pem), path, len(certs)))
+            except Exception as exc:  # hostile input must give a diagnostic, never a traceback
+                issues.append(_damaged(path, b, str(exc)))
+        elif b.label == _CRL_LABEL and wanted == "crl":
+            try:
+                crl = x509.load_pem_x509_crl(b.pem)
+                # Facts now: cryptography decodes lazily, so a bad extension would raise later.
+                objects.append((crl, _crl_info(crl, path, len(objects))))
+            except Exception as exc:  # as above
+                issues.append(_damaged(path, b, str(exc)))
+        elif b.label.endswith("PRIVATE KEY"):
+            issues.append(_Issue(
+                "MTLS303", warning, f"`{path}` line {b.line} holds a private key (`{b.label}`)",
+                "the compiled file leaves it out; remove it from the repository and rotate it"))
+        else:
+            others.append(b)
+    return (certs if wanted == "cert" else objects), certs, others, issues
+
+
+def _der_kind(data: bytes) -> tuple[str, CertInfo | None]:
+    """("certificate"|"crl"|"", facts) for a file in DER (binary) form."""
+    try:
+        return "certificate", _cert_info(x509.load_der_x509_certificate(data), "", 0)
+    except Exception:  # not a DER certificate (or one mtlsc cannot read)
+        pass
+    try:
+        x509.load_der_x509_crl(data)
+        return "crl", None
+    except Exception:
+        return "", None
+
+
+def _no_cert_issue(path: str, data: bytes, others: list[_Block]) -> _Issue:
+    """MTLS301: why a bundle file gives nginx no certificate (nginx-facts §12)."""
+    fix = "put the CA's certificates in it, in PEM (`-----BEGIN CERTIFICATE-----`)"
+    if not data.strip():
+        return _Issue("MTLS301", error, f"`{path}` is empty: nginx -t fails with `no certificate or crl found`", fix)
+    if any(b.label == _CRL_LABEL for b in others):
+        return _Issue("MTLS301", error,
+                      f"`{path}` holds a CRL, not a certificate: nginx -t accepts it, and then every "
+                      "client certificate fails verification", "name this file in `crl`, and the CA certificates in `bundle`")
+    if others:
+        labels = ", ".join(f"`{b.label}`" for b in others)
+        return _Issue("MTLS301", error, f"`{path}` holds no certificate, only {labels}", fix)
+    kind, info = _der_kind(data)
+    if kind == "certificate":
+        return _Issue("MTLS301", error,
+                      f"`{path}` holds certificate {describe(info)} in DER (binary) form; nginx reads PEM only",
+                      f"convert it: `openssl x509 -inform der -in {path} -out {path}.pem`, and name the .pem file")
+    if kind == "crl":
+        return _Issue("MTLS301", error, f"`{path}` holds a DER CRL, not a certificate",
+                      "name the CA certificates (PEM) in `bundle`; a CRL belongs in `crl`")
+    return _Issue("MTLS301", error, f"`{path}` holds no PEM certificate: nginx -t fails with `no certificate or crl found`",
+                  fix)
+
+
+def _no_crl_issue(path: str, data: bytes, certs: list[CertInfo], others: list[_Block]) -> _Issue:
+    """MTLS302: why a CRL file gives nginx no CRL (nginx-facts §4, §13)."""
+    fix = "put the CA's CRLs in it, in PEM (`-----BEGIN X509 CRL-----`)"
+    if not data.strip():
+        return _Issue("MTLS302", error, f"`{path}` is empty: nginx -t fails with `no certificate or crl found`", fix)
+    if certs:
+        return _Issue("MTLS302", error,
+                      f"`{path}` holds certificate {describe(certs[0])}, not a CRL: nginx -t accepts this file, "
+                      "and then every client is rejected with `unable to get certificate CRL`",
+                      "name the CA's CRLs here; certificates belong in `bundle`")
+    if others:
+        labels = ", ".join(f"`{b.label}`" for b in others)
+        return _Issue("MTLS302", error, f"`{path}` holds no CRL, only {labels}", fix)
+    kind, info = _der_kind(data)
+    if kind == "crl":
+        return _Issue("MTLS302", error, f"`{path}` holds a CRL in DER (binary) form; nginx reads PEM only",
+                      f"convert it: `openssl crl -inform der -in {path} -out {path}.pem`, and name the .pem file")
+    if kind == "certificate":
+        return _Issue("MTLS302", error, f"`{path}` holds certificate {describe(info)} in DER form, not a CRL",
+                      "name the CA's CRLs (PEM) here; certificates belong in `bundle`")
+    return _Issue("MTLS302", error, f"`{path}` holds no PEM CRL: nginx -t fails with `no certificate or crl found`", fix)
+
+
+def _read_bundle(path: str, data: bytes) -> tuple[list[CertInfo], list[_Issue]]:
+    certs, _, others, issues = _parse_blocks(path, data, "cert")
+    for b in others:
+        issues.append(_Issue("MTLS305", warning, f"`{path}` line {b.line} holds a `{b.label}` block, not a certificate",
+                             "the compiled trust file leaves it out; keep only CA certificates in a bundle file"))
+    if not certs and not any(i.code == "MTLS304" for i in issues):
+        issues = [_no_cert_issue(path, data, others), *[i for i in issues if i.code != "MTLS305"]]
+    return certs, issues
+
+
+def _read_crls(path: str, data: bytes) -> tuple[list[tuple[x509.CertificateRevocationList, CrlInfo]], list[_Issue]]:
+    crls, certs, others, issues = _parse_blocks(path, data, "crl")
+    if not crls and not any(i.code == "MTLS304" for i in issues):
+        return [], [_no_crl_issue(path, data, certs, others), *issues]
+    for c in certs:
+        # OpenSSL's X509_load_cert_crl_file, behind ssl_crl, adds such certificates to the trust store
+        # (from the OpenSSL source, not measured in nginx-facts).
+        issues.append(_Issue("MTLS305", warning, f"`{path}` also holds certificate {describe(c)}",
+                             "the compiled CRL file leaves it out; keep certificates in `bundle`"))
+    for b in others:
+        issues.append(_Issue("MTLS305", warning, f"`{path}` line {b.line} holds a `{b.label}` block, not a CRL",
+                             "the compiled CRL file leaves it out"))
+    return crls, issues
+
+
+# ----- the policy's files ---------------------------------------------------------------------
+
+def _read(path: str, cache: dict[str, bytes | OSError]) -> bytes | OSError:
+    if path not in cache:
+        try:
+            cache[path] = Path(path).read_bytes()
+        except OSError as exc:
+            cache[path] = exc
+    return cache[path]
+
+
+def _unreadable(path: str, exc: OSError, what: str) -> _Issue:
+    reason = exc.strerror or str(exc)
+    return _Issue("MTLS901", error, f"cannot read {what} `{path}`: {reason}",
+                  "check the path (relative paths start at the policy file's directory) and the file's permissions")
+
+
+def _signer(crl: x509.CertificateRevocationList, certs: list[tuple[x509.Certificate, CertInfo]]) -> str | None:
+    for cert, info in certs:
+        try:
+            if crl.is_signature_valid(cert.public_key()):
+                return info.subject
+        except Exception:  # a key type cryptography cannot verify with
+            continue
+    return None
+
+
+def _span(spans: tuple[Span, ...], i: int, ca: ir.Ca, path: str) -> Span:
+    # IR built by hand (tests) may lack spans; fall back to the CA block, then to the file itself.
+    if i < len(spans or ()) and spans[i] is not None:
+        return spans[i]
+    return ca.span or point(path)
+
+
+def _place(issues: list[_Issue], span: Span) -> list[Diagnostic]:
+    return [i.make(i.code, span, i.message, i.help) for i in issues]
+
+
+def _load_ca(ca: ir.Ca, cache: dict) -> tuple[CaFacts, list[Diagnostic]]:
+    diags: list[Diagnostic] = []
+    certs: list[CertInfo] = []
+    for i, path in enumerate(ca.bundle):
+        data = _read(path, cache)
+        found, issues = ([], [_unreadable(path, data, "CA bundle")]) if isinstance(data, OSError) else _read_bundle(path, data)
+        certs += found
+        diags += _place(issues, _span(ca.bundle_spans, i, ca, path))
+    # The CertInfo pem round-trips exactly, so CRL signatures can be checked against it.
+    parsed = [(x509.load_pem_x509_certificate(c.pem.encode()), c) for c in certs]
+    crls: list[CrlInfo] = []
+    for i, path in enumerate(ca.crls):
+        data = _read(path, cache)
+        found, issues = ([], [_unreadable(path, data, "CRL file")]) if isinstance(data, OSError) else _read_crls(path, data)
+        crls += [replace(info, signed_by=_signer(crl, parsed)) for crl, info in found]
+        diags += _place(issues, _span(ca.crl_spans, i, ca, path))
+    return CaFacts(ca.name, tuple(certs), tuple(crls)), diags
+
+
+def load_pki(policy: ir.Policy) -> tuple[Pki, list[Diagnostic]]:
+    """Read every CA bundle and CRL file of the policy (each file once) into facts + diagnostics."""
+    cache: dict[str, bytes | OSError] = {}
+    cas, diags = [], []
+    for ca in policy.cas:
+        facts, d = _load_ca(ca, cache)
+        cas.append(facts)
+        diags += d
+    return Pki(tuple(cas)), diags
+
+
+def _selected(pki: Pki, cas: Iterable) -> list[CaFacts]:
+    names = [c if isinstance(c, str) else c.name for c in cas]
+    return [f for f in (pki.ca(n) for n in names) if f is not None]
+
+
+def trust_file_pem(pki: Pki, cas: Iterable) -> str:
+    """The compiled `ssl_client_certificate` file: every certificate of `cas` (names, in the order
+    given; file order within each), each once."""
+    seen, out = set(), []
+    for facts in _selected(pki, cas):
+        for c in facts.certs:
+            if c.fingerprint not in seen:
+                seen.add(c.fingerprint)
+                out.append(c.pem)
+    return "".join(out)
+
+
+def crl_file_pem(pki: Pki, cas: Iterable) -> str:
+    """The compiled `ssl_crl` file: every CRL of `cas`, in the order given, each once."""
+    seen, out = set(), []
+    for facts in _selected(pki, cas):
+        for c in facts.crls:
+            if c.pem not in seen:
+                seen.add(c.pem)
+                out.append(c.pem)
+    return "".join(out)

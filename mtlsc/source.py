@@ -1,0 +1,48 @@
+"""Source text and positions: what every diagnostic points into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One input file, read once; diagnostics quote from it."""
+
+    path: str
+    text: str
+
+    def line_text(self, line: int) -> str:
+        lines = self.text.splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A region of a source file. 1-based lines and columns; `end_col` is exclusive."""
+
+    path: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}"
+
+
+def span_field():
+    """Spans never take part in equality: two trees equal but for positions compare equal."""
+    return field(default=None, compare=False, repr=False, hash=False)
+
+
+def read_source(path: str | Path) -> Source:
+    """Read a policy file as UTF-8. Raises OSError / UnicodeDecodeError for the caller to report."""
+    p = Path(path)
+    return Source(str(path), p.read_text(encoding="utf-8"))
+
+
+def point(path: str, line: int = 1, col: int = 1) -> Span:
+    """A zero-width span, for findings about a whole file."""
+    return Span(path, line, col, line, col)

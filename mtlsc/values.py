@@ -1,0 +1,137 @@
+"""Parsers for the small value syntaxes inside a policy: versions, listen addresses, URLs,
+route paths, host names, fingerprints and serials.
+
+Each returns the normalised value or raises `ValueProblem` with a message and a fix; lowering
+turns that into a located diagnostic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+
+@dataclass
+class ValueProblem(ValueError):
+    message: str
+    help: str = ""
+    offset: int = 0  # into the value, for a caret inside a string
+
+
+_VERSION = re.compile(r"\s*(?:>=\s*)?(\d+)\.(\d+)(?:\.(\d+))?\s*")
+
+
+def nginx_version(text: str) -> tuple[int, int, int]:
+    m = _VERSION.fullmatch(text)
+    if not m:
+        raise ValueProblem(f"`{text}` is not an nginx version", 'write the oldest version you deploy to, e.g. `nginx ">= 1.22"`')
+    return int(m[1]), int(m[2]), int(m[3] or 0)
+
+
+def listen(text: str) -> tuple[str | None, int]:
+    """`443`, `127.0.0.1:8443` or `[::1]:443` -> (address or None, port)."""
+    address, _, port_text = text.rpartition(":") if ":" in text else ("", "", text)
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueProblem(f"port {port} is out of range", "use a port from 1 to 65535")
+    if not address:
+        return None, port
+    bare_addr = address[1:-1] if address.startswith("[") else address
+    try:
+        ip = ipaddress.ip_address(bare_addr)
+    except ValueError:
+        raise ValueProblem(f"`{address}` is not an IP address", "write `IP:port`, `[IPv6]:port` or just the port") from None
+    return (f"[{ip.compressed}]" if ip.version == 6 else str(ip)), port
+
+
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def hostname(text: str) -> str:
+    """A server name: DNS name, optionally `*.` wildcard; returned lower-cased."""
+    name = text.lower()
+    labels = name[2:].split(".") if name.startswith("*.") else name.split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueProblem(f"`{text}` is not a host name", "use a DNS name such as `api.example.com` or `*.example.com`")
+    return name
+
+
+_URL = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?/?")
+
+
+def backend_url(text: str) -> str:
+    """`http://host[:port]` with no path: nginx then passes the request URI unchanged."""
+    m = _URL.fullmatch(text)
+    if not m:
+        raise ValueProblem(
+            f"`{text}` is not a backend URL mtlsc accepts",
+            "write `http://HOST:PORT` or `https://HOST:PORT` without a path; nginx then forwards the request path unchanged",
+        )
+    if m[3] and not 1 <= int(m[3]) <= 65535:
+        raise ValueProblem(f"port {m[3]} is out of range", "use a port from 1 to 65535")
+    return f"{m[1]}://{m[2]}" + (f":{m[3]}" if m[3] else "")
+
+
+_RESPONDER = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?(?:/[A-Za-z0-9._~!&'()*+,=:@/-]*)?")
+
+
+def ocsp_responder(text: str) -> str:
+    if not _RESPONDER.fullmatch(text):
+        raise ValueProblem(
+            f"`{text}` is not an OCSP responder nginx accepts",
+            "write `http://HOST[:PORT][/path]`; nginx refuses `https` responders at `nginx -t` (nginx-facts §10)",
+        )
+    return text
+
+
+# What may appear in a route path: RFC 3986 pchar minus `%` (nginx matches the decoded path,
+# so a percent sign in a location would never match what the user meant, §2).
+_PATH_CHARS = re.compile(r"[A-Za-z0-9._~!&'()*+,=:@/-]*")
+
+
+def route_path(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueProblem(f"`{text}` does not start with `/`", "route paths are absolute: `/partner/`")
+    bad = next((i for i, ch in enumerate(text) if not _PATH_CHARS.fullmatch(ch)), None)
+    if bad is not None:
+        raise ValueProblem(
+            f"`{text[bad]}` is not allowed in a route path",
+            "nginx matches the decoded, normalised path; write the path as nginx sees it, without `%`, `?` or `\\`",
+            bad,
+        )
+    padded = text + "/"  # so that a trailing `/.` or `/..` is caught like an inner one
+    for dirty in ("//", "/./", "/../"):
+        at = (text if dirty == "//" else padded).find(dirty)
+        if at >= 0:
+            raise ValueProblem(
+                f"`{text}` is not a clean path: it contains `{dirty.rstrip('/') if at + len(dirty) > len(text) else dirty}`",
+                "nginx normalises `//`, `/./` and `/../` before matching, so this route could never match; write the normalised path",
+                at,
+            )
+    return text
+
+
+def fingerprint(text: str) -> str:
+    hexdigits = text.replace(":", "").lower()
+    if re.fullmatch(r"[0-9a-f]{64}", hexdigits):
+        raise ValueProblem(
+            "SHA-256 fingerprints are not available in nginx",
+            "`$ssl_client_fingerprint` is SHA-1: pin with `openssl x509 -noout -fingerprint -sha1 -in CERT`",
+        )
+    if not re.fullmatch(r"[0-9a-f]{40}", hexdigits):
+        raise ValueProblem(
+            f"`{text}` is not a SHA-1 fingerprint",
+            "write 40 hex digits, with or without `:` (`openssl x509 -noout -fingerprint -sha1 -in CERT`)",
+        )
+    return hexdigits
+
+
+def serial(text: str) -> str:
+    """Normalised as nginx prints `$ssl_client_serial`: uppercase hex, even length."""
+    digits = text.replace(":", "").upper()
+    digits = digits[2:] if digits.startswith("0X") else digits
+    if not re.fullmatch(r"[0-9A-F]+", digits):
+        raise ValueProblem(f"`{text}` is not a hex serial number", "write it as `openssl x509 -noout -serial` prints it")
+    digits = digits.lstrip("0") or "0"
+    return digits if len(digits) % 2 == 0 else "0" + digits
