@@ -1,7 +1,8 @@
 """nginx knowledge as data: the `$ssl_client_*` variables, forwardable fields, version gates.
 
-Facts marked §N are measured in shared/design/nginx-facts.md on nginx 1.22.1 and re-proven by
-tests/test_nginx_facts.py and the emitted-config tests.
+The formats below were measured on nginx 1.22.1 (shared/design/nginx-facts.md §1, §7, §E2) and
+are re-proven by tests/test_nginx_facts.py, tests/test_dn_nginx.py and the example-policy tests.
+The texts are written for backend teams: they reach variables.md as they are.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ VARIABLES: dict[str, Variable] = {
         Variable(
             "ssl_client_verify",
             "`SUCCESS`, `NONE` (no certificate sent) or `FAILED:<reason>` (reason since 1.11.7). "
-            "With mtlsc's config a `FAILED` value never reaches the backend: nginx answers 400 first (§1).",
+            "With mtlsc's config a `FAILED` value never reaches the backend: nginx refuses such a certificate before any route runs.",
             "never empty on a TLS connection",
             "Treat only the exact string `SUCCESS` as authenticated; never test for `!= NONE` or for a "
-            "non-empty subject (§9).",
+            "non-empty subject.",
             (1, 0, 0),
         ),
         Variable(
@@ -35,10 +36,10 @@ VARIABLES: dict[str, Variable] = {
             "the subject DN in RFC 2253 form: most specific RDN first, `,` between RDNs without spaces, "
             "`+` inside multi-valued RDNs; `, + \" \\ < > ;` escaped with `\\`, a leading `#` or space and a "
             "trailing space escaped, every non-ASCII UTF-8 byte as `\\XX` (uppercase hex), so it is pure "
-            "ASCII; `=` inside a value is not escaped (§7)",
+            "ASCII; `=` inside a value is not escaped",
             "no certificate was sent",
             "Parse it as RFC 2253 (respect `\\` escapes) or compare it whole; never split on `,` or match "
-            "it with an unanchored regex: `CN=mallory\\,O=Acme` contains `O=Acme` as text (§7).",
+            "it with an unanchored regex: `CN=mallory\\,O=Acme` contains `O=Acme` as text.",
             (1, 11, 6),
         ),
         Variable(
@@ -46,12 +47,12 @@ VARIABLES: dict[str, Variable] = {
             "the issuer DN of the client certificate, same format as `$ssl_client_s_dn`",
             "no certificate was sent",
             "Use it for display and logging. It names the immediate issuer only; any CA in the server's "
-            "trust file could mint an issuer with the same DN (§E2), so do not authorise on it alone.",
+            "trust file could mint an issuer with the same DN, so do not authorise on it alone.",
             (1, 11, 6),
         ),
         Variable(
             "ssl_client_fingerprint",
-            "SHA-1 of the DER certificate: 40 lowercase hex digits, no separators (§7)",
+            "SHA-1 of the DER certificate: 40 lowercase hex digits, no separators",
             "no certificate was sent",
             "Use it as a stable key for one certificate (it changes on every renewal). SHA-1 only in "
             "nginx: pin with it, do not use it for anything collision-sensitive.",
@@ -59,14 +60,14 @@ VARIABLES: dict[str, Variable] = {
         ),
         Variable(
             "ssl_client_serial",
-            "the serial number as uppercase hex of its bytes, even length, leading zero kept: `0A00000001` (§7)",
+            "the serial number as uppercase hex of its bytes, even length, leading zero kept: `0A00000001`",
             "no certificate was sent",
             "Unique only together with the issuer: compare serial and issuer, never serial alone.",
             (1, 0, 0),
         ),
         Variable(
             "ssl_client_escaped_cert",
-            "the URL-encoded PEM of the client certificate: `-----BEGIN%20CERTIFICATE-----%0AMIIB...` (§7)",
+            "the URL-encoded PEM of the client certificate: `-----BEGIN%20CERTIFICATE-----%0AMIIB...`",
             "no certificate was sent",
             "URL-decode, then parse as PEM if the backend needs more fields (SANs, extensions). The chain "
             "was already verified by nginx; do not re-verify against a different trust store.",
@@ -74,21 +75,21 @@ VARIABLES: dict[str, Variable] = {
         ),
         Variable(
             "ssl_client_v_start",
-            "notBefore as `Nov 24 01:55:42 2036 GMT` (day padded with a space: `Jan  1`) (§7)",
+            "notBefore as `Nov 24 01:55:42 2036 GMT` (day padded with a space: `Jan  1`)",
             "no certificate was sent",
             "Informational.",
             (1, 11, 7),
         ),
         Variable(
             "ssl_client_v_end",
-            "notAfter as `Nov 24 01:55:42 2036 GMT` (§7)",
+            "notAfter as `Nov 24 01:55:42 2036 GMT`",
             "no certificate was sent",
             "Use it to warn clients about renewal; nginx already refused expired certificates.",
             (1, 11, 7),
         ),
         Variable(
             "ssl_client_v_remain",
-            "whole days left until notAfter, rounded down (§7)",
+            "whole days left until notAfter, rounded down",
             "no certificate was sent",
             "Use it to warn clients about renewal.",
             (1, 11, 7),
@@ -120,7 +121,7 @@ FORWARD_FIELDS: dict[str, ForwardField] = {
 }
 
 # The oldest nginx the emitted config runs on: `ssl_reject_handshake` (1.19.4) closes the
-# no-SNI default-server hole (§5), and nothing else mtlsc emits is newer.
+# no-SNI default-server hole, and nothing else mtlsc emits is newer.
 MIN_NGINX = (1, 19, 4)
 
 # Directives / variables newer than some targets users might name.

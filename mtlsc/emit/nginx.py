@@ -52,7 +52,8 @@ class LocationView:
 
 def emit(policy: ir.Policy, pki: Pki) -> dict[str, str]:
     out: dict[str, str] = {}
-    views = [_server_view(policy, s, pki) for s in policy.servers]
+    prefixes = variable_prefixes(policy)
+    views = [_server_view(policy, s, pki, prefixes[s.slug]) for s in policy.servers]
     for server, view in zip(policy.servers, views):
         out[f"nginx/{server.slug}.conf"] = render("nginx_server.conf.j2", s=view)
         if server.cas:
@@ -123,8 +124,23 @@ def _response(r: ir.Response) -> tuple[int, Safe]:
     return r.status, quote.nginx_body(r.body)
 
 
-def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki) -> ServerView:
-    prefix = "mtls_" + quote.ident_from(server.slug) + "_"
+def variable_prefixes(policy: ir.Policy) -> dict[str, str]:
+    """A short, unique variable prefix per server. nginx hashes variable names in buckets of 64
+    bytes by default (`variables_hash_bucket_size`), so names must stay under about 46 characters:
+    `mtls_<first label, 12 chars>_<port>_`, with a counter when two servers would share one."""
+    out: dict[str, str] = {}
+    for server in policy.servers:
+        label = quote.ident_from(server.names[0].replace("*.", "wild.").split(".")[0])[:12]
+        base = f"mtls_{label}_{server.listens[0].port}"
+        prefix, n = base, 1
+        while prefix + "_" in out.values():
+            n += 1
+            prefix = f"{base}{n}"
+        out[server.slug] = prefix + "_"
+    return out
+
+
+def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) -> ServerView:
     cas = server.cas
     maps: list[MapView] = []
     ca_index = {c.name: i for i, c in enumerate(cas)}
@@ -198,7 +214,7 @@ def _identity_maps(server: ir.Server, prefix: str, maps: list[MapView]) -> dict[
         for label, (source, idents) in by_source.items():
             if not idents:
                 continue
-            var = f"{prefix}allow{n}_{label}"
+            var = f"{prefix}allow{n}_{label[:4]}"  # subj / fing / seri: short names hash in 64 bytes
             view = MapView(quote.comment(f"1 when the certificate is one of: {', '.join(i.name for i in idents)}"),
                            source, quote.nginx_var(var), 0)
             for ident in sorted(idents, key=lambda i: i.name):

@@ -38,10 +38,10 @@ def _gate_variables(server: ir.Server) -> dict[str, list[str]]:
     """Variables the gates read, with the routes whose gate reads them."""
     used: dict[str, list[str]] = {}
     for r in server.routes:
-        if r.mode is ir.Mode.PUBLIC:
-            continue
-        used.setdefault("ssl_client_verify", []).append(r.path)
-        if len(server.cas) > 1:
+        multi_ca = len(server.cas) > 1
+        if r.mode is ir.Mode.REQUIRE or (r.mode is ir.Mode.OPTIONAL and multi_ca):
+            used.setdefault("ssl_client_verify", []).append(r.path)
+        if r.mode is not ir.Mode.PUBLIC and multi_ca:
             used.setdefault("ssl_client_i_dn", []).append(r.path)
         for ident in r.allow:
             var = {

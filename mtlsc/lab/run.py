@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mtlsc import pipeline
+from mtlsc import ir, pipeline
 from mtlsc.diagnostics import Diagnostic
 from mtlsc.lab.echo import EchoRequest, running_echo_backend
 from mtlsc.lab.nginx import find_nginx, free_port, nginx_command, running_nginx
@@ -37,6 +37,7 @@ class LabError(RuntimeError):
 @dataclass
 class LabRun:
     workdir: Path
+    policy: ir.Policy  # the policy as rewritten for the lab
     out_dir: Path
     pki: LabPki
     ports: list[int]
@@ -96,4 +97,4 @@ def run_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = N
         requests = echo.snapshot()
     found = _SUMMARY.search(proc.stdout)
     passed, failed, skipped = (int(found[1]), int(found[2]), int(found[3] or 0)) if found else (0, 0, 0)
-    return LabRun(workdir, out, pki, ports, proc.stdout + proc.stderr, proc.returncode, passed, failed, skipped, requests)
+    return LabRun(workdir, result.policy, out, pki, ports, proc.stdout + proc.stderr, proc.returncode, passed, failed, skipped, requests)
