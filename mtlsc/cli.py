@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from mtlsc import __version__
@@ -20,6 +20,16 @@ def _when(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+def _days(text: str) -> timedelta:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text}") from None
+    if days < 0:
+        raise argparse.ArgumentTypeError("the window cannot be negative")
+    return timedelta(days=days)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtlsc", description="Compile mutual-TLS policies (.mtls) to nginx config, "
                                 "a variable table and a test script, after checking them for lockout and over-trust.")
@@ -31,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--format", choices=("text", "json"), default="text", help="diagnostics format (default text)")
         cmd.add_argument("--strict", action="store_true", help="treat warnings as errors")
         cmd.add_argument("--now", type=_when, help="check certificate and CRL dates as of this time (ISO 8601)")
+        cmd.add_argument("--expiry-window", type=_days, default=timedelta(days=14), metavar="DAYS",
+                         help="report CA certificates and CRLs that expire within DAYS (default 14)")
 
     c = sub.add_parser("check", help="report diagnostics; write nothing",
                        description="Parse, lower and analyse the policies; print diagnostics.")
@@ -65,7 +77,7 @@ def _check_or_compile(args) -> int:
     from mtlsc.render import render
 
     run = pipeline.compile_policy if args.command == "compile" else pipeline.check
-    result = run(args.policies, now=args.now, strict=args.strict)
+    result = run(args.policies, now=args.now, strict=args.strict, expiry_window=args.expiry_window)
     report = render(result.diagnostics, result.sources, args.format)
     if report:
         (sys.stdout if args.format == "json" else sys.stderr).write(report)

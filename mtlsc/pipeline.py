@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from mtlsc import ir
 from mtlsc.checks import CheckContext, run_checks
@@ -57,8 +57,12 @@ def read_and_lower(paths: list[str]) -> Result:
     return result
 
 
-def check(paths: list[str], now: datetime | None = None, strict: bool = False) -> Result:
-    """Everything short of emitting: diagnostics for the policy files at `paths`."""
+def check(paths: list[str], now: datetime | None = None, strict: bool = False,
+          expiry_window: timedelta = timedelta(days=14), analyse: bool = True) -> Result:
+    """Everything short of emitting: diagnostics for the policy files at `paths`.
+
+    `analyse=False` skips the checks: only tests use it, to show on real nginx what a config the
+    checks would have refused does to clients."""
     result = read_and_lower(paths)
     if result.policy is None:
         return result
@@ -66,17 +70,19 @@ def check(paths: list[str], now: datetime | None = None, strict: bool = False) -
     result.diagnostics += diags
     if has_errors(diags):
         return result
-    ctx = CheckContext(result.policy, result.pki, now or datetime.now(timezone.utc))
-    result.diagnostics += run_checks(ctx)
+    if analyse:
+        ctx = CheckContext(result.policy, result.pki, now or datetime.now(timezone.utc), expiry_window)
+        result.diagnostics += run_checks(ctx)
     if strict:
         result.diagnostics = [replace(d, severity=Severity.ERROR) if d.severity is Severity.WARNING else d
                               for d in result.diagnostics]
     return result
 
 
-def compile_policy(paths: list[str], now: datetime | None = None, strict: bool = False) -> Result:
+def compile_policy(paths: list[str], now: datetime | None = None, strict: bool = False,
+                   expiry_window: timedelta = timedelta(days=14), analyse: bool = True) -> Result:
     """Check, then emit every output file (in memory) when no error was found."""
-    result = check(paths, now, strict)
+    result = check(paths, now, strict, expiry_window, analyse)
     if not result.failed:
         result.outputs = emit_all(result.policy, result.pki)
     return result

@@ -8,7 +8,7 @@ matches its entry in docs/checks.md. Codes: 1xx lockout, 2xx over-trust, 3xx tru
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
 from mtlsc import ir
@@ -24,6 +24,8 @@ class CheckContext:
     policy: ir.Policy
     pki: Pki
     now: datetime
+    # Certificates and CRLs that expire within this window are reported before they lock anyone out.
+    expiry_window: timedelta = timedelta(days=14)
 
 
 @dataclass(frozen=True, slots=True)
