@@ -107,10 +107,8 @@ _REFUSED_GROUPS = (
 def _escape_end(p: str, i: int) -> int:
     """Index just past the escape starting at p[i] == '\\' (the pattern already compiled)."""
     c = p[i + 1]
-    if c == "x":
-        return i + 4
-    if c in "uU":
-        return i + (6 if c == "u" else 10)
+    if c in "xuU":
+        return i + {"x": 4, "u": 6, "U": 10}[c]
     if c == "N":
         return p.index("}", i) + 1
     if c == "0":
@@ -217,9 +215,7 @@ def _bounds(q: re.Match) -> tuple[int, int | None]:
     if q[1]:
         return {"*": (0, None), "+": (1, None), "?": (0, 1)}[q[1]]
     lo = int(q[2] or 0)
-    if not q[3]:
-        return lo, lo
-    return lo, (int(q[4]) if q[4] else None)
+    return (lo, lo) if not q[3] else (lo, int(q[4]) if q[4] else None)
 
 
 def parse_pattern(pattern: str) -> Node:
@@ -239,8 +235,7 @@ def parse_pattern(pattern: str) -> Node:
         raise DnError("a pattern must be anchored: start it with `^`", pos)
     if len(toks) < 2 or toks[-1][0] != "eol":
         raise DnError("a pattern must be anchored: end it with `$`", len(pattern))
-    body, k = _parse_alt(toks[1:-1], 0, pattern, flags)
-    return body
+    return _parse_alt(toks[1:-1], 0, pattern, flags)[0]
 
 
 # ---- confinement: tree -> PCRE/Python regex -------------------------------------------------
@@ -309,6 +304,9 @@ def _emit(node: object) -> str:
         return "".join(_emit_seq(node.items))
     if node.kind == "alt":
         return "(?:" + "|".join(_emit(b) for b in node.items) + ")"
+    if node.kind == "repeat" and _is_backslash(node.items[0]):
+        raise DnError("a quantifier after `\\\\` repeats the backslash; to match nginx's escape pair "
+                      "`\\+`, write `\\\\\\+`", node.start)
     inner = _emit(node.items[0])
     if node.kind == "atomic":
         return f"(?>{inner})"
@@ -326,9 +324,8 @@ def _is_unit(node: object) -> bool:
 
 def _quantifier(node: Node) -> str:
     short = {(0, None): "*", (1, None): "+", (0, 1): "?"}.get((node.lo, node.hi))
-    if short is None:
-        short = f"{{{node.lo}}}" if node.lo == node.hi else f"{{{node.lo},{'' if node.hi is None else node.hi}}}"
-    return short + node.mode
+    bounds = f"{{{node.lo}}}" if node.lo == node.hi else f"{{{node.lo},{'' if node.hi is None else node.hi}}}"
+    return (short or bounds) + node.mode
 
 
 def _emit_seq(items: tuple) -> Iterator[str]:

@@ -27,6 +27,7 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
     idents = _unique(
         ctx, "identity", [(i, lower_identity(ctx, i)) for f in files for i in f.items if isinstance(i, ast.Identity)]
     )
+    _indistinguishable(ctx, idents)
     servers = [lower_server(ctx, s, cas, idents) for f in files for s in f.items if isinstance(s, ast.Server)]
     merged = merge_servers(ctx, [s for s in servers if s is not None])
     waivers = tuple(w for f in files for w in _waivers(f.items, Span(f.path, 1, 1, 10**9, 1)))
@@ -49,6 +50,32 @@ def _waivers(nodes, scope: Span):
             yield ir.Waiver(node.code.value, node.reason.value, scope, node.span)
         elif isinstance(node, (ast.Ca, ast.Identity, ast.Server, ast.Route)):
             yield from _waivers(node.body, node.span)
+
+
+def _identity_key(ident: ir.Identity) -> tuple | None:
+    """What nginx compares for an exact identity; two identities with one key are the same one."""
+    if ident.kind is ir.IdentityKind.SUBJECT:
+        return ("subject", ident.subject.lower())  # map keys compare ASCII case-insensitively
+    if ident.kind is ir.IdentityKind.FINGERPRINT:
+        return ("fingerprint", ident.fingerprint)
+    if ident.kind is ir.IdentityKind.SERIAL:
+        return ("serial", ident.serial, ident.issuer.lower())
+    return None
+
+
+def _indistinguishable(ctx, idents: dict) -> None:
+    """nginx cannot tell such identities apart, and their map keys would clash at `nginx -t`."""
+    seen: dict[tuple, ir.Identity] = {}
+    for name in sorted(idents, key=lambda n: (idents[n].span.path, idents[n].span.line) if idents[n].span else ("", 0)):
+        ident = idents[name]
+        key = _identity_key(ident)
+        if key is None:
+            continue
+        if key in seen:
+            ctx.err("MTLS025", ident.span, f"identities `{seen[key].name}` and `{ident.name}` match the same certificates",
+                    "keep one identity and allow it wherever either was allowed (DNs compare case-insensitively)",
+                    related=[Related(seen[key].span, f"`{seen[key].name}` is defined here")])
+        seen.setdefault(key, ident)
 
 
 def _lower_target(ctx, targets: list[ast.NginxTarget]) -> tuple[int, int, int]:
