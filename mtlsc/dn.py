@@ -22,7 +22,6 @@ from cryptography.x509.name import _ASN1Type  # the only way to pick a string ty
 
 from mtlsc.dn_regex import VALUE_TOKEN, DnError, candidates, check_value_pattern, confine, pcre_literal
 
-# DnError, check_value_pattern and pcre_literal are part of this module's API (re-exported).
 __all__ = ["ATTRIBUTES", "AttrConstraint", "DnError", "canonical_attribute", "check_value_pattern",
            "constraints_regex", "escape_value", "example_value", "format_dn", "matches_constraints",
            "matches_subject", "nginx_dn_of", "nginx_serial", "parse_dn", "pcre_literal", "x509_name"]
@@ -57,6 +56,13 @@ _BY_OID = {oid: name for name, oid in ATTRIBUTES.items()}
 def canonical_attribute(name: str) -> str | None:
     """The canonical short name for a user-written attribute (`cn`, `commonName`, `2.5.4.3`)."""
     return _LOOKUP.get(name.lower())
+
+
+def _canonical(name: str) -> str:
+    attr = canonical_attribute(name)
+    if attr is None:
+        raise DnError(f"unknown attribute `{name}`", 0)
+    return attr
 
 
 # ---- values ---------------------------------------------------------------------------------
@@ -123,12 +129,6 @@ def _parse_value(text: str, start: int) -> tuple[str, int]:
 # ---- whole DNs ------------------------------------------------------------------------------
 
 
-def _legacy_hint(text: str) -> str:
-    parts = [p for p in text.split("/") if p]
-    return (f"this is the legacy `/`-separated format; nginx's $ssl_client_s_dn is RFC 2253: "
-            f"`{','.join(reversed(parts))}` (most specific first)")
-
-
 def _parse_attr(text: str, i: int) -> tuple[str, int]:
     j = i
     while j < len(text) and text[j] not in "=,+":
@@ -159,7 +159,9 @@ def parse_dn(text: str) -> Rdns:
     if not text:
         raise DnError("the DN is empty", 0)
     if text.startswith("/"):
-        raise DnError(_legacy_hint(text), 0)
+        rfc2253 = ",".join(reversed([part for part in text.split("/") if part]))
+        raise DnError("this is the legacy `/`-separated format; nginx's $ssl_client_s_dn is RFC 2253: "
+                      f"`{rfc2253}` (most specific first)", 0)
     rdns, rdn, i = [], [], 0
     while True:
         attr, i = _parse_attr(text, i)
@@ -190,9 +192,8 @@ _WIDE_TAGS = {0x0C: "utf-8", 0x1E: "utf-16-be", 0x1C: "utf-32-be"}
 
 
 def _string_type(attr: str, value: str) -> _ASN1Type:
-    # PrintableString where cryptography uses it and the value allows it; UTF8String otherwise,
-    # which OpenSSL prints byte-for-byte (IA5String, cryptography's default for DC and email,
-    # would be read back as Latin-1 and double-encode any non-ASCII: see _decode).
+    # UTF8String unless cryptography's default is PrintableString and the value fits: IA5String
+    # (its default for DC and email) is read back as Latin-1, double-encoding non-ASCII (_print_ava).
     if attr in ("C", "jurisdictionC") and _PRINTABLE_STRING.fullmatch(value):
         return _ASN1Type.PrintableString
     return _ASN1Type.UTF8String
@@ -224,11 +225,7 @@ def _nginx_order(rdn) -> tuple[tuple[str, str], ...]:
     # DER sorts a SET OF by encoding (cryptography does on write) and XN_FLAG_DN_REV prints the
     # AVAs of an RDN in reverse, so `CN=multi+OU=Eng` is printed in that order however written
     # (test_dn_nginx: multirdn, triple-cn).
-    avas = []
-    for attr, value in rdn:
-        if canonical_attribute(attr) is None:
-            raise DnError(f"unknown attribute `{attr}`", 0)
-        avas.append((canonical_attribute(attr), value))
+    avas = [(_canonical(attr), value) for attr, value in rdn]
     return tuple(sorted(avas, key=lambda av: _ava_der(*av), reverse=True))
 
 
@@ -350,18 +347,11 @@ def _avas(dn: str) -> list[tuple[str, str]]:
     return out
 
 
-def _attr(c: AttrConstraint) -> str:
-    attr = canonical_attribute(c.attr)
-    if attr is None:
-        raise DnError(f"unknown attribute `{c.attr}`", 0)
-    return attr
-
-
 def matches_constraints(dn: str, constraints) -> bool:
     """True when every constraint holds for some AVA of the nginx-form `dn`."""
     avas = _avas(dn)
     for c in constraints:
-        attr = _attr(c)
+        attr = _canonical(c.attr)
         if c.op == "eq":
             want = escape_value(c.value)  # escaping is one-to-one, so compare printed forms
             ok = any(a == attr and v == want for a, v in avas)
@@ -384,7 +374,7 @@ def constraints_regex(constraints) -> str:
     looks = []
     for c in constraints:
         body = pcre_literal(escape_value(c.value)) if c.op == "eq" else confine(c.value)
-        looks.append(f"(?=(?:{_AVA}[,+])*{pcre_literal(_attr(c))}=(?:{body})(?:[,+]|$))")
+        looks.append(f"(?=(?:{_AVA}[,+])*{pcre_literal(_canonical(c.attr))}=(?:{body})(?:[,+]|$))")
     return "^" + "".join(looks)
 
 

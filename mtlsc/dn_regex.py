@@ -10,11 +10,9 @@ that PCRE2 (nginx) and Python `re` read the same way, with every element confine
 - anything that could match an unescaped `,` or `+`, start a pair without finishing it, or look
   outside the value (lookarounds, backreferences, inner anchors) is refused with a `DnError`.
 
-So the emitted body only ever matches whole tokens. Started right after `ATTR=`, it cannot end
-inside an escape pair nor run past the unescaped `,`/`+` that ends the value: this is what keeps
-`CN=mallory\\,O=Acme,...` from satisfying `O` patterns (the mallory row of nginx-facts.md §7).
-
-This module is the lower layer of `mtlsc.dn` and imports nothing from it.
+So the emitted body only ever matches whole tokens. Started right after `ATTR=`, it can neither
+end inside an escape pair nor run past the unescaped `,`/`+` ending the value: this keeps
+`CN=mallory\,O=Acme,...` from satisfying `O` patterns (nginx-facts.md §7). Lower layer of mtlsc.dn.
 """
 
 from __future__ import annotations
@@ -65,8 +63,7 @@ def pcre_literal(s: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Chars:
-    """One single-character atom: a literal, an escape or a class, as the set of printable
-    ASCII characters it matches."""
+    """A single-character atom (literal, escape or class): the printable ASCII it matches."""
 
     start: int
     text: str
@@ -77,6 +74,8 @@ class Chars:
 
 @dataclass(frozen=True, slots=True)
 class AnyChar:
+    """`.`: one value token, an escape pair counting as one."""
+
     start: int
 
 
@@ -98,10 +97,8 @@ class Node:
 # `{,n}` and `{}` literally. Bounds are re-emitted as `{m,n}` / `{m,}`, so only Python's reading counts.
 _QUANT = re.compile(r"(?:([*+?])|\{(\d*)(?:(,)(\d*))?\})([?+]?)")
 _GROUP = re.compile(r"\(\?(?::|P<\w+>|>|([a-zA-Z]*)(?:-([a-zA-Z]*))?:)")
-_REFUSED_GROUPS = (
-    ("(?=", "lookaheads"), ("(?!", "lookaheads"), ("(?<=", "lookbehinds"), ("(?<!", "lookbehinds"),
-    ("(?P=", "backreferences"), ("(?(", "conditionals"), ("(?#", "regex comments"),
-)
+_REFUSED_GROUPS = (("(?=", "lookaheads"), ("(?!", "lookaheads"), ("(?<=", "lookbehinds"), ("(?<!", "lookbehinds"),
+                   ("(?P=", "backreferences"), ("(?(", "conditionals"), ("(?#", "regex comments"))
 
 
 def _escape_end(p: str, i: int) -> int:
@@ -398,9 +395,6 @@ def _seq_parts(items: tuple) -> Iterator[list[str]]:
 
 
 def candidates(pattern: str) -> list[str]:
-    """A few escaped-form strings the confined pattern is likely to match, simplest first.
-
-    Not every one is something nginx can print (`\\q`, a leading unescaped `#`); the caller
-    checks each against the real escaping.
-    """
+    """A few escaped-form strings the confined pattern may match, simplest first; not all are
+    things nginx prints (`\\q`, a bare leading `#`), so the caller checks each."""
     return _cands(parse_pattern(pattern))

@@ -57,6 +57,32 @@ def identity_matches(identity: ir.Identity, client: Client) -> bool:
     return client.serial.upper() == identity.serial and client.issuer.lower() == identity.issuer.lower()
 
 
+@dataclass(frozen=True, slots=True)
+class AllowIndex:
+    """A route's allow list indexed like nginx's hashed maps: exact keys by dict, patterns in a list."""
+
+    subjects: dict
+    fingerprints: dict
+    serials: dict
+    patterns: tuple
+
+    def matches(self, client: Client) -> bool:
+        return (client.subject.lower() in self.subjects
+                or client.fingerprint.lower() in self.fingerprints
+                or (client.serial.upper(), client.issuer.lower()) in self.serials
+                or any(identity_matches(i, client) for i in self.patterns))
+
+
+def allow_index(allow: tuple[ir.Identity, ...]) -> AllowIndex:
+    kinds = ir.IdentityKind
+    return AllowIndex(
+        subjects={i.subject.lower(): i for i in allow if i.kind is kinds.SUBJECT},
+        fingerprints={i.fingerprint: i for i in allow if i.kind is kinds.FINGERPRINT},
+        serials={(i.serial, i.issuer.lower()): i for i in allow if i.kind is kinds.SERIAL},
+        patterns=tuple(i for i in allow if i.kind is kinds.ATTRS),
+    )
+
+
 def attr_constraints(identity: ir.Identity) -> tuple:
     return tuple(dn.AttrConstraint(a.attr, a.op, a.value) for a in identity.attrs)
 
@@ -86,8 +112,11 @@ def _reject(server: ir.Server, reason: str, route: ir.Route | None) -> Outcome:
     return Outcome(response.status, reason, route, body=response.body)
 
 
-def evaluate(server: ir.Server, path: str, client: Client | None) -> Outcome:
-    """What the emitted config answers to `path` on `server` for `client` (None: no certificate)."""
+def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIndex | None = None) -> Outcome:
+    """What the emitted config answers to `path` on `server` for `client` (None: no certificate).
+
+    `index` is `allow_index(route.allow)` for the route `path` reaches, when the caller evaluates
+    many clients on one route (it is built here otherwise)."""
     verifies = bool(server.cas)  # ssl_verify_client is off when no route names a CA
     if verifies and client is not None and client.verified_by not in {c.name for c in server.cas}:
         # nginx rejects a failed verification before any location runs, public ones too (§1)
@@ -107,7 +136,7 @@ def evaluate(server: ir.Server, path: str, client: Client | None) -> Outcome:
         return _reject(server, "no_cert", route)
     if client.verified_by != route.ca.name:
         return _reject(server, "bad_cert", route)
-    if route.allow and not any(identity_matches(i, client) for i in route.allow):
+    if route.allow and not (index or allow_index(route.allow)).matches(client):
         return _reject(server, "forbidden", route)
     return Outcome(200, "ok", route, _headers(route, client))
 

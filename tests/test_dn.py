@@ -167,7 +167,7 @@ def test_nginx_dn_of_string_types():
     ("abc$", 0, "start it with `^`"), ("^abc", 4, "end it with `$`"), ("(?i)abc$", 4, "start it with `^`"),
     ("^a(b$", 2, "invalid regex"), ("^a,b$", 2, "`,` occurs in a value only escaped"),
     ("^a\\+$", 2, "`+` occurs in a value only escaped"), ("^a\\\\$", 2, "must be directly followed"),
-    ("^a\\\\+$", 2, "must be directly followed"), ("^[a,]$", 1, "class may not contain"),
+    ("^a\\\\+$", 2, "repeats the backslash"), ("^[a,]$", 1, "class may not contain"),
     ("^[\\\\a]$", 1, "class may not contain"), ("^x\\W$", 2, "`\\W` can match"),
     ("^\\S+$", 1, "`\\S` can match"), ("^\\D$", 1, "`\\D` can match"), ("^(a)\\1$", 4, "backreferences"),
     ("^(?P<x>a)(?P=x)$", 9, "backreferences"), ("^(?=a)a$", 1, "lookaheads"), ("^a(?<!b)$", 2, "lookbehinds"),
@@ -259,18 +259,29 @@ def dn_and_constraints(draw):
     own = [av for rdn in rdns for av in rdn]
     eq = st.one_of(st.sampled_from(own), st.tuples(st.sampled_from(ATTRS + ["C"]), values))
     own_re = st.sampled_from(own).map(lambda av: (av[0], "^" + dn.pcre_literal(dn.escape_value(av[1])) + "$"))
-    rx = st.one_of(own_re, st.tuples(st.sampled_from(ATTRS + ["C"]), patterns)).filter(lambda ap: _confinable(ap[1]))
+    rx = st.one_of(own_re, st.tuples(st.sampled_from(ATTRS + ["C"]), patterns)).filter(lambda ap: confinable(ap[1]))
     cons = draw(st.lists(st.one_of(eq.map(lambda av: C(av[0], "eq", av[1])), rx.map(lambda ap: C(ap[0], "re", ap[1]))), max_size=3))
     text = draw(st.one_of(st.just(printed), st.text(st.sampled_from(list("CNO=,+\\ax#")), max_size=20)))
     return text, cons
 
 
-def _confinable(pattern: str) -> bool:
+def confinable(pattern: str) -> bool:
     try:
         dn.check_value_pattern(pattern)
         return True
     except dn.DnError:
         return False
+
+
+@fast
+@given(rdn_lists, st.data())
+def test_eq_means_some_ava_has_that_raw_value(rdns, data):
+    own = {av for rdn in rdns for av in rdn}
+    attr, value = data.draw(st.one_of(st.sampled_from(sorted(own)), st.tuples(st.sampled_from(ATTRS), values)))
+    printed = dn.format_dn(rdns)
+    assert dn.matches_constraints(printed, [C(attr, "eq", value)]) is ((attr, value) in own)
+    literal = "^" + dn.pcre_literal(dn.escape_value(value)) + "$"
+    assert dn.matches_constraints(printed, [C(attr, "re", literal)]) is ((attr, value) in own)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

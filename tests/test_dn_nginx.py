@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import random
 import shutil
 import ssl
 import subprocess
@@ -20,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
-from test_dn import rdn_lists
+from test_dn import PATTERN_PIECES, confinable, rdn_lists
 
 from mtlsc import dn
 from mtlsc.dn import AttrConstraint as C
@@ -76,7 +77,13 @@ GATES = [
     [C("emailAddress", "eq", "v"), C("street", "re", "^v$"), C("jurisdictionC", "eq", "US")],
     [C("CN", "re", r"^a\\\+b$"), C("O", "re", "^Oth?e*r{1}$")],
     [C("CN", "re", r"^(?:\\.|[a-z])*$")],
+    [C("CN", "re", r"^(?:[ -*:-@a-z]|\\[ -/;-?])*$")],  # ranges with punctuation endpoints
 ]
+# Plus random compositions of the pattern pieces of test_dn (fixed seed): PCRE2 must read them as Python does.
+_rng = random.Random(2253)
+GATES += [[C(_rng.choice(["CN", "O"]), "re", p)] for p in (
+    "^" + "".join(_rng.choices(PATTERN_PIECES, k=_rng.randint(1, 4))) + "$" for _ in range(60)
+) if confinable(p)][:24]
 # Known verdicts of nginx-facts.md §7 (gate 0 is `O = Acme`).
 ROW_VERDICTS = {"mallory-comma": "0", "eve-slash": "0", "bslash": "1", "alice": "1", "alice-upper": "0"}
 

@@ -109,9 +109,14 @@ def bare(s: str) -> Safe:
     return Safe(s)
 
 
+COMMENT_MAX = 200
+
+
 def comment(s: str) -> Safe:
-    """Text for a `# ...` comment: one line, control characters replaced."""
-    return Safe(_CONTROL.sub("?", s))
+    """Text for a `# ...` comment: one line, control characters replaced, and short: nginx reads a
+    comment as one token and refuses tokens longer than its 4 KiB config buffer."""
+    s = _CONTROL.sub("?", s)
+    return Safe(s if len(s) <= COMMENT_MAX else s[: COMMENT_MAX - 3] + "...")
 
 
 def shell_word(s: str) -> Safe:
@@ -144,3 +149,8 @@ def nginx_word(s: str) -> Safe:
     if _CONTROL.search(s):
         raise UnsafeString(f"{s!r} contains a control character")
     return Safe(_quoted(s))
+
+
+def markdown_cell(s: str) -> Safe:
+    """Text for one Markdown table cell: one line, `|` escaped."""
+    return Safe(_CONTROL.sub(" ", s).replace("|", "\\|"))

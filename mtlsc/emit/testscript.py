@@ -12,7 +12,7 @@ from mtlsc import ir
 from mtlsc.cast import Member, cast
 from mtlsc.emit import quote, render
 from mtlsc.emit.quote import Safe
-from mtlsc.evaluate import evaluate, identity_headers, probe_path
+from mtlsc.evaluate import allow_index, evaluate, identity_headers, probe_path
 
 # Headers a test sends to try to pass for someone else; the backend must never see them.
 SPOOF_MARK = "mtlsc-spoofed"
@@ -61,12 +61,13 @@ def _cases_for_route(server: ir.Server, route: ir.Route, members: list[Member]) 
     host, port = server.names[0].replace("*", "mtlsc-wildcard"), server.listens[0].port
     where = f"{server.names[0]}{route.path} ({route.mode.value}{' ' + route.ca.name if route.ca else ''})"
     cases = []
-
+    index = allow_index(route.allow)
+    allowed = {i.name for i in route.allow}
     spoofable = ",".join(_spoof_headers(server))
 
     def add(label: str, member: Member | None, spoof: bool = False):
         client = member.client(_member_verified_by(member, server)) if member else None
-        out = evaluate(server, path, client)
+        out = evaluate(server, path, client, index)
         ok = out.status == 200
         cases.append(Case(
             title=_w(f"{where}: {label} -> {out.status}{'' if ok else ' ' + out.reason}"),
@@ -80,7 +81,7 @@ def _cases_for_route(server: ir.Server, route: ir.Route, members: list[Member]) 
     relevant = [m for m in members if m.ca is None or m.ca in {c.name for c in server.cas}]
     for m in relevant:
         if m.kind == "identity" and m.ca == (route.ca.name if route.ca else None):
-            if route.allow and m.identity not in route.allow:
+            if route.allow and m.identity.name not in allowed:
                 continue
             add(f"identity {m.identity.name}", m, spoof=True)
         elif m.kind == "stranger":

@@ -29,9 +29,7 @@ class ServerTable:
     public: Safe
 
 
-def _md(s: str) -> Safe:
-    """Markdown table cell text: one line, pipes escaped."""
-    return quote.comment(s.replace("|", "\\|"))
+_md = quote.markdown_cell
 
 
 def _gate_variables(server: ir.Server) -> dict[str, list[str]]:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mtlsc import ir, pipeline
 from mtlsc.diagnostics import Diagnostic
-from mtlsc.lab.echo import EchoRequest, running_echo_backend
-from mtlsc.lab.nginx import find_nginx, free_port, nginx_command, running_nginx
+from mtlsc.lab.echo import EchoBackend, EchoRequest, running_echo_backend
+from mtlsc.lab.nginx import NginxProcess, find_nginx, free_port, nginx_command, running_nginx
 from mtlsc.lab.pki import LabPki, build_lab_pki
 from mtlsc.lab.rewrite import rewrite_for_lab
 from mtlsc.output import write_atomic
@@ -78,23 +80,43 @@ def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime)
     return result, pki, sorted(set(ports.values()))
 
 
-def run_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = None,
-            now: datetime | None = None, timeout: float = 120) -> LabRun:
-    """Build the lab in `workdir`, run the emitted tests.sh against real nginx, stop everything."""
+@dataclass
+class Lab:
+    """A running lab: nginx serving the compiled policy, an echo backend behind it."""
+
+    policy: ir.Policy
+    pki: LabPki
+    out_dir: Path
+    ports: list[int]
+    nginx: NginxProcess
+    echo: EchoBackend
+
+
+@contextmanager
+def running_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = None,
+                now: datetime | None = None) -> Iterator[Lab]:
+    """Build the lab in `workdir` and keep nginx and the backend running for the `with` body."""
     now = now or datetime.now(timezone.utc)
     binary = find_nginx(nginx_bin)
     with running_echo_backend() as echo:
         result, pki, ports = prepare(policy_paths, workdir, echo.url, now)
         out = workdir / "out"
-        prefix = workdir / "nginx"
-        with running_nginx(f"include {out}/nginx/*.conf;", prefix, ports=ports, nginx_bin=binary):
-            nginx_test = shlex.join([*nginx_command(binary, prefix.resolve()), "-t"])
-            proc = subprocess.run(
-                ["bash", str(out / "tests.sh"), "--certs", str(pki.clients_dir), "--server-ca", str(pki.server_ca),
-                 "--echo", "--nginx-test", nginx_test],
-                capture_output=True, text=True, timeout=timeout,
-            )
-        requests = echo.snapshot()
+        with running_nginx(f"include {out}/nginx/*.conf;", workdir / "nginx", ports=ports, nginx_bin=binary) as nginx:
+            yield Lab(result.policy, pki, out, ports, nginx, echo)
+
+
+def run_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = None,
+            now: datetime | None = None, timeout: float = 120) -> LabRun:
+    """Build the lab in `workdir`, run the emitted tests.sh against real nginx, stop everything."""
+    with running_lab(policy_paths, workdir, nginx_bin=nginx_bin, now=now) as lab:
+        nginx_test = shlex.join([*nginx_command(lab.nginx.nginx_bin, lab.nginx.prefix), "-t"])
+        proc = subprocess.run(
+            ["bash", str(lab.out_dir / "tests.sh"), "--certs", str(lab.pki.clients_dir),
+             "--server-ca", str(lab.pki.server_ca), "--echo", "--nginx-test", nginx_test],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        requests = lab.echo.snapshot()
     found = _SUMMARY.search(proc.stdout)
     passed, failed, skipped = (int(found[1]), int(found[2]), int(found[3] or 0)) if found else (0, 0, 0)
-    return LabRun(workdir, result.policy, out, pki, ports, proc.stdout + proc.stderr, proc.returncode, passed, failed, skipped, requests)
+    return LabRun(workdir, lab.policy, lab.out_dir, lab.pki, lab.ports, proc.stdout + proc.stderr,
+                  proc.returncode, passed, failed, skipped, requests)
