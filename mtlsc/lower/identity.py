@@ -97,6 +97,7 @@ def _attr(ctx: Ctx, s) -> ir.AttrMatch | None:
         return ir.AttrMatch(attr, "eq", s.value.value, s.span)
     try:
         dn.check_value_pattern(s.pattern.value)
+        dn.example_value(s.pattern.value)  # raises when no value nginx prints can match
     except dn.DnError as e:
         ctx.err("MTLS014", _inside(s.pattern, e.offset), f"unsafe or unsupported pattern: {e.message}",
                 "patterns are anchored regexes (`^...$`) over the value as nginx prints it, confined to one attribute")
