@@ -8,11 +8,16 @@ questions (coverage, depth, roots, public CAs) live in `chains.py`.
 from __future__ import annotations
 
 import functools
+import os
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+import certifi
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
-from mtlsc import ir
+from mtlsc import dn, ir
 from mtlsc.diagnostics import Finding
 from mtlsc.pki import CertInfo, CrlInfo, describe
 from mtlsc.source import Span, point
@@ -50,6 +55,82 @@ def ca_files(ctx) -> Iterator[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, 
 def parsed(pem: str) -> x509.Certificate:
     """The cryptography object of a certificate (CertInfo.pem round-trips exactly)."""
     return x509.load_pem_x509_certificate(pem.encode())
+
+
+# ----- the public web PKI, as this machine knows it -------------------------------------------------
+
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def system_trust_dirs() -> tuple[str, ...]:
+    """Directories that hold public trust stores (Debian, RHEL, certifi)."""
+    return ("/etc/ssl/certs", "/etc/pki/tls", "/etc/pki/ca-trust", "/usr/share/ca-certificates",
+            "/usr/local/share/ca-certificates", os.path.dirname(certifi.where()))
+
+
+def in_system_trust_dir(path: str) -> str | None:
+    """The system trust directory `path` lies in (as written or after symlinks), or None."""
+    for candidate in {os.path.abspath(path), os.path.realpath(path)}:
+        for d in system_trust_dirs():
+            if candidate == d or candidate.startswith(d.rstrip("/") + "/"):
+                return d
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PublicStore:
+    """Public CA certificates by SHA-1 fingerprint, by (subject, public key) and by subject."""
+
+    fingerprints: dict[str, tuple[str, str]]  # fingerprint -> (subject, store file)
+    keys: dict[tuple[str, bytes], tuple[str, str]]  # (subject lowercased, SPKI DER) -> (subject, store)
+    skis: dict[str, list[tuple[str | None, str, str]]]  # subject lowercased -> [(ski hex, subject, store)]
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_public_store(paths) -> PublicStore:
+    """Read public trust stores (PEM bundles); unreadable or odd entries are skipped."""
+    store = PublicStore({}, {}, {})
+    for path in paths:
+        try:
+            with open(path, "rb") as f, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a few public roots have non-positive serials
+                certs = x509.load_pem_x509_certificates(f.read())
+        except (OSError, ValueError):
+            continue
+        for cert in certs:
+            try:
+                subject = dn.nginx_dn_of(cert.subject)
+                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+            except x509.ExtensionNotFound:
+                ski = None
+            except Exception:  # a certificate cryptography cannot decode: not worth failing a check for
+                continue
+            where = (subject, path)
+            store.fingerprints[cert.fingerprint(hashes.SHA1()).hex()] = where
+            store.keys[(subject.lower(), _spki(cert))] = where
+            store.skis.setdefault(subject.lower(), []).append((ski, subject, path))
+    return store
+
+
+@functools.cache
+def public_store() -> PublicStore:
+    """certifi's Mozilla store and the system store, read once."""
+    return load_public_store([certifi.where(), SYSTEM_BUNDLE])
+
+
+def public_match(cert: CertInfo) -> str | None:
+    """How `cert` belongs to the public web PKI (a sentence), or None."""
+    store = public_store()
+    hit = store.fingerprints.get(cert.fingerprint) or store.keys.get((cert.subject.lower(), _spki(parsed(cert.pem))))
+    if hit:
+        return f"is the public CA `{hit[0]}` of `{hit[1]}`"
+    for ski, subject, path in store.skis.get(cert.issuer.lower(), ()):
+        if not cert.self_signed and (cert.aki is None or ski is None or cert.aki == ski):
+            return f"is issued by the public CA `{subject}` of `{path}`"
+    return None
 
 
 def describe_crl(crl: CrlInfo) -> str:
