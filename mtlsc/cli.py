@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("policies", nargs="+", metavar="POLICY")
     d.add_argument("--clients", type=Path, metavar="DIR", help="where client certificates go (default: none written)")
     d.add_argument("--force", action="store_true", help="overwrite CA and CRL files that exist")
+    lab = sub.add_parser("lab", help="prove the policy on a real nginx on loopback, with a throwaway PKI",
+                         description="Mint a PKI shaped like the policy, compile it for 127.0.0.1, start nginx "
+                         "(temp prefix) and an echo backend, run the emitted tests.sh and audit the headers "
+                         "the backend received. Exit 0 when every case passes.")
+    lab.add_argument("policies", nargs="+", metavar="POLICY")
+    lab.add_argument("--keep", action="store_true",
+                     help="keep the lab running (until Ctrl-C) and its files, and print curl commands to try")
+    lab.add_argument("--workdir", type=Path, metavar="DIR", help="build the lab here (default: a temp dir)")
+    lab.add_argument("--nginx", metavar="BIN", help="the nginx binary (default: $MTLSC_NGINX, PATH, /usr/sbin/nginx)")
     return p
 
 
@@ -67,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo-pki":
             from mtlsc.demo import demo_pki
             return demo_pki(args.policies, args.clients, args.force)
+        if args.command == "lab":
+            from mtlsc.lab.command import lab_command
+            return lab_command(args.policies, keep=args.keep, workdir=args.workdir, nginx=args.nginx)
         return _check_or_compile(args)
     except KeyboardInterrupt:
         return EXIT_USAGE

@@ -1,7 +1,8 @@
 """A policy proven on a real nginx: rewrite it for loopback, mint a PKI shaped like it, compile,
-start nginx and an echo backend, and run the emitted tests.sh against them.
+start nginx and an echo backend, run the emitted tests.sh against them and audit what reached
+the backend.
 
-The test suite uses this for every example policy; `mtlsc lab` is built on it.
+`mtlsc lab` and the test suite are built on this module.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from mtlsc import ir, pipeline
 from mtlsc.diagnostics import Diagnostic
+from mtlsc.lab.audit import audit
 from mtlsc.lab.echo import EchoBackend, EchoRequest, running_echo_backend
 from mtlsc.lab.nginx import NginxProcess, find_nginx, free_port, nginx_command, running_nginx
 from mtlsc.lab.pki import LabPki, build_lab_pki
@@ -26,20 +29,38 @@ from mtlsc.parse import parse
 from mtlsc.source import read_source
 
 _SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$", re.M)
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 class LabError(RuntimeError):
     """The lab could not be built: the policy has errors, or nginx would not start."""
 
-    def __init__(self, message: str, diagnostics: list[Diagnostic] | None = None):
+    def __init__(self, message: str, diagnostics: list[Diagnostic] | None = None, sources=None):
         super().__init__(message)
         self.diagnostics = diagnostics or []
+        self.sources = sources or {}
+
+
+@dataclass
+class Lab:
+    """A running lab: nginx serving the compiled policy, an echo backend behind it."""
+
+    policy: ir.Policy  # as rewritten for loopback
+    pki: LabPki
+    out_dir: Path
+    ports: list[int]
+    nginx: NginxProcess
+    echo: EchoBackend
 
 
 @dataclass
 class LabRun:
     workdir: Path
-    policy: ir.Policy  # the policy as rewritten for the lab
+    policy: ir.Policy
     out_dir: Path
     pki: LabPki
     ports: list[int]
@@ -49,9 +70,15 @@ class LabRun:
     failed: int
     skipped: int
     requests: list[EchoRequest] = field(default_factory=list)  # what reached the backend
+    audit: list[str] = field(default_factory=list)  # header audit problems
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.failed == 0 and not self.audit
 
 
-def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime) -> tuple[pipeline.Result, LabPki, list[int]]:
+def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime,
+            progress: Progress = _quiet) -> tuple[pipeline.Result, LabPki, list[int]]:
     """Rewrite, mint and compile into `workdir`; returns the compile result, the PKI and the ports."""
     ports: dict[tuple[str, str], int] = {}
 
@@ -63,7 +90,7 @@ def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime)
         source = read_source(path)
         tree, diags = parse(source)
         if tree is None:
-            raise LabError(f"{path} does not parse", diags)
+            raise LabError(f"{path} does not parse", diags, {path: source})
         target = workdir / "policy" / f"{i:02d}-{Path(path).name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(rewrite_for_lab(source, tree, port_for=port_for, cert_dir=str(workdir / "lab" / "server"),
@@ -71,52 +98,66 @@ def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime)
         lab_paths.append(str(target))
     front = pipeline.read_and_lower(lab_paths)
     if front.policy is None:
-        raise LabError("the policy has errors", front.diagnostics)
+        raise LabError("the policy has errors", front.diagnostics, front.sources)
+    started = time.monotonic()
     pki = build_lab_pki(front.policy, workdir / "lab", now=now)
+    clients = sum(1 for _ in pki.clients_dir.rglob("*.crt"))
+    progress(f"pki: {len(pki.chains)} CA(s), {clients} client certificates ({time.monotonic() - started:.1f} s)")
     result = pipeline.compile_policy(lab_paths, now=now)
     if result.failed:
-        raise LabError("the lab policy does not compile", result.diagnostics)
+        raise LabError("the lab policy does not compile", result.diagnostics, result.sources)
     write_atomic(workdir / "out", result.outputs)
+    progress(f"compiled: {len(result.outputs)} files in {workdir / 'out'}")
     return result, pki, sorted(set(ports.values()))
-
-
-@dataclass
-class Lab:
-    """A running lab: nginx serving the compiled policy, an echo backend behind it."""
-
-    policy: ir.Policy
-    pki: LabPki
-    out_dir: Path
-    ports: list[int]
-    nginx: NginxProcess
-    echo: EchoBackend
 
 
 @contextmanager
 def running_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = None,
-                now: datetime | None = None) -> Iterator[Lab]:
-    """Build the lab in `workdir` and keep nginx and the backend running for the `with` body."""
+                now: datetime | None = None, progress: Progress = _quiet,
+                tamper: Callable[[Path], None] | None = None) -> Iterator[Lab]:
+    """Build the lab in `workdir` and keep nginx and the backend running for the `with` body.
+
+    `tamper(out_dir)` runs after compiling and before nginx starts: tests use it to show that a
+    hand-edited config is caught."""
     now = now or datetime.now(timezone.utc)
     binary = find_nginx(nginx_bin)
     with running_echo_backend() as echo:
-        result, pki, ports = prepare(policy_paths, workdir, echo.url, now)
+        result, pki, ports = prepare(policy_paths, workdir, echo.url, now, progress)
         out = workdir / "out"
+        if tamper is not None:
+            tamper(out)
         with running_nginx(f"include {out}/nginx/*.conf;", workdir / "nginx", ports=ports, nginx_bin=binary) as nginx:
+            progress(f"nginx: pid {nginx.pid} on 127.0.0.1:{','.join(map(str, ports))}; backend {echo.url}")
             yield Lab(result.policy, pki, out, ports, nginx, echo)
 
 
-def run_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = None,
-            now: datetime | None = None, timeout: float = 120) -> LabRun:
-    """Build the lab in `workdir`, run the emitted tests.sh against real nginx, stop everything."""
-    with running_lab(policy_paths, workdir, nginx_bin=nginx_bin, now=now) as lab:
-        nginx_test = shlex.join([*nginx_command(lab.nginx.nginx_bin, lab.nginx.prefix), "-t"])
-        proc = subprocess.run(
-            ["bash", str(lab.out_dir / "tests.sh"), "--certs", str(lab.pki.clients_dir),
-             "--server-ca", str(lab.pki.server_ca), "--echo", "--nginx-test", nginx_test],
-            capture_output=True, text=True, timeout=timeout,
-        )
-        requests = lab.echo.snapshot()
+def run_tests_script(lab: Lab, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The emitted tests.sh against the lab, with the backend's echo checks on."""
+    nginx_test = shlex.join([*nginx_command(lab.nginx.nginx_bin, lab.nginx.prefix), "-t"])
+    return subprocess.run(
+        ["bash", str(lab.out_dir / "tests.sh"), "--certs", str(lab.pki.clients_dir),
+         "--server-ca", str(lab.pki.server_ca), "--echo", "--nginx-test", nginx_test],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_lab(lab: Lab, workdir: Path, timeout: float = 300) -> LabRun:
+    """Run tests.sh and the header audit against a running lab."""
+    proc = run_tests_script(lab, timeout)
+    requests = lab.echo.snapshot()
     found = _SUMMARY.search(proc.stdout)
     passed, failed, skipped = (int(found[1]), int(found[2]), int(found[3] or 0)) if found else (0, 0, 0)
     return LabRun(workdir, lab.policy, lab.out_dir, lab.pki, lab.ports, proc.stdout + proc.stderr,
-                  proc.returncode, passed, failed, skipped, requests)
+                  proc.returncode, passed, failed, skipped, requests, audit(lab.policy, requests))
+
+
+test_lab.__test__ = False  # a library function, not a pytest test
+
+
+def run_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = None,
+            now: datetime | None = None, timeout: float = 300, progress: Progress = _quiet,
+            tamper: Callable[[Path], None] | None = None) -> LabRun:
+    """Build the lab in `workdir`, run tests.sh and the header audit, stop everything."""
+    with running_lab(policy_paths, workdir, nginx_bin=nginx_bin, now=now, progress=progress, tamper=tamper) as lab:
+        progress("running tests.sh")
+        return test_lab(lab, workdir, timeout)
