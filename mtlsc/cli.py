@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(cmd):
         cmd.add_argument("policies", nargs="+", metavar="POLICY", help=".mtls files compiled together")
-        cmd.add_argument("--format", choices=("text", "json"), default="text", help="diagnostics format (default text)")
+        cmd.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+                         help="diagnostics format: text for people, json or sarif (GitHub code scanning) on stdout")
         cmd.add_argument("--strict", action="store_true", help="treat warnings as errors")
         cmd.add_argument("--now", type=_when, help="check certificate and CRL dates as of this time (ISO 8601)")
         cmd.add_argument("--expiry-window", type=_days, default=timedelta(days=14), metavar="DAYS",
@@ -92,7 +93,7 @@ def _check_or_compile(args) -> int:
     result = run(args.policies, now=args.now, strict=args.strict, expiry_window=args.expiry_window)
     report = render(result.diagnostics, result.sources, args.format)
     if report:
-        (sys.stdout if args.format == "json" else sys.stderr).write(report)
+        (sys.stderr if args.format == "text" else sys.stdout).write(report)
     if result.io_error:
         return EXIT_USAGE
     if result.failed:

@@ -1,0 +1,71 @@
+"""Every diagnostic code mtlsc can print, with a slug and a one-line summary, for tools (SARIF
+rules) and for the docs meta-test. Check codes come from the registry (the check's function name
+is its slug, its docstring its help); the rest are listed here once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from mtlsc.diagnostics import Severity
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    code: str
+    slug: str
+    summary: str
+    help: str  # longer text: the check's docstring, or the summary again
+    severity: Severity
+    docs: str  # the docs page that describes it
+
+
+# Codes that are not checks: syntax, names and values (0xx), file facts found while loading
+# (30x), policy test files (4xx) and input/output (9xx).
+_OTHER: dict[str, tuple[str, str, Severity]] = {
+    "MTLS001": ("unexpected-character", "a character that cannot start any token here", Severity.ERROR),
+    "MTLS002": ("unterminated-string", "a string with no closing quote on its line", Severity.ERROR),
+    "MTLS003": ("unexpected-token", "a word where the grammar expects something else", Severity.ERROR),
+    "MTLS004": ("unexpected-end-of-file", "the file ends inside a block", Severity.ERROR),
+    "MTLS010": ("duplicate-name", "two `ca` or `identity` blocks with one name", Severity.ERROR),
+    "MTLS011": ("missing-statement", "a required statement is absent", Severity.ERROR),
+    "MTLS012": ("invalid-value", "a value outside its domain", Severity.ERROR),
+    "MTLS013": ("stated-twice", "a statement that may appear once appears twice", Severity.ERROR),
+    "MTLS014": ("invalid-identity", "an identity that can never match what nginx shows", Severity.ERROR),
+    "MTLS015": ("route-mode", "a route without exactly one of public / optional / require", Severity.ERROR),
+    "MTLS016": ("not-with-this-mode", "a statement that the route's mode does not allow", Severity.ERROR),
+    "MTLS017": ("unknown-field", "`forward` names an unknown certificate field", Severity.ERROR),
+    "MTLS018": ("unknown-ca", "a route names an undefined CA", Severity.ERROR),
+    "MTLS019": ("unknown-identity", "`allow` names an undefined identity", Severity.ERROR),
+    "MTLS020": ("unsafe-string", "a string that cannot be placed in nginx config safely", Severity.ERROR),
+    "MTLS021": ("unclean-path", "a route path that is not absolute and normalised", Severity.ERROR),
+    "MTLS022": ("duplicate-route", "two routes with the same match and path on one server", Severity.ERROR),
+    "MTLS023": ("conflicting-declarations", "two declarations of one server or target disagree", Severity.ERROR),
+    "MTLS024": ("invalid-host-name", "a server name that is not a DNS name", Severity.ERROR),
+    "MTLS025": ("same-identity-twice", "two identities match exactly the same certificates", Severity.ERROR),
+    "MTLS030": ("not-in-nginx", "a feature stock nginx does not have (SAN, SHA-256 pins)", Severity.ERROR),
+    "MTLS031": ("nginx-too-old", "the target nginx predates what mtlsc needs", Severity.ERROR),
+    "MTLS301": ("bundle-without-certificate", "a CA bundle gives nginx no certificate", Severity.ERROR),
+    "MTLS302": ("crl-file-without-crl", "a CRL file gives nginx no CRL", Severity.ERROR),
+    "MTLS303": ("private-key-in-file", "a private key inside a CA or CRL file", Severity.WARNING),
+    "MTLS304": ("damaged-pem-block", "a truncated or undecodable PEM block", Severity.ERROR),
+    "MTLS305": ("block-of-the-wrong-kind", "a PEM block of the wrong kind, left out of the compiled file", Severity.WARNING),
+    "MTLS900": ("cannot-read-policy", "a policy file cannot be read", Severity.ERROR),
+    "MTLS901": ("cannot-read-file", "a CA or CRL file the policy names cannot be read", Severity.ERROR),
+    "MTLS902": ("cannot-write-output", "the output directory cannot be written", Severity.ERROR),
+}
+
+
+def rules() -> dict[str, Rule]:
+    """Every code, check or not, sorted by code."""
+    from mtlsc.checks import CHECKS
+
+    out = {code: Rule(code, slug, summary, summary, sev, "docs/diagnostics.md") for code, (slug, summary, sev) in _OTHER.items()}
+    for check in CHECKS:
+        doc = inspect.getdoc(check.find) or ""
+        first = doc.split("\n\n", 1)[0].replace("\n", " ")
+        summary = first.removeprefix("What it catches:").strip()
+        out[check.code] = Rule(check.code, check.find.__name__.replace("_", "-"), summary, doc, check.severity,
+                               "docs/checks.md")
+    return dict(sorted(out.items()))
