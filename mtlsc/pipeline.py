@@ -74,7 +74,7 @@ def check(paths: list[str], now: datetime | None = None, strict: bool = False,
         ctx = CheckContext(result.policy, result.pki, now or datetime.now(timezone.utc), expiry_window)
         result.diagnostics += run_checks(ctx)
     if strict:
-        result.diagnostics = [replace(d, severity=Severity.ERROR) if d.severity is Severity.WARNING else d
+        result.diagnostics = [replace(d, severity=Severity.ERROR) if d.severity is Severity.WARNING and not d.waived else d
                               for d in result.diagnostics]
     return result
 

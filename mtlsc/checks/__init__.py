@@ -13,10 +13,10 @@ from typing import Callable, Iterable
 
 from mtlsc import ir
 from mtlsc.diagnostics import Diagnostic, Finding, Severity
-from mtlsc.checks import lockout, overtrust
+from mtlsc.checks import chains, lockout, ocsp, overtrust, trust_files
 from mtlsc.pki import Pki
 
-ERROR, WARNING = Severity.ERROR, Severity.WARNING
+ERROR, WARNING, NOTE = Severity.ERROR, Severity.WARNING, Severity.NOTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,44 @@ class Check:
 
 CHECKS: tuple[Check, ...] = (
     Check("MTLS101", ERROR, lockout.public_route_behind_required_listener),
-    Check("MTLS102", ERROR, lockout.crl_missing_for_some_ca),
-    Check("MTLS201", ERROR, overtrust.issuer_dn_shared_between_cas),
+    Check("MTLS102", ERROR, chains.crl_missing_for_some_ca),
+    Check("MTLS103", WARNING, lockout.probe_route_requires_certificate),
+    Check("MTLS104", WARNING, lockout.no_public_health_route),
+    Check("MTLS105", NOTE, lockout.bad_certificate_refused_on_public_routes),
+    Check("MTLS106", WARNING, lockout.issuer_not_in_ca),
+    Check("MTLS107", WARNING, lockout.route_never_reached),
+    Check("MTLS108", WARNING, lockout.dn_written_root_first),
+    Check("MTLS109", WARNING, lockout.target_predates_421),
+    Check("MTLS110", ERROR, chains.verify_depth_too_small),
+    Check("MTLS111", ERROR, chains.chain_without_root),
+    Check("MTLS112", ERROR, chains.path_length_exceeded),
+    Check("MTLS113", WARNING, ocsp.ocsp_without_responder_url),
+    Check("MTLS114", ERROR, ocsp.ocsp_intermediate_without_url),
+    Check("MTLS115", WARNING, ocsp.ocsp_responder_host_name),
+    Check("MTLS116", NOTE, ocsp.ocsp_checks_intermediates),
+    Check("MTLS149", WARNING, lockout.unused_waiver),
+    Check("MTLS201", ERROR, chains.issuer_dn_shared_between_cas),
+    Check("MTLS202", WARNING, overtrust.over_broad_identity_pattern),
+    Check("MTLS203", WARNING, overtrust.cn_only_identity),
+    Check("MTLS204", WARNING, overtrust.optional_forward_without_verify),
+    Check("MTLS205", ERROR, overtrust.identity_header_not_set_or_cleared),
+    Check("MTLS206", ERROR, overtrust.route_accepts_another_ca),
+    Check("MTLS207", WARNING, overtrust.require_without_allow),
+    Check("MTLS230", ERROR, chains.public_ca_in_bundle),
+    Check("MTLS231", ERROR, chains.bundle_in_system_trust_store),
+    Check("MTLS232", WARNING, chains.ca_can_mint_lookalike_issuer),
+    Check("MTLS233", WARNING, chains.verify_depth_larger_than_needed),
+    Check("MTLS234", WARNING, chains.several_roots_in_one_ca),
+    Check("MTLS306", ERROR, trust_files.crl_expired),
+    Check("MTLS307", ERROR, trust_files.crl_not_yet_valid),
+    Check("MTLS308", WARNING, trust_files.crl_expiring_soon),
+    Check("MTLS309", ERROR, trust_files.crl_not_signed_by_bundle),
+    Check("MTLS310", ERROR, trust_files.ca_certificate_expired),
+    Check("MTLS311", ERROR, trust_files.ca_certificate_not_yet_valid),
+    Check("MTLS312", WARNING, trust_files.ca_certificate_expiring_soon),
+    Check("MTLS313", ERROR, trust_files.not_a_ca_certificate),
+    Check("MTLS314", ERROR, trust_files.ca_without_key_cert_sign),
+    Check("MTLS315", ERROR, trust_files.leaf_certificate_in_bundle),
 )
 
 
@@ -57,6 +93,8 @@ def _within(span, scope) -> bool:
 
 
 def _apply_waivers(d: Diagnostic, waivers) -> Diagnostic:
+    if d.severity is Severity.ERROR:
+        return d  # a waiver acknowledges a warning; an error is a broken config (MTLS149 says so)
     for w in waivers:
         if w.code == d.code and _within(d.span, w.scope):
             return replace(d, waived=w.reason)

@@ -8,9 +8,7 @@ stand in for each other. Single-certificate facts are in `trust_files.py`.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -45,11 +43,11 @@ def root_path(cert: CertInfo, pool) -> list[CertInfo] | None:
     return None
 
 
-def _cas(certs) -> list[CertInfo]:
+def ca_certs(certs) -> list[CertInfo]:
     return [c for c in certs if c.is_ca]
 
 
-def _intermediates(path: list[CertInfo]) -> int:
+def intermediates(path: list[CertInfo]) -> int:
     """Intermediates between a leaf issued by path[0] and the root, as nginx counts depth (§3).
     Self-issued certificates (key rollover) do not count, as in OpenSSL."""
     return sum(1 for c in path[:-1] if c.subject.lower() != c.issuer.lower())
@@ -57,11 +55,11 @@ def _intermediates(path: list[CertInfo]) -> int:
 
 def needed_depth(certs) -> tuple[int, CertInfo] | None:
     """(depth the deepest CA certificate needs, that certificate), or None without any chain."""
-    found = [(_intermediates(p), c) for c in _cas(certs) if (p := root_path(c, certs))]
+    found = [(intermediates(p), c) for c in ca_certs(certs) if (p := root_path(c, certs))]
     return max(found, key=lambda x: x[0]) if found else None
 
 
-def _servers_of(ctx) -> Iterator[tuple[ir.Server, list[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, ...]]]]]:
+def servers_of(ctx) -> Iterator[tuple[ir.Server, list[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, ...]]]]]:
     files = {ca.name: (ca, certs, crls) for ca, certs, crls in ca_files(ctx)}
     for server in ctx.policy.servers:
         yield server, [files[c.name] for c in server.cas if c.name in files]
@@ -89,26 +87,26 @@ def crl_missing_for_some_ca(ctx):
     without CRLs on its own server.
     """
     seen = set()
-    for server, cas in _servers_of(ctx):
+    for server, cas in servers_of(ctx):
         crls = [crl for _, _, cs in cas for crl in cs]
         turned_on = next(((ca, cs[0]) for ca, _, cs in cas if cs), None)
         if turned_on is None:
             continue
         on_span = crl_span(*turned_on)
         for ca, certs, _ in cas:
-            for cert in _cas(certs):
+            for cert in ca_certs(certs):
                 if _covered(cert, crls) or (ca.name, cert.fingerprint) in seen:
                     continue
                 seen.add((ca.name, cert.fingerprint))
-                if cert.self_signed and any(_covered(c, crls) for c in _cas(certs)):
-                    what = (f"the CRL file has a CRL for the intermediate but none for the root {describe(cert)}: "
-                            "the intermediate's own check needs it, so every client is rejected")
-                elif cert.self_signed:
-                    what = f"no CRL for the root {describe(cert)}: every client below it is rejected"
+                name = server.names[0]
+                if cert.self_signed and any(_covered(c, crls) for c in ca_certs(certs)):
+                    what = (f"server `{name}` checks CRLs and has the intermediate's, but none for the root "
+                            f"{describe(cert)}: the intermediate's own check needs it, so every client is rejected")
                 else:
-                    what = f"no CRL for {describe(cert)}: every client below it is rejected"
+                    what = (f"server `{name}` checks CRLs but has none for {'the root ' * cert.self_signed}"
+                            f"{describe(cert)}: every client below it is rejected")
                 yield Finding(bundle_span(ca, cert),
-                              f"server `{server.names[0]}` checks CRLs, but {what} (`unable to get certificate CRL`)",
+                              f"{what} (`unable to get certificate CRL`)",
                               f"add the CRL of `{cert.subject}` to the `crl` of ca `{ca.name}`",
                               label="this certificate has no CRL",
                               related=(Related(on_span, "CRL checking is turned on here"),))
@@ -149,7 +147,7 @@ def chain_without_root(ctx):
     Fix: add the root (and any missing intermediate) to `bundle`, root first.
     """
     for ca, certs, _ in ca_files(ctx):
-        for cert in _cas(certs):
+        for cert in ca_certs(certs):
             if cert.self_signed or root_path(cert, certs):
                 continue
             yield Finding(bundle_span(ca, cert),
@@ -171,10 +169,10 @@ def path_length_exceeded(ctx):
     Fix: reissue the ancestor with a larger pathLen (or none), or issue the clients from the ancestor.
     """
     for ca, certs, _ in ca_files(ctx):
-        for cert in _cas(certs):
+        for cert in ca_certs(certs):
             path = root_path(cert, certs) or []
             for k, above in enumerate(path[1:], start=1):
-                below = _intermediates(path[:k + 1])
+                below = intermediates(path[:k + 1])
                 if above.path_length is not None and below > above.path_length:
                     yield Finding(bundle_span(ca, cert),
                                   f"{describe(cert)} is {below} CA level(s) below {describe(above)}, whose pathLen is "
@@ -184,122 +182,184 @@ def path_length_exceeded(ctx):
                     break
 
 
-# ----- OCSP (nginx-facts §10) -------------------------------------------------------------------------
+# ----- over-trust ------------------------------------------------------------------------------------
 
-def _server_ocsp(cas) -> tuple[ir.Ca, ir.Ocsp] | None:
-    # The emitted server takes the first `ocsp` of its CAs, by name, for all of them.
-    return next(((ca, ca.ocsp) for ca, _, _ in cas if ca.ocsp), None)
+def issuer_dn_shared_between_cas(ctx):
+    """What it catches: two CAs of one server that hold certificates with the same subject DN.
 
+    Why: nginx shows a route only `$ssl_client_i_dn`; mtlsc binds each route to its CA by the issuer
+    DN, which cannot tell two issuers with the same DN apart (nginx-facts §E2, over-trust trap 9).
 
-def ocsp_without_responder_url(ctx):
-    """What it catches: `ocsp on|leaf` without `responder`, for a CA whose certificates show no
-    OCSP URL (AIA) anywhere, so nothing says its client certificates carry one.
+    Example: `ca a { bundle "a.pem" }` and `ca b { bundle "copy-of-a.pem" }` on one server.
 
-    Why: without `ssl_ocsp_responder` nginx asks the URL in each client certificate; a certificate
-    without one gets `certificate status request failed`, a hard failure (nginx-facts §10, lockout
-    trap 10). mtlsc cannot see client certificates, so it warns. The server's `ssl_ocsp` covers
-    every CA of the server, also those without an `ocsp` line.
-
-    Example: `ca a { bundle "root.pem"  ocsp leaf }`.
-
-    Fix: give a `responder "http://IP:PORT/"`, or make sure the CA puts an OCSP URL in every client
-    certificate and waive this warning saying so.
+    Fix: serve the two CAs on different server names or ports.
     """
     seen = set()
-    for server, cas in _servers_of(ctx):
-        found = _server_ocsp(cas)
-        if found is None or found[1].responder:
-            continue
-        owner, ocsp = found
+    for server, cas in servers_of(ctx):
+        owner: dict[str, tuple[ir.Ca, CertInfo]] = {}
         for ca, certs, _ in cas:
-            if any(c.ocsp_urls for c in certs) or ca.name in seen:
-                continue
-            seen.add(ca.name)
-            other = "" if ca is owner else f" (server `{server.names[0]}` checks OCSP for every CA it trusts)"
-            yield Finding(ca.ocsp.span if ca is owner else ca.span,
-                          f"`ocsp {ocsp.mode}` without `responder`: every client certificate of ca `{ca.name}` must "
-                          f"carry an OCSP URL, or nginx rejects it{other}",
-                          "add `responder \"http://IP:PORT/\"`, or waive this if the CA writes an OCSP URL in every certificate",
-                          related=() if ca is owner else (Related(ocsp.span, "OCSP is turned on here"),))
-
-
-def _intermediate_certs(certs) -> list[CertInfo]:
-    return [c for c in _cas(certs) if not c.self_signed]
-
-
-def ocsp_intermediate_without_url(ctx):
-    """What it catches: `ocsp on` without `responder` where an intermediate of the bundle carries
-    no OCSP URL.
-
-    Why: `ssl_ocsp on` asks about the intermediate too, not only the client (nginx-facts §10), and
-    without a responder the URL must come from the intermediate itself: none means `certificate
-    status request failed` for every client below it (lockout trap 10).
-
-    Example: `ca a { bundle "root.pem" "issuing.pem"  ocsp on }`, issuing.pem without AIA.
-
-    Fix: `ocsp leaf` (check only client certificates), or a `responder` that answers for the
-    intermediate as well.
-    """
-    for server, cas in _servers_of(ctx):
-        found = _server_ocsp(cas)
-        if found is None or found[1].mode != "on" or found[1].responder:
-            continue
-        for ca, certs, _ in cas:
-            for cert in _intermediate_certs(certs):
-                if not cert.ocsp_urls:
+            for cert in certs:
+                key = cert.subject.lower()
+                first = owner.setdefault(key, (ca, cert))
+                if first[0].name != ca.name and (ca.name, cert.fingerprint) not in seen:
+                    seen.add((ca.name, cert.fingerprint))
                     yield Finding(bundle_span(ca, cert),
-                                  f"`ocsp on` asks about intermediate {describe(cert)} too, and it names no OCSP URL: "
-                                  "every client below it gets `certificate status request failed`",
-                                  "write `ocsp leaf`, or a `responder` that answers for the intermediate too",
-                                  related=(Related(found[1].span, "`ocsp on` here"),))
+                                  f"ca `{ca.name}` and ca `{first[0].name}` both hold a certificate named `{cert.subject}`",
+                                  "nginx cannot tell their clients apart; serve them on different server names or ports",
+                                  related=(Related(bundle_span(*first), f"ca `{first[0].name}`"),))
 
 
-def ocsp_responder_host_name(ctx):
-    """What it catches: an OCSP `responder` given by host name rather than an IP address.
+def public_ca_in_bundle(ctx):
+    """What it catches: a bundle certificate that belongs to the public web PKI: a root or
+    intermediate of certifi's Mozilla store or of the system store (same fingerprint, or same
+    subject and key), or a certificate issued by one of them.
 
-    Why: nginx resolves the name once, when it loads the configuration: `nginx -t` and every
-    reload fail with `host not found in OCSP responder` if it does not resolve then, and a changed
-    address is not seen until the next reload (nginx-facts §10, lockout trap 11).
+    Why: every certificate such a CA issues, to anyone, verifies as SUCCESS (nginx-facts §1, §8,
+    over-trust trap 10); an identity list is then the only thing between the internet and the route.
 
-    Example: `ocsp leaf responder "http://ocsp.example.com/"`.
+    Example: `bundle "/etc/ssl/certs/ISRG_Root_X1.pem"`.
 
-    Fix: give the responder's IP address, or make sure the name resolves wherever nginx loads.
+    Fix: trust a private CA dedicated to client certificates.
+    """
+    for ca, certs, _ in ca_files(ctx):
+        for cert in certs:
+            how = public_match(cert)
+            if how:
+                yield Finding(bundle_span(ca, cert), f"{describe(cert)} {how}: anyone it issues a certificate to passes",
+                              "trust a private CA made for client certificates", label="public web PKI")
+
+
+def bundle_in_system_trust_store(ctx):
+    """What it catches: a `bundle` file inside a system trust store (`/etc/ssl/certs`,
+    `/etc/pki/tls`, `/usr/share/ca-certificates`, certifi's directory).
+
+    Why: those files are public CA bundles, updated by the OS behind the policy's back; any
+    certificate from any of their CAs yields SUCCESS (nginx-facts §1, §8, over-trust trap 10).
+
+    Example: `bundle "/etc/ssl/certs/ca-certificates.crt"`.
+
+    Fix: keep the private CA's certificates next to the policy and name those.
     """
     for ca in ctx.policy.cas:
-        if ca.ocsp is None or not ca.ocsp.responder:
-            continue
-        host = urlsplit(ca.ocsp.responder).hostname or ""
+        for i, path in enumerate(ca.bundle):
+            where = in_system_trust_dir(path)
+            if where:
+                span = ca.bundle_spans[i] if i < len(ca.bundle_spans or ()) else ca.span
+                yield Finding(span, f"`{path}` is in the system trust store `{where}`: every public CA would be trusted "
+                              "for client certificates", "name a file holding only your private CA, next to the policy",
+                              label="system trust store")
+
+
+def _chain_allows_sub_ca(path: list[CertInfo]) -> bool:
+    """Whether the pathLen constraints of `path` ([cert, ..., root]) let path[0] sign one more CA."""
+    for k, cert in enumerate(path):
+        below = intermediates(path[:k + 1]) + 1  # the existing ones, plus the new sub-CA
+        if cert.path_length is not None and below > cert.path_length:
+            return False
+    return path[0].key_cert_sign
+
+
+def _in_subtree(name: x509.Name, subtree: x509.Name) -> bool:
+    head = [r.rfc4514_string().lower() for r in subtree.rdns]
+    return [r.rfc4514_string().lower() for r in name.rdns[:len(head)]] == head
+
+
+def _names_allow(path: list[CertInfo], name: x509.Name) -> bool:
+    """Whether the name constraints along `path` let a sub-CA carry the subject `name`."""
+    for cert in path:
         try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            yield Finding(ca.ocsp.span,
-                          f"OCSP responder host `{host}` is a name: nginx resolves it at load time, and `nginx -t` "
-                          "fails if it does not resolve then",
-                          "write the responder's IP address, or make sure the name resolves wherever nginx loads")
+            nc = parsed(cert.pem).extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        permitted = [g.value for g in nc.permitted_subtrees or () if isinstance(g, x509.DirectoryName)]
+        excluded = [g.value for g in nc.excluded_subtrees or () if isinstance(g, x509.DirectoryName)]
+        if permitted and not any(_in_subtree(name, s) for s in permitted):
+            return False
+        if any(_in_subtree(name, s) for s in excluded):
+            return False
+    return True
 
 
-def ocsp_checks_intermediates(ctx):
-    """What it catches (a note): `ocsp on` on a server whose bundle holds intermediates.
+def ca_can_mint_lookalike_issuer(ctx):
+    """What it catches: on a server with several CAs, a CA whose certificates could sign a sub-CA
+    carrying another CA's name, within the server's verify depth, with no pathLen or name
+    constraint to stop it.
 
-    Why: `ssl_ocsp on` queries the status of each intermediate as well as the client's, and any
-    failed answer rejects the client (nginx-facts §10): the responder must answer for the
-    intermediates too. `ocsp leaf` asks only about the client certificate.
+    Why: a route is bound to its CA by `$ssl_client_i_dn` alone; a sub-CA under another trusted
+    CA that copies the DN passes that binding with a byte-identical `i_dn` and `s_dn` (nginx-facts
+    §E2, over-trust trap 9). A route is only as safe as every CA in its server's trust file.
 
-    Example: `ca a { bundle "root.pem" "issuing.pem"  ocsp on responder "http://10.0.0.5/" }`.
+    Example: `ca a { bundle "a-root.pem" depth 1 }` and `ca b { ... }` on one server, a-root without pathLen.
 
-    Fix: none needed if the responder answers for the intermediates; else write `ocsp leaf`.
+    Fix: serve each CA set on its own server name or port; or use CAs whose pathLen (0 on the
+    issuing CA, and a root that cannot add levels within the depth) or name constraints rule it out.
     """
     seen = set()
-    for server, cas in _servers_of(ctx):
-        found = _server_ocsp(cas)
-        if found is None or found[1].mode != "on" or found[0].name in seen:
+    for server, cas in servers_of(ctx):
+        if len(cas) < 2:
             continue
-        seen.add(found[0].name)
-        inter = [c for _, certs, _ in cas for c in _intermediate_certs(certs)
-                 if found[1].responder or c.ocsp_urls]
-        if inter:
-            names = ", ".join(f"`{c.subject}`" for c in inter)
-            yield Finding(found[1].span,
-                          f"`ocsp on`: nginx also asks the responder about intermediate(s) {names}; a failed answer "
-                          "rejects every client below them",
-                          "make sure the responder answers for them, or write `ocsp leaf`")
+        depth = max(ca.depth for ca, _, _ in cas)
+        for ca, certs, _ in cas:
+            targets = [(o, c) for o, oc, _ in cas if o.name != ca.name for c in oc]
+            for cert in ca_certs(certs):
+                path = root_path(cert, certs)
+                # The copy's clients sit one level deeper than cert's own: that must fit in the depth.
+                if not path or intermediates(path) + 1 > depth or not _chain_allows_sub_ca(path):
+                    continue
+                hit = next(((o, c) for o, c in targets if _names_allow(path, parsed(c.pem).subject)), None)
+                if hit is None or (ca.name, hit[0].name) in seen:
+                    continue
+                seen.add((ca.name, hit[0].name))
+                yield Finding(bundle_span(ca, cert),
+                              f"{describe(cert)} of ca `{ca.name}` can sign a sub-CA named `{hit[1].subject}`: its "
+                              f"clients would pass the routes of ca `{hit[0].name}` on server `{server.names[0]}`",
+                              f"serve ca `{ca.name}` and ca `{hit[0].name}` on different server names or ports, or use "
+                              "CAs whose pathLen or name constraints rule this out",
+                              label="can mint a look-alike issuer",
+                              related=(Related(hit[0].span, f"the routes of ca `{hit[0].name}` trust this name"),))
+                break
+
+
+def verify_depth_larger_than_needed(ctx):
+    """What it catches: a `depth` larger than the chains the bundle builds.
+
+    Why: nginx then accepts chains longer than the CA issues: a client holding any sub-CA of
+    the CA's certificates (or one a client sends itself) is accepted (nginx-facts §3). When
+    several CAs share a server, nginx uses the largest depth for all of them.
+
+    Example: `bundle "root.pem" "issuing.pem"  depth 3`.
+
+    Fix: set `depth` to what the bundle needs (the help names it). If clients send their own
+    intermediates on purpose, put those in the bundle instead.
+    """
+    for ca, certs, _ in ca_files(ctx):
+        found = needed_depth(certs)
+        if found and found[0] < ca.depth:
+            yield Finding(ca.span or bundle_span(ca, found[1]),
+                          f"ca `{ca.name}` has depth {ca.depth}, but its bundle needs only {found[0]}: nginx accepts "
+                          "longer chains than the CA issues", f"write `depth {found[0]}` in ca `{ca.name}`")
+
+
+def several_roots_in_one_ca(ctx):
+    """What it catches: a CA whose bundle holds more than one self-signed root with different names.
+
+    Why: every root in the file is a trust anchor for every route of the CA: an extra root (a
+    copied bundle, a neighbour's CA) widens trust silently (nginx-facts §1, over-trust trap 10).
+    Roots of the same name (a renewal) are not reported.
+
+    Example: `bundle "our-root.pem" "partner-root.pem"`.
+
+    Fix: one CA block per root, each named by the routes it serves; or waive it for a planned migration.
+    """
+    for ca, certs, _ in ca_files(ctx):
+        roots = {}
+        for cert in certs:
+            if cert.self_signed:
+                roots.setdefault(cert.subject.lower(), cert)
+        if len(roots) > 1:
+            first, *rest = roots.values()
+            for cert in rest:
+                yield Finding(bundle_span(ca, cert),
+                              f"ca `{ca.name}` has a second root {describe(cert)} besides `{first.subject}`: both "
+                              "anchor every route of the CA", "split the roots into separate `ca` blocks",
+                              related=(Related(bundle_span(ca, first), "the first root"),))

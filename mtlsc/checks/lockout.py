@@ -1,4 +1,5 @@
-"""MTLS1xx: configurations under which legitimate clients are refused."""
+"""MTLS1xx: configurations under which legitimate clients are refused (and MTLS149, waivers that
+silence nothing, so a stale acknowledgement cannot hide the next finding)."""
 
 from __future__ import annotations
 
@@ -29,32 +30,6 @@ def public_route_behind_required_listener(ctx):
                     f"remove `handshake require` from `{server.names[0]}`; mtlsc then gates each route on its own",
                     label="clients without a certificate get 400 here",
                     related=(Related(server.handshake_span, "the listener requires a certificate here"),),
-                )
-
-
-def crl_missing_for_some_ca(ctx):
-    """What it catches: a server where some CA has CRLs and another CA of the same server has none.
-
-    Why: `ssl_crl` is one file per server, and once it is set nginx demands a CRL for every CA in
-    every chain; clients of a CA without a CRL get `unable to get certificate CRL` (nginx-facts §4).
-
-    Example: `ca a { crl "a.crl" }  ca b { }` both used by routes of one server.
-
-    Fix: give every CA of the server its CRLs (one per CA certificate), or move the CA to its own server.
-    """
-    for server in ctx.policy.servers:
-        cas = server.cas
-        with_crl = [c for c in cas if c.crls]
-        if not with_crl:
-            continue
-        for ca in cas:
-            if not ca.crls:
-                yield Finding(
-                    ca.span,
-                    f"ca `{ca.name}` has no CRL, but server `{server.names[0]}` checks CRLs for `{with_crl[0].name}`",
-                    f"every client of `{ca.name}` would be rejected with `unable to get certificate CRL`; add its CRLs",
-                    label="no `crl` here",
-                    related=(Related(with_crl[0].span, "CRL checking is turned on by this CA"),),
                 )
 
 
@@ -124,8 +99,8 @@ def bad_certificate_refused_on_public_routes(ctx):
     Why: nginx verifies a presented certificate during the handshake and refuses a failed one
     (untrusted, expired, revoked) before any location runs, public ones included (nginx-facts §1,
     §2, lockout trap 7). The emitted config cannot avoid it: `optional_no_ca` would deliver
-    unverified certificates to every route (§9). It answers such clients with the server's
-    `bad_cert` rejection on every path. A note: nothing in the policy is wrong, but a probe or
+    unverified certificates to every route (§9). mtlsc's config answers such clients with the
+    server's `bad_cert` rejection on every path. A note: nothing in the policy is wrong, but a probe or
     browser that still sends a stale certificate loses the public routes too.
 
     Example: `route = /healthz { public }` next to `route /api/ { require partners }`.
@@ -142,8 +117,7 @@ def bad_certificate_refused_on_public_routes(ctx):
         paths = ", ".join(f"`{r.path}`" for r in public)
         yield Finding(
             public[0].span,
-            f"a client presenting an untrusted or expired certificate is refused on public routes too: {paths} "
-            f"answer {bad.status} `{bad.body}`",
+            f"a client presenting an untrusted or expired certificate gets {bad.status} on public routes too ({paths})",
             "tell clients of public routes to send no certificate, or serve those routes on a server name without client verification",
             label="refused before this route runs when a bad certificate is presented",
             related=(Related(gated[0].span, "this route makes nginx verify client certificates on the whole server"),),

@@ -2,32 +2,231 @@
 
 from __future__ import annotations
 
+import re
+
+from mtlsc import dn, ir
 from mtlsc.diagnostics import Finding, Related
+from mtlsc.emit import nginx as emit_nginx
+from mtlsc.emit import quote
+from mtlsc.nginx_facts import FORWARD_FIELDS
 
 
-def issuer_dn_shared_between_cas(ctx):
-    """What it catches: two CAs of one server that contain certificates with the same subject DN.
+def _routes_allowing(policy, identity):
+    return [(s, r) for s in policy.servers for r in s.routes if any(i.name == identity.name for i in r.allow)]
 
-    Why: nginx shows a route only `$ssl_client_i_dn`; mtlsc binds each route to its CA by the issuer
-    DN, which cannot tell two issuers with the same DN apart (nginx-facts §E2).
 
-    Example: `ca a { bundle "a.pem" }` and `ca b { bundle "copy-of-a.pem" }` on one server.
+# Values no deliberate pattern admits all of: a pattern that matches every one of them
+# matches any value (`^.*$`, `^.+$`, `^[^/]*$`, `^(admin|.*)$` ...). Written as nginx prints them.
+_UNRELATED_VALUES = ("x", "0", "Evil Corp", "mtlsc-probe.attacker")
 
-    Fix: serve the two CAs on different server names or ports.
+
+def over_broad_identity_pattern(ctx):
+    """What it catches: an attribute pattern that matches any value, such as `cn ~ "^.*$"`.
+
+    Why: the constraint then only asks that the attribute be present, so every certificate the
+    CA issued with that attribute passes: authentication without authorisation. mtlsc already
+    refuses unanchored patterns and classes that admit an unescaped `,` (MTLS014), and confines
+    `.` and negated classes to one value (nginx-facts §7); what is left is a pattern too broad
+    by design.
+
+    Example: `identity ops { cn ~ "^.+$" }`
+
+    Fix: write the values you mean (`^ops-[a-z0-9-]+$`), or, if every certificate of the CA may
+    pass, say so with `allow any`.
+    """
+    for ident in ctx.policy.identities:
+        for a in ident.attrs:
+            if a.op != "re":
+                continue
+            rx = re.compile(dn.constraints_regex((dn.AttrConstraint("CN", "re", a.value),)))
+            if all(rx.match(f"CN={v}") for v in _UNRELATED_VALUES):
+                yield Finding(
+                    a.span,
+                    f"pattern `{a.value}` of identity `{ident.name}` matches any `{a.attr}`: "
+                    f"every certificate with a `{a.attr}` passes",
+                    "match the values you mean (e.g. `^ops-[a-z0-9-]+$`), or use `allow any` if every certificate may pass",
+                    label="matches any value",
+                )
+
+
+_ORGANISATION = {"O", "OU", "DC"}
+
+
+def cn_only_identity(ctx):
+    """What it catches: an attribute identity that constrains no organisation (`O`, `OU` or
+    `DC`), e.g. only `cn`, allowed on a route.
+
+    Why: a CA names organisations in `O`/`OU`; a CN alone says nothing about whose certificate
+    it is, so every holder of that CN from *any* organisation the CA serves passes. nginx only
+    sees `$ssl_client_s_dn` (nginx-facts §7); a CA trusted by several servers, or shared with
+    partners, is exactly where two organisations get the same CN.
+
+    Example: `identity billing { cn "billing" }` on `route /ledger/ { require internal allow billing }`.
+
+    Fix: add the organisation (`o "Example Corp"` or `ou "services"`), or use `subject "..."`;
+    waive the warning if the CA issues to one organisation only.
+    """
+    for ident in ctx.policy.identities:
+        if ident.kind is not ir.IdentityKind.ATTRS or {a.attr for a in ident.attrs} & _ORGANISATION:
+            continue
+        allowing = _routes_allowing(ctx.policy, ident)
+        if not allowing:
+            continue
+        ca = allowing[0][1].ca
+        servers = {s.names[0] for s in ctx.policy.servers for r in s.routes if r.ca and r.ca.name == ca.name}
+        shared = f"; `{ca.name}` is trusted by {len(servers)} servers" if len(servers) > 1 else ""
+        attrs = ", ".join(sorted({f"`{a.attr}`" for a in ident.attrs}))
+        yield Finding(
+            ident.span,
+            f"identity `{ident.name}` matches only {attrs}: any certificate of ca `{ca.name}` with that name passes, "
+            f"whatever its organisation{shared}",
+            "add the organisation (`o \"...\"` or `ou \"...\"`), or waive this if the CA issues to one organisation only",
+            label="no `O`, `OU` or `DC` constraint",
+            related=(Related(allowing[0][1].span, "allowed here"),),
+        )
+
+
+def optional_forward_without_verify(ctx):
+    """What it catches: an `optional` route that forwards certificate fields but not `verify`.
+
+    Why: on an `optional` route the backend serves both verified clients and clients without a
+    certificate. With mtlsc's config a certificate that fails verification never reaches it
+    (nginx refuses it first, nginx-facts §1), so the backend sees `SUCCESS` with the fields, or
+    `NONE` with none of them. Without `X-Client-Verify` it can only guess from whether a header
+    is present: "DN present means authenticated", the test that is wrong as soon as anything
+    else proxies to it with `optional_no_ca` (§9, over-trust trap 5), and wrong for a verified
+    certificate with an empty subject.
+
+    Example: `route / { optional partners  forward subject }`
+
+    Fix: add `verify` to the route's `forward` and have the backend test `X-Client-Verify: SUCCESS`.
     """
     for server in ctx.policy.servers:
-        owner = {}
-        for ca in server.cas:
+        for route in server.routes:
+            fields = [f.field for f in route.forward]
+            if route.mode is ir.Mode.OPTIONAL and fields and "verify" not in fields:
+                yield Finding(
+                    route.span,
+                    f"optional route `{route.path}` forwards {', '.join(f'`{f}`' for f in fields)} but not `verify`: "
+                    "the backend cannot tell a verified client from one without a certificate but by a header's absence",
+                    "add `verify` to `forward`, and accept only `X-Client-Verify: SUCCESS` in the backend",
+                    label="no `verify` forwarded",
+                )
+
+
+def _expected_headers(server) -> dict[str, str]:
+    """header (lowercased) -> value each proxied location must give it: the field's variable on
+    routes forwarding it, else "" (which drops the client's copy, nginx-facts §6)."""
+    names = {f.default_header.lower() for f in FORWARD_FIELDS.values()}
+    names |= {f.header.lower() for r in server.routes for f in r.forward}
+    return dict.fromkeys(sorted(names), '""')
+
+
+def identity_header_not_set_or_cleared(ctx):
+    """What it catches: a proxied location of the emitted config that neither sets nor clears
+    one of its server's identity headers, or sets one the route does not forward. An
+    assertion on the emitter: a policy cannot cause it.
+
+    Why: a location with any `proxy_set_header` of its own inherits none from the server, and a
+    header that is not set passes the client's own copy to the backend: `X-Client-Verify:
+    SUCCESS` from anyone (nginx-facts §6, over-trust trap 1).
+
+    Example: an emitter change that writes `proxy_set_header` only for forwarded fields.
+
+    Fix: a bug in mtlsc's emitter (mtlsc/emit/nginx.py): every location must set or clear
+    every identity header of its server.
+    """
+    for server, view in _views(ctx):
+        expected = _expected_headers(server)
+        for route, loc in zip(server.routes, view.locations):
+            want = dict(expected)
+            want.update({f.header.lower(): f"${FORWARD_FIELDS[f.field].variable}" for f in route.forward})
+            got = {str(name).lower(): str(value) for name, value in loc.headers}
+            wrong = sorted(h for h in want if got.get(h) != want[h])
+            if wrong or len(view.locations) != len(server.routes):
+                yield Finding(
+                    route.span,
+                    f"the emitted location for `{route.path}` does not set or clear {', '.join(f'`{h}`' for h in wrong) or 'its headers'}: "
+                    "clients could send their own identity headers to the backend",
+                    "this is a bug in mtlsc's emitter; report it and do not deploy this output",
+                )
+
+
+def route_accepts_another_ca(ctx):
+    """What it catches: a route of a server with several CAs whose emitted location lacks the
+    gate that refuses certificates from the server's other CAs. An assertion on the emitter: a
+    policy cannot cause it.
+
+    Why: the server's one trust file holds every CA of its routes (`ssl_client_certificate` is per
+    server, nginx-facts §2), so `$ssl_client_verify = SUCCESS` holds for any of them; only the
+    issuer binding (a map over `$ssl_client_i_dn`, §E2) keeps a partner's certificate out of the
+    employees' route.
+
+    Example: an emitter change that drops the `not_caN` gate of `route /internal/ { require internal }`
+    on a server that also has `route /partner/ { require vendors }`.
+
+    Fix: a bug in mtlsc's emitter (mtlsc/emit/nginx.py); report it and do not deploy this output.
+    """
+    for server, view in _views(ctx):
+        if len(server.cas) < 2:
+            continue
+        maps = {str(m.var): m for m in view.maps}
+        issuer = next((m for m in view.maps if str(m.source) == "$ssl_client_i_dn"), None)
+        tags = {}  # ca tag -> quoted subjects mapped to it
+        for e in issuer.entries if issuer else ():
+            tags.setdefault(str(e.value), set()).add(str(e.key))
+        for i, ca in enumerate(server.cas):
             facts = ctx.pki.ca(ca.name)
-            if facts is None:
-                continue
-            for cert in facts.certs:
-                key = cert.subject.lower()
-                if key in owner and owner[key].name != ca.name:
+            mine = {str(quote.map_key(c.subject)) for c in facts.certs} if facts else set()
+            for route, loc in zip(server.routes, view.locations):
+                if route.ca is None or route.ca.name != ca.name:
+                    continue
+                if not any(_binds(maps.get(str(g.var)), f"ca{i}") for g in loc.gates) or tags.get(f"ca{i}") != mine:
                     yield Finding(
-                        ca.span,
-                        f"ca `{ca.name}` and ca `{owner[key].name}` both hold a certificate named `{cert.subject}`",
-                        "nginx cannot tell their clients apart; serve them on different server names or ports",
-                        related=(Related(owner[key].span, "the other CA"),),
+                        route.span,
+                        f"the emitted location for `{route.path}` would accept certificates of the server's other CAs, "
+                        f"not only `{ca.name}`",
+                        "this is a bug in mtlsc's emitter; report it and do not deploy this output",
                     )
-                owner.setdefault(key, ca)
+
+
+def _binds(view_map, tag: str) -> bool:
+    """The gate map yields 0 (pass) for a verified certificate only when CA `tag` issued it:
+    `"SUCCESS:caN" 0` next to `~^SUCCESS: 1` (exact keys win over regexes in a map)."""
+    if view_map is None:
+        return False
+    entries = {str(e.key): str(e.value) for e in view_map.entries}
+    passing = [k for k, v in entries.items() if v == "0"]
+    return (passing == [str(quote.map_key(f"SUCCESS:{tag}"))]
+            and entries.get(str(quote.map_regex("^SUCCESS:"))) == "1")
+
+
+def require_without_allow(ctx):
+    """What it catches: a `require CA` route with no `allow` list and no `allow any`.
+
+    Why: nginx only checks that the certificate chains to the CA (`$ssl_client_verify =
+    SUCCESS`, nginx-facts §1); with no identity list every certificate the CA ever issued
+    passes: authentication without authorisation. That is right only for a CA dedicated to
+    this service, which the policy should say.
+
+    Example: `route /partner/ { require partners }`
+
+    Fix: list who may pass (`allow acme globex`), or write `allow any` to say that every
+    certificate of the CA may.
+    """
+    for server in ctx.policy.servers:
+        for route in server.routes:
+            if route.mode is ir.Mode.REQUIRE and not route.allow and not route.allow_any:
+                yield Finding(
+                    route.span,
+                    f"route `{route.path}` requires a certificate of `{route.ca.name}` but allows no identities: "
+                    "every certificate that CA issued passes",
+                    f"list who may pass (`allow NAME...`), or write `allow any` if every `{route.ca.name}` certificate may",
+                    label="no `allow` list",
+                )
+
+
+def _views(ctx):
+    """(server, emitted view model) pairs: what the nginx templates render, so assertion
+    checks see the config as it will be written."""
+    return zip(ctx.policy.servers, emit_nginx.server_views(ctx.policy, ctx.pki))

@@ -54,7 +54,9 @@ def ca_files(ctx) -> Iterator[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, 
 @functools.lru_cache(maxsize=1024)
 def parsed(pem: str) -> x509.Certificate:
     """The cryptography object of a certificate (CertInfo.pem round-trips exactly)."""
-    return x509.load_pem_x509_certificate(pem.encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. a non-positive serial: nginx loads such a certificate
+        return x509.load_pem_x509_certificate(pem.encode())
 
 
 # ----- the public web PKI, as this machine knows it -------------------------------------------------
@@ -93,25 +95,26 @@ def _spki(cert: x509.Certificate) -> bytes:
 def load_public_store(paths) -> PublicStore:
     """Read public trust stores (PEM bundles); unreadable or odd entries are skipped."""
     store = PublicStore({}, {}, {})
-    for path in paths:
-        try:
-            with open(path, "rb") as f, warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a few public roots have non-positive serials
-                certs = x509.load_pem_x509_certificates(f.read())
-        except (OSError, ValueError):
-            continue
-        for cert in certs:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few public roots have non-positive serials
+        for path in paths:
             try:
-                subject = dn.nginx_dn_of(cert.subject)
-                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
-            except x509.ExtensionNotFound:
-                ski = None
-            except Exception:  # a certificate cryptography cannot decode: not worth failing a check for
+                with open(path, "rb") as f:
+                    certs = x509.load_pem_x509_certificates(f.read())
+            except (OSError, ValueError):
                 continue
-            where = (subject, path)
-            store.fingerprints[cert.fingerprint(hashes.SHA1()).hex()] = where
-            store.keys[(subject.lower(), _spki(cert))] = where
-            store.skis.setdefault(subject.lower(), []).append((ski, subject, path))
+            for cert in certs:
+                try:
+                    subject = dn.nginx_dn_of(cert.subject)
+                    where = (subject, path)
+                    store.fingerprints[cert.fingerprint(hashes.SHA1()).hex()] = where
+                    store.keys[(subject.lower(), _spki(cert))] = where
+                    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+                except x509.ExtensionNotFound:
+                    ski = None
+                except Exception:  # a certificate cryptography cannot decode: not worth failing a check for
+                    continue
+                store.skis.setdefault(subject.lower(), []).append((ski, subject, path))
     return store
 
 

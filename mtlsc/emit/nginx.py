@@ -50,10 +50,15 @@ class LocationView:
     backend: Safe
 
 
+def server_views(policy: ir.Policy, pki: Pki) -> list["ServerView"]:
+    """What the server template renders, per server: checks inspect it to guard the emitter."""
+    prefixes = variable_prefixes(policy)
+    return [_server_view(policy, s, pki, prefixes[s.slug]) for s in policy.servers]
+
+
 def emit(policy: ir.Policy, pki: Pki) -> dict[str, str]:
     out: dict[str, str] = {}
-    prefixes = variable_prefixes(policy)
-    views = [_server_view(policy, s, pki, prefixes[s.slug]) for s in policy.servers]
+    views = server_views(policy, pki)
     for server, view in zip(policy.servers, views):
         out[f"nginx/{server.slug}.conf"] = render("nginx_server.conf.j2", s=view)
         if server.cas:

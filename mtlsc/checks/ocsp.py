@@ -1,0 +1,136 @@
+"""MTLS11x for OCSP: what `ocsp on|leaf` asks of client certificates, intermediates and the responder.
+
+nginx's `ssl_ocsp` is one setting per server: the emitted server takes the `ocsp` line of the
+first of its CAs (by name) for every CA it trusts. A failed OCSP lookup rejects the client
+(nginx-facts §10), so each of these is a lockout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from mtlsc import ir
+from mtlsc.checks.chains import ca_certs, servers_of
+from mtlsc.checks.trust_files import bundle_span
+from mtlsc.diagnostics import Finding, Related
+from mtlsc.pki import CertInfo, describe
+
+
+def _server_ocsp(cas) -> tuple[ir.Ca, ir.Ocsp] | None:
+    # The emitted server takes the first `ocsp` of its CAs, by name, for all of them.
+    return next(((ca, ca.ocsp) for ca, _, _ in cas if ca.ocsp), None)
+
+
+def ocsp_without_responder_url(ctx):
+    """What it catches: `ocsp on|leaf` without `responder`, for a CA whose certificates show no
+    OCSP URL (AIA) anywhere, so nothing says its client certificates carry one.
+
+    Why: without `ssl_ocsp_responder` nginx asks the URL in each client certificate; a certificate
+    without one gets `certificate status request failed`, a hard failure (nginx-facts §10, lockout
+    trap 10). mtlsc cannot see client certificates, so it warns. The server's `ssl_ocsp` covers
+    every CA of the server, also those without an `ocsp` line.
+
+    Example: `ca a { bundle "root.pem"  ocsp leaf }`.
+
+    Fix: give a `responder "http://IP:PORT/"`, or make sure the CA puts an OCSP URL in every client
+    certificate and waive this warning saying so.
+    """
+    seen = set()
+    for server, cas in servers_of(ctx):
+        found = _server_ocsp(cas)
+        if found is None or found[1].responder:
+            continue
+        owner, ocsp = found
+        for ca, certs, _ in cas:
+            if any(c.ocsp_urls for c in certs) or ca.name in seen:
+                continue
+            seen.add(ca.name)
+            other = "" if ca is owner else f" (server `{server.names[0]}` checks OCSP for every CA it trusts)"
+            yield Finding(ca.ocsp.span if ca is owner else ca.span,
+                          f"`ocsp {ocsp.mode}` without `responder`: every client certificate of ca `{ca.name}` must "
+                          f"carry an OCSP URL, or nginx rejects it{other}",
+                          "add `responder \"http://IP:PORT/\"`, or waive this if the CA writes an OCSP URL in every certificate",
+                          related=() if ca is owner else (Related(ocsp.span, "OCSP is turned on here"),))
+
+
+def _intermediate_certs(certs) -> list[CertInfo]:
+    return [c for c in ca_certs(certs) if not c.self_signed]
+
+
+def ocsp_intermediate_without_url(ctx):
+    """What it catches: `ocsp on` without `responder` where an intermediate of the bundle carries
+    no OCSP URL.
+
+    Why: `ssl_ocsp on` asks about the intermediate too, not only the client (nginx-facts §10), and
+    without a responder the URL must come from the intermediate itself: none means `certificate
+    status request failed` for every client below it (lockout trap 10).
+
+    Example: `ca a { bundle "root.pem" "issuing.pem"  ocsp on }`, issuing.pem without AIA.
+
+    Fix: `ocsp leaf` (check only client certificates), or a `responder` that answers for the
+    intermediate as well.
+    """
+    for server, cas in servers_of(ctx):
+        found = _server_ocsp(cas)
+        if found is None or found[1].mode != "on" or found[1].responder:
+            continue
+        for ca, certs, _ in cas:
+            for cert in _intermediate_certs(certs):
+                if not cert.ocsp_urls:
+                    yield Finding(bundle_span(ca, cert),
+                                  f"`ocsp on` asks about intermediate {describe(cert)} too, and it names no OCSP URL: "
+                                  "every client below it gets `certificate status request failed`",
+                                  "write `ocsp leaf`, or a `responder` that answers for the intermediate too",
+                                  related=(Related(found[1].span, "`ocsp on` here"),))
+
+
+def ocsp_responder_host_name(ctx):
+    """What it catches: an OCSP `responder` given by host name rather than an IP address.
+
+    Why: nginx resolves the name once, when it loads the configuration: `nginx -t` and every
+    reload fail with `host not found in OCSP responder` if it does not resolve then, and a changed
+    address is not seen until the next reload (nginx-facts §10, lockout trap 11).
+
+    Example: `ocsp leaf responder "http://ocsp.example.com/"`.
+
+    Fix: give the responder's IP address, or make sure the name resolves wherever nginx loads.
+    """
+    for ca in ctx.policy.cas:
+        if ca.ocsp is None or not ca.ocsp.responder:
+            continue
+        host = urlsplit(ca.ocsp.responder).hostname or ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            yield Finding(ca.ocsp.span,
+                          f"OCSP responder host `{host}` is a name: nginx resolves it at load time, and `nginx -t` "
+                          "fails if it does not resolve then",
+                          "write the responder's IP address, or make sure the name resolves wherever nginx loads")
+
+
+def ocsp_checks_intermediates(ctx):
+    """What it catches (a note): `ocsp on` on a server whose bundle holds intermediates.
+
+    Why: `ssl_ocsp on` queries the status of each intermediate as well as the client's, and any
+    failed answer rejects the client (nginx-facts §10): the responder must answer for the
+    intermediates too. `ocsp leaf` asks only about the client certificate.
+
+    Example: `ca a { bundle "root.pem" "issuing.pem"  ocsp on responder "http://10.0.0.5/" }`.
+
+    Fix: none needed if the responder answers for the intermediates; else write `ocsp leaf`.
+    """
+    seen = set()
+    for server, cas in servers_of(ctx):
+        found = _server_ocsp(cas)
+        if found is None or found[1].mode != "on" or found[0].name in seen:
+            continue
+        seen.add(found[0].name)
+        inter = [c for _, certs, _ in cas for c in _intermediate_certs(certs)
+                 if found[1].responder or c.ocsp_urls]
+        if inter:
+            names = ", ".join(f"`{c.subject}`" for c in inter)
+            yield Finding(found[1].span,
+                          f"`ocsp on`: nginx also asks the responder about intermediate(s) {names}; a failed answer "
+                          "rejects every client below them",
+                          "make sure the responder answers for them, or write `ocsp leaf`")
