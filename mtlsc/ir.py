@@ -42,6 +42,7 @@ class Ca:
     span: Span = span_field()
     bundle_spans: tuple[Span, ...] = span_field()
     crl_spans: tuple[Span, ...] = span_field()
+    depth_span: Span | None = span_field()  # None when the depth is nginx's default
 
 
 @dataclass(frozen=True, slots=True)

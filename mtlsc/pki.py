@@ -9,6 +9,8 @@ blocks in the user's files never reach nginx.
 
 from __future__ import annotations
 
+import warnings
+
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -197,7 +199,10 @@ def _parse_blocks(path: str, data: bytes, wanted: str) -> tuple[list, list[CertI
             issues.append(_damaged(path, b, "no matching END line (truncated?)"))
         elif b.label in _CERT_LABELS:
             try:
-                certs.append(_cert_info(x509.load_pem_x509_certificate(b.pem), path, len(certs)))
+                with warnings.catch_warnings():
+                    # e.g. a non-positive serial: nginx loads such a certificate, so do we, quietly
+                    warnings.simplefilter("ignore")
+                    certs.append(_cert_info(x509.load_pem_x509_certificate(b.pem), path, len(certs)))
             except Exception as exc:  # hostile input must give a diagnostic, never a traceback
                 issues.append(_damaged(path, b, str(exc)))
         elif b.label == _CRL_LABEL and wanted == "crl":

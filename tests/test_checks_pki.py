@@ -177,7 +177,7 @@ def test_mtls110_triggers_when_depth_is_below_the_chain(tmp_path):
     _chain(tmp_path, 2, crls=False)
     text, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem" "i2.pem"\n  depth 1'))
     d = _one(diags, "MTLS110")
-    assert _where(d) == _pos(text, "ca c {") and d.severity is Severity.ERROR
+    assert _where(d) == _pos(text, "depth 1") and d.severity is Severity.ERROR
     assert "sit 2 intermediate(s) below the root" in d.message and "CN=t intermediate 2" in d.message
     assert "`depth 2`" in d.help and "unable to get issuer certificate" in d.message
 
@@ -198,7 +198,7 @@ def test_mtls233_triggers_when_depth_exceeds_the_chain(tmp_path):
     _chain(tmp_path, crls=False)
     text, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  depth 3'))
     d = _one(diags, "MTLS233")
-    assert _where(d) == _pos(text, "ca c {") and d.severity is Severity.WARNING
+    assert _where(d) == _pos(text, "depth 3") and d.severity is Severity.WARNING
     assert "needs only 1" in d.message and "`depth 1`" in d.help
 
 
@@ -672,3 +672,36 @@ def test_every_code_is_registered_and_documented(code):
     docs = (REPO / "docs" / "checks.md").read_text()
     assert f"## {code} " in docs
     assert int(code[4:]) in range(301, 306) or any(c.code == code for c in CHECKS)
+
+
+# ----- MTLS117: one OCSP setting per server ------------------------------------------------------------
+
+TWO_CA_SERVER = """
+ca d {{
+  bundle "r.pem" "i1.pem"
+{d_ocsp}
+}}
+server a.test {{
+  certificate "/etc/nginx/a.crt" key "/etc/nginx/a.key"
+  backend "http://127.0.0.1:9000"
+  route /p/ {{ require c  allow any }}
+  route /q/ {{ require d  allow any }}
+}}
+"""
+
+
+def test_mtls117_triggers_when_cas_of_one_server_differ_in_ocsp(tmp_path):
+    _chain(tmp_path, crls=False)
+    text, diags = _run(tmp_path, f'nginx ">= 1.22"\n\nca c {{\n  bundle "r.pem" "i1.pem"\n  ocsp leaf responder "http://127.0.0.1:8888/"\n}}\n'
+                       + TWO_CA_SERVER.format(d_ocsp=""))
+    d = _one(diags, "MTLS117")
+    assert _where(d) == _pos(text, "ca d {") and d.severity is Severity.ERROR
+    assert "ca `d` has no `ocsp`" in d.message and "taken from ca `c`" in d.message
+
+
+def test_mtls117_clean_when_every_ca_says_the_same(tmp_path):
+    _chain(tmp_path, crls=False)
+    line = '  ocsp leaf responder "http://127.0.0.1:8888/"'
+    _, diags = _run(tmp_path, f'nginx ">= 1.22"\n\nca c {{\n  bundle "r.pem" "i1.pem"\n{line}\n}}\n'
+                    + TWO_CA_SERVER.format(d_ocsp=line))
+    assert not _found(diags, "MTLS117")

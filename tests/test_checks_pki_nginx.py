@@ -177,7 +177,7 @@ def test_mtls110_depth_too_small_locks_clients_out(tmp_path, nginx_bin, now):
     pki = _pki(tmp_path, now, intermediates=2)
     bundle = [pki.f("r.pem"), pki.f("i1.pem"), pki.f("i2.pem")]
     _prove(tmp_path, pki, _ca(bundle, depth=1), _ca(bundle, depth=2),
-           "MTLS110", "ca c {", "2:unable to get issuer certificate", nginx_bin, now)
+           "MTLS110", "depth 1", "2:unable to get issuer certificate", nginx_bin, now)
 
 
 def test_mtls111_bundle_without_root_locks_clients_out(tmp_path, nginx_bin, now):

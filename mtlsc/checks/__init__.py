@@ -52,6 +52,7 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS114", ERROR, ocsp.ocsp_intermediate_without_url),
     Check("MTLS115", WARNING, ocsp.ocsp_responder_host_name),
     Check("MTLS116", NOTE, ocsp.ocsp_checks_intermediates),
+    Check("MTLS117", ERROR, ocsp.ocsp_settings_differ_within_server),
     Check("MTLS149", WARNING, lockout.unused_waiver),
     Check("MTLS201", ERROR, chains.issuer_dn_shared_between_cas),
     Check("MTLS202", WARNING, overtrust.over_broad_identity_pattern),

@@ -128,7 +128,7 @@ def verify_depth_too_small(ctx):
         found = needed_depth(certs)
         if found and found[0] > ca.depth:
             need, deepest = found
-            yield Finding(ca.span or bundle_span(ca, deepest),
+            yield Finding(ca.depth_span or ca.span or bundle_span(ca, deepest),
                           f"ca `{ca.name}` has depth {ca.depth}, but clients of {describe(deepest)} sit {need} "
                           f"intermediate(s) below the root: they get `unable to get issuer certificate`",
                           f"write `depth {need}` in ca `{ca.name}`",
@@ -335,7 +335,7 @@ def verify_depth_larger_than_needed(ctx):
     for ca, certs, _ in ca_files(ctx):
         found = needed_depth(certs)
         if found and found[0] < ca.depth:
-            yield Finding(ca.span or bundle_span(ca, found[1]),
+            yield Finding(ca.depth_span or ca.span or bundle_span(ca, found[1]),
                           f"ca `{ca.name}` has depth {ca.depth}, but its bundle needs only {found[0]}: nginx accepts "
                           "longer chains than the CA issues", f"write `depth {found[0]}` in ca `{ca.name}`")
 

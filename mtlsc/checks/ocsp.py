@@ -134,3 +134,32 @@ def ocsp_checks_intermediates(ctx):
                           f"`ocsp on`: nginx also asks the responder about intermediate(s) {names}; a failed answer "
                           "rejects every client below them",
                           "make sure the responder answers for them, or write `ocsp leaf`")
+
+
+def ocsp_settings_differ_within_server(ctx):
+    """What it catches: CAs of one server whose `ocsp` lines differ (one has none, or another mode
+    or responder).
+
+    Why: `ssl_ocsp` and `ssl_ocsp_responder` are per server in nginx: one setting applies to every
+    client certificate of the server, whatever CA issued it. A CA without OCSP would have its
+    clients checked anyway (and refused when they carry no OCSP URL), or a CA's responder asked
+    about another CA's certificates (nginx-facts §10).
+
+    Example: `ca a { ... ocsp leaf }` and `ca b { ... }` on routes of one server.
+
+    Fix: give every CA of the server the same `ocsp` line, or serve the CAs on different servers.
+    """
+    for server, cas in servers_of(ctx):
+        settings = {(ca.ocsp.mode, ca.ocsp.responder) if ca.ocsp else None: ca for ca, _, _ in cas}
+        if len(settings) < 2:
+            continue
+        first = _server_ocsp(cas)
+        for key, ca in settings.items():
+            if first is None or ca is first[0]:
+                continue
+            said = f"`ocsp {key[0]}`" + (f" with responder `{key[1]}`" if key and key[1] else "") if key else "no `ocsp`"
+            yield Finding(ca.ocsp.span if ca.ocsp else ca.span,
+                          f"ca `{ca.name}` has {said}, but server `{server.names[0]}` applies one OCSP setting "
+                          f"to all its CAs, taken from ca `{first[0].name}`",
+                          "give every CA of the server the same `ocsp` line, or serve them on different servers",
+                          related=(Related(first[1].span, "the setting the server uses"),))

@@ -151,6 +151,7 @@ def _lower_ca(ctx, node: ast.Ca, policy_path: str) -> ir.Ca | None:
         span=node.span,
         bundle_spans=tuple(s.span for s in bundle.files),
         crl_spans=tuple(s.span for s in crl_files),
+        depth_span=depth.span if depth is not None else None,
     )
 
 
