@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("policies", nargs="+", metavar="POLICY")
     d.add_argument("--clients", type=Path, metavar="DIR", help="where client certificates go (default: none written)")
     d.add_argument("--force", action="store_true", help="overwrite CA and CRL files that exist")
+    f = sub.add_parser("fmt", help="rewrite policy files in the canonical layout",
+                       description="Format .mtls files (directories: every *.mtls under them) in place, "
+                       "atomically; comments and order are kept. Exit 1 with --check/--diff when a file would change.")
+    f.add_argument("paths", nargs="+", metavar="PATH")
+    f.add_argument("--check", action="store_true", help="write nothing; list files that would change (exit 1)")
+    f.add_argument("--diff", action="store_true", help="write nothing; print a unified diff (exit 1 if any)")
     lab = sub.add_parser("lab", help="prove the policy on a real nginx on loopback, with a throwaway PKI",
                          description="Mint a PKI shaped like the policy, compile it for 127.0.0.1, start nginx "
                          "(temp prefix) and an echo backend, run the emitted tests.sh and audit the headers "
@@ -77,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo-pki":
             from mtlsc.demo import demo_pki
             return demo_pki(args.policies, args.clients, args.force)
+        if args.command == "fmt":
+            from mtlsc.fmt import format_paths
+            code, out, err = format_paths(args.paths, check=args.check, diff=args.diff)
+            sys.stdout.write(out)
+            sys.stderr.write(err)
+            return code
         if args.command == "lab":
             from mtlsc.lab.command import lab_command
             return lab_command(args.policies, keep=args.keep, workdir=args.workdir, nginx=args.nginx)
