@@ -65,6 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("paths", nargs="+", metavar="PATH")
     f.add_argument("--check", action="store_true", help="write nothing; list files that would change (exit 1)")
     f.add_argument("--diff", action="store_true", help="write nothing; print a unified diff (exit 1 if any)")
+    e = sub.add_parser("explain", help="print the access matrix: who reaches which route",
+                       description="Per server, each route x each identity (and no certificate, another CA, any "
+                       "certificate of each CA) -> allow / deny (status) / public, with CA, revocation, depth and "
+                       "the headers the backend gets. Markdown is ready to paste as a PR comment.")
+    e.add_argument("policies", nargs="+", metavar="POLICY")
+    e.add_argument("--format", choices=("text", "md", "json"), default="text")
+    df = sub.add_parser("diff", help="the semantic change in access between two versions of a policy",
+                        description="Compare OLD and NEW (or POLICY with its version at git REF): who gains or "
+                        "loses access to what, each change classified widening / narrowing / neutral.")
+    df.add_argument("paths", nargs="+", metavar="PATH", help="OLD NEW, or one POLICY with --git REF")
+    df.add_argument("--git", metavar="REF", help="compare POLICY with its version (and CA files) at this git revision")
+    df.add_argument("--format", choices=("text", "md", "json"), default="text")
+    df.add_argument("--fail-on", choices=("widening", "narrowing", "any"),
+                    help="exit 1 when a change of this class exists (e.g. to require approval of widened access)")
     lab = sub.add_parser("lab", help="prove the policy on a real nginx on loopback, with a throwaway PKI",
                          description="Mint a PKI shaped like the policy, compile it for 127.0.0.1, start nginx "
                          "(temp prefix) and an echo backend, run the emitted tests.sh and audit the headers "
@@ -89,12 +103,30 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(out)
             sys.stderr.write(err)
             return code
+        if args.command == "explain":
+            from mtlsc.explain import run_explain
+            return _print(run_explain(args.policies, fmt=args.format))
+        if args.command == "diff":
+            from mtlsc.diff import run_diff
+            if len(args.paths) != (1 if args.git else 2):
+                sys.stderr.write("mtlsc diff: give OLD NEW, or one POLICY with --git REF\n")
+                return EXIT_USAGE
+            new = args.paths[-1]
+            old = None if args.git else args.paths[0]
+            return _print(run_diff(old, new, git_ref=args.git, fmt=args.format, fail_on=args.fail_on))
         if args.command == "lab":
             from mtlsc.lab.command import lab_command
             return lab_command(args.policies, keep=args.keep, workdir=args.workdir, nginx=args.nginx)
         return _check_or_compile(args)
     except KeyboardInterrupt:
         return EXIT_USAGE
+
+
+def _print(result: tuple[int, str, str]) -> int:
+    code, out, err = result
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return code
 
 
 def _check_or_compile(args) -> int:
