@@ -300,7 +300,7 @@ def test_run_diff_exit_codes(repo, tmp_path):
     code, out, err = run_diff(str(tmp_path / "missing.mtls"), new)
     assert code == 2 and out == "" and "MTLS900" in err
     policy = repo / "policies" / "partner-api.mtls"
-    policy.write_text(policy.read_text().replace("route = /healthz       { public }", ""))
+    policy.write_text(policy.read_text().replace("route = /healthz { public }", ""))
     code, out, _ = run_diff(None, str(policy), git_ref="HEAD", fmt="json", fail_on="any")
     # `/` is optional: a public path falling to it loses no one, and the backend learns more.
     [change] = json.loads(out)["changes"]
