@@ -86,3 +86,25 @@ def test_help_everywhere():
 def test_version():
     proc = subprocess.run([sys.executable, "-m", "mtlsc", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("mtlsc ")
+
+
+def test_pre_commit_hooks_name_real_commands():
+    import yaml
+
+    hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
+    assert {h["id"] for h in hooks} == {"mtlsc-fmt", "mtlsc-check"}
+    for hook in hooks:
+        prog, *args = hook["entry"].split()
+        assert prog == "mtlsc"
+        proc = subprocess.run([sys.executable, "-m", "mtlsc", *args, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0, hook
+
+
+def test_ci_workflow_example_uses_real_commands():
+    import yaml
+
+    workflow = yaml.safe_load((REPO / "docs" / "examples" / "github-actions.yml").read_text())
+    runs = " ".join(step.get("run", "") for step in workflow["jobs"]["mtlsc"]["steps"])
+    for command in ("mtlsc fmt --check", "mtlsc check --format sarif", "mtlsc diff --git", "mtlsc explain --format md",
+                    "--fail-on widening"):
+        assert command in runs
