@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     df.add_argument("--format", choices=("text", "md", "json"), default="text")
     df.add_argument("--fail-on", choices=("widening", "narrowing", "any"),
                     help="exit 1 when a change of this class exists (e.g. to require approval of widened access)")
+    t = sub.add_parser("test", help="check the policy's *.mtls-test.yaml expectations with mtlsc's model (no nginx)",
+                       description="Evaluate every case of the policy's tests file (x.mtls -> x.mtls-test.yaml "
+                       "beside it) with mtlsc's model of the compiled config. `mtlsc lab` runs them on real nginx.")
+    t.add_argument("policies", nargs="+", metavar="POLICY")
+    t.add_argument("--tests", action="append", metavar="FILE", help="a tests file (repeatable; default: beside each policy)")
     lab = sub.add_parser("lab", help="prove the policy on a real nginx on loopback, with a throwaway PKI",
                          description="Mint a PKI shaped like the policy, compile it for 127.0.0.1, start nginx "
                          "(temp prefix) and an echo backend, run the emitted tests.sh and audit the headers "
@@ -87,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--keep", action="store_true",
                      help="keep the lab running (until Ctrl-C) and its files, and print curl commands to try")
     lab.add_argument("--workdir", type=Path, metavar="DIR", help="build the lab here (default: a temp dir)")
+    lab.add_argument("--tests", action="append", metavar="FILE",
+                     help="also run these *.mtls-test.yaml expectations (default: the ones beside each policy)")
     lab.add_argument("--nginx", metavar="BIN", help="the nginx binary (default: $MTLSC_NGINX, PATH, /usr/sbin/nginx)")
     return p
 
@@ -103,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(out)
             sys.stderr.write(err)
             return code
+        if args.command == "test":
+            from mtlsc.policytest_command import test_command
+            return test_command(args.policies, args.tests)
         if args.command == "explain":
             from mtlsc.explain import run_explain
             return _print(run_explain(args.policies, fmt=args.format))
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             return _print(run_diff(old, new, git_ref=args.git, fmt=args.format, fail_on=args.fail_on))
         if args.command == "lab":
             from mtlsc.lab.command import lab_command
-            return lab_command(args.policies, keep=args.keep, workdir=args.workdir, nginx=args.nginx)
+            return lab_command(args.policies, keep=args.keep, workdir=args.workdir, nginx=args.nginx, tests=args.tests)
         return _check_or_compile(args)
     except KeyboardInterrupt:
         return EXIT_USAGE

@@ -16,19 +16,24 @@ from mtlsc.nginx_facts import FORWARD_FIELDS
 class Client:
     """A client certificate as nginx would see it. `verified_by` is the CA (of the server's trust
     file) under which the chain verifies, or None when verification fails (untrusted, expired,
-    revoked)."""
+    revoked). Fields are named like the `forward` fields and hold nginx's printed form; a field
+    left "" is unknown, and a header forwarding it is left out."""
 
     subject: str
     issuer: str
     fingerprint: str = ""
     serial: str = ""
     verified_by: str | None = None
+    cert: str = ""  # $ssl_client_escaped_cert: the PEM, URL-encoded
+    not_before: str = ""  # $ssl_client_v_start: `Nov 27 02:47:00 2026 GMT`
+    not_after: str = ""  # $ssl_client_v_end
+    days_remaining: str = ""  # $ssl_client_v_remain: whole days
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: int
-    reason: str  # ok | no_cert | bad_cert | forbidden | no_route
+    reason: str  # ok | no_cert | bad_cert | forbidden | no_route | redirect
     route: ir.Route | None
     headers: tuple[tuple[str, str], ...] = ()
     body: str = ""
@@ -92,16 +97,9 @@ def verify_value(client: Client | None) -> str:
 
 
 def _headers(route: ir.Route, client: Client | None) -> tuple[tuple[str, str], ...]:
-    values = {
-        "ssl_client_verify": verify_value(client),
-        "ssl_client_s_dn": client.subject if client else "",
-        "ssl_client_i_dn": client.issuer if client else "",
-        "ssl_client_fingerprint": client.fingerprint if client else "",
-        "ssl_client_serial": client.serial if client else "",
-    }
     out = []
     for f in route.forward:
-        value = values.get(FORWARD_FIELDS[f.field].variable)
+        value = verify_value(client) if f.field == "verify" else getattr(client, f.field, "")
         if value:  # nginx omits a header whose value is empty (nginx-facts §6)
             out.append((f.header, value))
     return tuple(out)
@@ -126,6 +124,11 @@ def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIn
     if server.handshake_require and client is None:
         return _reject(server, "no_cert", find_route(server, path))
     route = find_route(server, path)
+    target = next((r for r in server.routes if r.path == path + "/"), None)
+    if target is not None and (route is None or route.path != path):
+        # proxy_pass in `location /p/` makes nginx answer `/p` with 301 to `/p/` (auto_redirect),
+        # before the location's gates run; only a location for `/p` itself takes the request.
+        return Outcome(301, "redirect", target)
     if route is None:
         return Outcome(NO_ROUTE.status, "no_route", None, body=NO_ROUTE.body)
     if route.mode is ir.Mode.PUBLIC:

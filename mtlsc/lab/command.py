@@ -9,9 +9,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from mtlsc.diagnostics import has_errors
 from mtlsc.lab.nginx import NginxMissing, NginxStartError
 from mtlsc.lab.report import report
-from mtlsc.lab.run import LabError, run_lab, running_lab, test_lab
+from mtlsc.lab.run import Lab, LabError, running_lab, test_lab
 from mtlsc.render import render
 
 
@@ -20,7 +21,8 @@ def _progress(message: str) -> None:
     sys.stderr.flush()
 
 
-def lab_command(policies: list[str], *, keep: bool, workdir: Path | None, nginx: str | None) -> int:
+def lab_command(policies: list[str], *, keep: bool, workdir: Path | None, nginx: str | None,
+                tests: list[str] | None = None) -> int:
     missing = [p for p in policies if not Path(p).is_file()]
     if missing:
         sys.stderr.write(f"error[MTLS900]: cannot read the policy file {missing[0]}\n")
@@ -29,11 +31,19 @@ def lab_command(policies: list[str], *, keep: bool, workdir: Path | None, nginx:
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        if keep:
-            return _keep(policies, work, nginx, started)
-        run = run_lab(policies, work, nginx_bin=nginx, progress=_progress)
-        sys.stdout.write(report(run, time.monotonic() - started))
-        return 0 if run.ok else 1
+        with running_lab(policies, work, nginx_bin=nginx, progress=_progress) as lab:
+            _progress("running tests.sh")
+            run = test_lab(lab, work)
+            policy_tests = _policy_tests(lab, policies, tests)
+            if policy_tests is None:
+                return 1
+            text = report(run, time.monotonic() - started, policy_tests or None)
+            ok = run.ok and not (policy_tests and policy_tests[2])
+            if keep:
+                _stay_up(lab, text, work)
+            else:
+                sys.stdout.write(text)
+            return 0 if ok else 1
     except NginxMissing as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
@@ -48,29 +58,44 @@ def lab_command(policies: list[str], *, keep: bool, workdir: Path | None, nginx:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _keep(policies, work: Path, nginx: str | None, started: float) -> int:
-    """Run the tests, then keep nginx and the backend up for a person to poke at."""
-    with running_lab(policies, work, nginx_bin=nginx, progress=_progress) as lab:
-        run = test_lab(lab, work)
-        # A shell starts background jobs with SIGINT ignored; say explicitly that INT and TERM stop the lab.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _interrupt)
-        try:
-            sys.stdout.write(report(run, time.monotonic() - started))
-            sys.stdout.write(_try_it(lab))
-            sys.stdout.flush()
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            sys.stderr.write(f"mtlsc lab: stopped; files kept in {work}\n")
-    return 0 if run.ok else 1
+def _policy_tests(lab: Lab, policies: list[str], tests: list[str] | None):
+    """The YAML expectations on this nginx: () when there are none, None when they do not load."""
+    from mtlsc.policytest_command import find_test_files, load_all
+    from mtlsc.policytest_run import counts, expect_on_lab, render_results
+
+    files = find_test_files(policies, tests)
+    if not files:
+        return ()
+    _progress(f"running {sum(1 for _ in files)} policy test file(s) on nginx")
+    cases, diags, sources = load_all(files, lab.policy)
+    if diags:
+        sys.stderr.write(render(diags, sources))
+    if has_errors(diags):
+        return None
+    results = expect_on_lab(lab, cases)
+    return (render_results(results, sources), *counts(results))
+
+
+def _stay_up(lab: Lab, text: str, work: Path) -> None:
+    """Keep nginx and the backend up for a person to poke at, until INT or TERM."""
+    # A shell starts background jobs with SIGINT ignored; say explicitly that INT and TERM stop the lab.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    try:
+        sys.stdout.write(text)
+        sys.stdout.write(_try_it(lab))
+        sys.stdout.flush()
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"mtlsc lab: stopped; files kept in {work}\n")
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _try_it(lab) -> str:
+def _try_it(lab: Lab) -> str:
     lines = [f"\nThe lab is running (files in {lab.out_dir.parent}). Try, then press Ctrl-C to stop:"]
     for server in lab.policy.servers:
         port = server.listens[0].port

@@ -15,7 +15,9 @@ def _split(title: str) -> tuple[str, str]:
     return (group, case) if sep else ("nginx", title)
 
 
-def report(run: LabRun, wall: float) -> str:
+def report(run: LabRun, wall: float, policy_tests: tuple[str, int, int, int] | None = None) -> str:
+    """The lab's report; `policy_tests` is (rendered results, passed, failed, skipped) of the
+    policy's YAML expectations run on the same nginx."""
     groups: dict[str, list[str]] = {}
     passed = failed = skipped = 0
     for line in run.output.splitlines():
@@ -44,5 +46,10 @@ def report(run: LabRun, wall: float) -> str:
         out.append("tests.sh printed no result:")
         out.append(run.output)
         failed += 1
+    if policy_tests is not None:
+        text, p, f, s = policy_tests
+        out.append("policy tests (*.mtls-test.yaml) on nginx")
+        out.extend("  " + line for line in text.splitlines() if not line.endswith(" failed") or "passed" not in line)
+        passed, failed, skipped = passed + p, failed + f, skipped + s
     closing = f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
     return "\n".join(out) + f"\n{closing}  ({wall:.1f} s)\n"
