@@ -3,6 +3,11 @@
 One definition shared by the emitted test script (which expects these files) and the lab PKI
 generator (which mints them), so the two can never disagree about a file name or a subject.
 Layout under the clients directory: `<ca>/<member>.crt` + `.key`, and `untrusted/client.*`.
+
+Near misses (`<ca>/near-<identity>-<n>`) are the counter-examples a DN gate gets wrong when it
+compares strings naively: an extra RDN, a `,` smuggled into a value as `\\,` (nginx-facts §7), an
+attribute set that satisfies every constraint but one. Each is kept only if no identity allowed on
+that CA matches it, so the evaluator refuses it on every allow-list route.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import dn, ir
-from mtlsc.evaluate import Client, identity_matches
+from mtlsc.evaluate import Client, allow_index, identity_matches
 
 STRANGER_SUBJECT = "CN=mtlsc-stranger,O=mtlsc lab"
 UNTRUSTED_DIR = "untrusted"
@@ -19,10 +24,10 @@ UNTRUSTED_DIR = "untrusted"
 @dataclass(frozen=True, slots=True)
 class Member:
     file: str  # path under the clients directory, without .crt/.key
-    kind: str  # identity | stranger | revoked | expired | untrusted
+    kind: str  # identity | near | stranger | revoked | expired | untrusted
     ca: str | None  # the CA that issues it (None: a CA no server trusts)
     subject: str  # nginx form; for a fingerprint identity, unknown until the user supplies it
-    identity: ir.Identity | None = None
+    identity: ir.Identity | None = None  # for `near`: the identity it imitates
 
     @property
     def mintable(self) -> bool:
@@ -55,14 +60,77 @@ def identity_subject(identity: ir.Identity) -> str:
     return f"CN=mtlsc-{identity.kind.value}-{identity.name},O=mtlsc lab"
 
 
+NEAR_VALUES = ("mtlsc-near", "ZZ", "0")  # wrong values to try, the short ones fit `C`
+
+
+def _subject_candidates(identity: ir.Identity) -> list[list | None]:
+    """One extra RDN first; the first RDN's value swallowing the second as `\\,` plus `O=Other`:
+    `CN=acme-billing\\,O=Acme Corp,O=Other,C=US` (None when the first two RDNs are not simple)."""
+    rdns = list(dn.parse_dn(identity.subject))
+    extra = [(("OU", "x"),), *rdns]
+    if len(rdns) < 2 or len(rdns[0]) != 1 or len(rdns[1]) != 1:
+        return [extra, None]
+    (a0, v0), (a1, v1) = rdns[0][0], rdns[1][0]
+    return [extra, [((a0, f"{v0},{a1}={v1}"),), (("O", "Other"),), *rdns[2:]]]
+
+
+def _attrs_candidates(identity: ir.Identity) -> list[list[list]]:
+    """Per constrained attribute A, subjects satisfying every constraint but A's: A's value is
+    wrong, and the good `A=value` is smuggled into an extra RDN (`OU=x\\,O=Globex Inc,...`) or not."""
+    good = list(dn.parse_dn(identity_subject(identity)))
+    groups = []
+    for i, ((attr, value),) in enumerate(good):
+        group = []
+        for wrong in NEAR_VALUES:
+            bad = [*good[:i], ((attr, wrong),), *good[i + 1:]]
+            host = "OU" if attr != "OU" else "L"
+            group += [[((host, f"x,{attr}={value}"),), *bad], bad]
+        groups.append(group)
+    return groups
+
+
+def _mintable(rdns) -> bool:
+    try:
+        dn.x509_name(rdns)  # cryptography's length rules: `C` two letters, `CN` at most 64
+    except ValueError:
+        return False
+    return True
+
+
+def near_subjects(identity: ir.Identity, allowed: tuple[ir.Identity, ...]) -> list[str]:
+    """Subjects that look like `identity` but that no identity in `allowed` matches, deduplicated.
+    One per candidate kind for a subject; one per constrained attribute for attribute matches."""
+    if identity.kind is ir.IdentityKind.SUBJECT:
+        groups = [[c] for c in _subject_candidates(identity)]
+    elif identity.kind is ir.IdentityKind.ATTRS:
+        groups = _attrs_candidates(identity)
+    else:
+        return []
+    index = allow_index(allowed)
+    out: list[str] = []
+    for group in groups:
+        for rdns in (c for c in group if c is not None and _mintable(c)):
+            subject = dn.format_dn(rdns)
+            client = Client(subject, "")
+            if index.matches(client) or subject in out:
+                continue  # the policy really allows it: not a counter-example
+            assert not identity_matches(identity, client), subject
+            out.append(subject)
+            break
+    return out
+
+
 def stranger_subject(policy: ir.Policy) -> str:
     """A subject no identity of the policy matches (the disallowed client)."""
     idents = policy.identities
-    for n in range(100):
-        subject = STRANGER_SUBJECT if n == 0 else f"CN=mtlsc-stranger-{n},O=mtlsc lab"
-        client = Client(subject, "")
-        if not any(identity_matches(i, client) for i in idents if i.kind in (ir.IdentityKind.SUBJECT, ir.IdentityKind.ATTRS)):
-            return subject
+    # A pattern like `o ~ "^.*$"` matches every subject with an `O`: then try other attributes.
+    shapes = ("CN=mtlsc-stranger{},O=mtlsc lab", "CN=mtlsc-stranger{}", "UID=mtlsc-stranger{}", "DC=mtlsc-stranger{}")
+    for shape in shapes:
+        for n in range(25):
+            subject = shape.format(f"-{n}" if n else "")
+            client = Client(subject, "")
+            if not any(identity_matches(i, client) for i in idents if i.kind in (ir.IdentityKind.SUBJECT, ir.IdentityKind.ATTRS)):
+                return subject
     raise ValueError("every stranger subject matches some identity")  # patterns matching everything: caught by checks
 
 
@@ -85,6 +153,11 @@ def cast(policy: ir.Policy) -> list[Member]:
         for name in sorted(allowed[ca.name]):
             ident = allowed[ca.name][name]
             members.append(Member(f"{ca.name}/id-{name}", "identity", ca.name, identity_subject(ident), ident))
+        on_ca = tuple(allowed[ca.name][n] for n in sorted(allowed[ca.name]))
+        for name in sorted(allowed[ca.name]):
+            ident = allowed[ca.name][name]
+            for n, subject in enumerate(near_subjects(ident, on_ca), 1):
+                members.append(Member(f"{ca.name}/near-{name}-{n}", "near", ca.name, subject, ident))
     first_subject = next((i.subject for i in policy.identities if i.kind is ir.IdentityKind.SUBJECT), None)
     members.append(Member(f"{UNTRUSTED_DIR}/client", "untrusted", None, first_subject or "CN=mtlsc-untrusted,O=mtlsc lab"))
     return members

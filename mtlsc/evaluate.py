@@ -42,13 +42,51 @@ class Outcome:
 NO_ROUTE = ir.Response(404, "no route")
 
 
+@dataclass(frozen=True, slots=True)
+class _RouteIndex:
+    """A server's routes by path, so route lookups cost the path's length, not the route count
+    (policies with 10,000 routes; benchmarks/). The first route of a path wins, as in a scan."""
+
+    exact: dict  # path -> first exact route
+    prefix: dict  # path -> first prefix route
+    any_match: dict  # path -> first route of either kind
+    headers: tuple  # identity_headers(server)
+
+
+_INDEX: dict[int, tuple[ir.Server, _RouteIndex]] = {}  # id(server) -> (server, index); holds the server
+
+
+def _index(server: ir.Server) -> _RouteIndex:
+    hit = _INDEX.get(id(server))
+    if hit is not None and hit[0] is server:
+        return hit[1]
+    exact, prefix, any_match = {}, {}, {}
+    for r in server.routes:
+        (exact if r.match is ir.PathMatch.EXACT else prefix).setdefault(r.path, r)
+        any_match.setdefault(r.path, r)
+    names = {f.default_header.lower(): f.default_header for f in FORWARD_FIELDS.values()}
+    for r in server.routes:
+        for f in r.forward:
+            names.setdefault(f.header.lower(), f.header)
+    index = _RouteIndex(exact, prefix, any_match, tuple(names[k] for k in sorted(names)))
+    if len(_INDEX) >= 64:
+        _INDEX.clear()
+    _INDEX[id(server)] = (server, index)
+    return index
+
+
 def find_route(server: ir.Server, path: str) -> ir.Route | None:
     """nginx's choice among `location =` and `location ^~` blocks: exact, then longest prefix."""
-    for r in server.routes:
-        if r.match is ir.PathMatch.EXACT and r.path == path:
-            return r
-    prefixes = [r for r in server.routes if r.match is ir.PathMatch.PREFIX and path.startswith(r.path)]
-    return max(prefixes, key=lambda r: len(r.path), default=None)
+    index = _index(server)
+    route = index.exact.get(path)
+    if route is not None:
+        return route
+    prefix = index.prefix
+    for end in range(len(path), 0, -1):  # the longest prefix first
+        route = prefix.get(path[:end])
+        if route is not None:
+            return route
+    return None
 
 
 def identity_matches(identity: ir.Identity, client: Client) -> bool:
@@ -124,7 +162,7 @@ def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIn
     if server.handshake_require and client is None:
         return _reject(server, "no_cert", find_route(server, path))
     route = find_route(server, path)
-    target = next((r for r in server.routes if r.path == path + "/"), None)
+    target = _index(server).any_match.get(path + "/")
     if target is not None and (route is None or route.path != path):
         # proxy_pass in `location /p/` makes nginx answer `/p` with 301 to `/p/` (auto_redirect),
         # before the location's gates run; only a location for `/p` itself takes the request.
@@ -144,21 +182,24 @@ def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIn
     return Outcome(200, "ok", route, _headers(route, client))
 
 
+# One character of each kind a path may continue with: a prefix route shadowed for most paths may
+# still own those that continue with, say, `-` or `.`.
+_NEXT_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!&'()*+,;=:@/"
+
+
 def probe_path(server: ir.Server, route: ir.Route) -> str | None:
-    """A request path that `route` really handles, or None when other routes shadow it entirely."""
+    """A request path that nginx hands to `route` (not redirected elsewhere), or None when other
+    routes take every path it covers."""
     if route.match is ir.PathMatch.EXACT:
         candidates = [route.path]
     else:
         sep = "" if route.path.endswith("/") else "/"
-        candidates = [route.path + sep + "mtlsc-probe", route.path]
-    return next((p for p in candidates if find_route(server, p) == route), None)
+        candidates = [route.path + sep + "mtlsc-probe", route.path] + [route.path + c for c in _NEXT_CHARS]
+    return next((p for p in candidates
+                 if find_route(server, p) is route and evaluate(server, p, None).reason != "redirect"), None)
 
 
 def identity_headers(server: ir.Server) -> list[str]:
     """Every identity header of a server, sorted: each proxied location sets or clears all of
     them, because a location's own proxy_set_header lines replace the server's (nginx-facts §6)."""
-    names = {f.default_header.lower(): f.default_header for f in FORWARD_FIELDS.values()}
-    for r in server.routes:
-        for f in r.forward:
-            names.setdefault(f.header.lower(), f.header)
-    return [names[k] for k in sorted(names)]
+    return list(_index(server).headers)

@@ -7,7 +7,7 @@ Spans point back at the policy line that caused each object, and take no part in
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mtlsc.source import Span, span_field
 
@@ -142,6 +142,8 @@ class Server:
     rejections: Rejections
     span: Span = span_field()
     handshake_span: Span | None = span_field()
+    # `cas`, computed once: it is asked for per route and per test case (benchmarks/).
+    _cas: tuple[Ca, ...] | None = field(default=None, init=False, compare=False, hash=False, repr=False)
 
     @property
     def slug(self) -> str:
@@ -152,8 +154,10 @@ class Server:
     @property
     def cas(self) -> tuple[Ca, ...]:
         """The CAs this server's routes name, sorted by name: together they are its trust file."""
-        seen = {r.ca.name: r.ca for r in self.routes if r.ca is not None}
-        return tuple(seen[n] for n in sorted(seen))
+        if self._cas is None:
+            seen = {r.ca.name: r.ca for r in self.routes if r.ca is not None}
+            object.__setattr__(self, "_cas", tuple(seen[n] for n in sorted(seen)))
+        return self._cas
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,7 +173,8 @@ def test_layout(lab):
     policy, pki = lab
     names = sorted(str(p.relative_to(pki.out_dir)) for p in pki.out_dir.rglob("*") if p.is_file())
     assert names == sorted([
-        *(f"clients/acme/{n}.{e}" for n in ("client", "expired", "revoked", "id-alice", "id-ops", "id-pinned")
+        *(f"clients/acme/{n}.{e}" for n in ("client", "expired", "revoked", "id-alice", "id-ops", "id-pinned",
+                                            "near-alice-1", "near-alice-2", "near-ops-1", "near-ops-2")
           for e in ("crt", "key")),
         *(f"clients/other/{n}.{e}" for n in ("client", "expired") for e in ("crt", "key")),
         "clients/untrusted/client.crt", "clients/untrusted/client.key",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mtlsc import dn, ir
 from mtlsc.diagnostics import Finding, Related, Severity
-from mtlsc.evaluate import find_route
+from mtlsc.evaluate import find_route, probe_path
 
 
 def public_route_behind_required_listener(ctx):
@@ -169,18 +169,6 @@ def issuer_not_in_ca(ctx):
 
 # Characters a request path may hold after nginx normalises it (RFC 3986 pchar, unreserved and
 # sub-delims): a prefix route is reached by its path plus any of them no longer route claims.
-_PATH_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!&'()*+,;=:@/"
-
-
-def reaching_path(server, route):
-    """A request path that nginx hands to `route`, or None when other routes take every one."""
-    if route.match is ir.PathMatch.EXACT:
-        candidates = [route.path]
-    else:
-        candidates = [route.path] + [route.path + c for c in _PATH_CHARS]
-    return next((p for p in candidates if find_route(server, p) is route), None)
-
-
 def route_never_reached(ctx):
     """What it catches: a route no request path can reach, because other routes of the server
     take every path it covers.
@@ -197,7 +185,7 @@ def route_never_reached(ctx):
     """
     for server in ctx.policy.servers:
         for route in server.routes:
-            if reaching_path(server, route) is None:
+            if probe_path(server, route) is None:
                 yield Finding(
                     route.span,
                     f"route `{route.path}` is never reached: other routes of `{server.names[0]}` take every path it covers",
@@ -309,6 +297,8 @@ def unused_waiver(ctx):
     """
     from mtlsc.checks import CHECKS, _within  # the registry imports this module: import late
 
+    if not ctx.policy.waivers:
+        return  # nothing to judge: running every check again would double the cost of `check`
     severity = {c.code: c.severity for c in CHECKS}
     fired = [(c.code, f.span) for c in CHECKS if c.find is not unused_waiver for f in c.find(ctx)]
     mine = []  # this check's own findings, for waivers of MTLS149 itself

@@ -84,6 +84,8 @@ def _cases_for_route(server: ir.Server, route: ir.Route, members: list[Member]) 
             if route.allow and m.identity.name not in allowed:
                 continue
             add(f"identity {m.identity.name}", m, spoof=True)
+        elif m.kind == "near" and route.allow and m.ca == route.ca.name:
+            add(f"near miss of identity {m.identity.name} ({m.subject})", m, spoof=True)
         elif m.kind == "stranger":
             same_ca = route.ca is not None and m.ca == route.ca.name
             if route.mode is ir.Mode.PUBLIC or not same_ca:

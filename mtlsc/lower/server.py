@@ -84,6 +84,11 @@ def _rejections(ctx: Ctx, body) -> ir.Rejections:
             ctx.err("MTLS012", stmt.status.span, f"status {status} does not refuse the request",
                     "use a 4xx or 5xx status, e.g. 403")
             continue
+        if status == 444:
+            ctx.err("MTLS012", stmt.status.span, "status 444 would be sent as a status, not close the connection",
+                    "nginx closes the connection for `return 444` only without a body, and mtlsc always sends one; "
+                    "use a real status such as 403")
+            continue
         if reason in chosen:
             ctx.err("MTLS013", stmt.span, f"`reject {reason}` is given twice", "keep one",
                     related=[Related(chosen[reason][1], "first given here")])

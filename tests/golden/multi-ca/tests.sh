@@ -25,10 +25,14 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   internal/client
   internal/expired
   internal/id-staff
+  internal/near-staff-1
+  internal/near-staff-2
   untrusted/client
   vendors/client
   vendors/expired
   vendors/id-supplier
+  vendors/near-supplier-1
+  vendors/near-supplier-2
 USAGE
 }
 
@@ -160,6 +164,8 @@ check 'portal.example.com/internal/ (require internal): no certificate -> 401 no
 check 'portal.example.com/internal/ (require internal): certificate of the CA on no allow list -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/client 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'portal.example.com/internal/ (require internal): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe internal/expired 403 'client certificate not accepted' - -
 check 'portal.example.com/internal/ (require internal): identity staff -> 200' portal.example.com 443 /internal/mtlsc-probe internal/id-staff 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (OU=x\,O=Example Corp,O=mtlsc-near,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (L=x\,OU=Staff,O=Example Corp,OU=mtlsc-near) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'portal.example.com/internal/ (require internal): certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe vendors/client 403 'client certificate not accepted' - -
 check 'portal.example.com/internal/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
 check 'portal.example.com/partner/ (require vendors): no certificate -> 401 no_cert' portal.example.com 443 /partner/mtlsc-probe - 401 'a client certificate is required' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
@@ -167,6 +173,8 @@ check 'portal.example.com/partner/ (require vendors): certificate of ca internal
 check 'portal.example.com/partner/ (require vendors): certificate of the CA on no allow list -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/client 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'portal.example.com/partner/ (require vendors): expired certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe vendors/expired 403 'client certificate not accepted' - -
 check 'portal.example.com/partner/ (require vendors): identity supplier -> 200' portal.example.com 443 /partner/mtlsc-probe vendors/id-supplier 200 '' X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (OU=x,CN=supplier-portal,O=Initech,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (CN=supplier-portal\,O=Initech,O=Other,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'portal.example.com/partner/ (require vendors): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
 check 'portal.example.com/ (optional internal): no certificate -> 200' portal.example.com 443 /mtlsc-probe - 200 '' X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'portal.example.com/ (optional internal): certificate of the CA -> 200' portal.example.com 443 /mtlsc-probe internal/client 200 '' X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert

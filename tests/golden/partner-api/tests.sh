@@ -26,6 +26,10 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   partners/expired
   partners/id-acme
   partners/id-globex
+  partners/near-acme-1
+  partners/near-acme-2
+  partners/near-globex-1
+  partners/near-globex-2
   partners/revoked
   untrusted/client
 USAGE
@@ -165,6 +169,10 @@ check 'api.example.com/partner/ (require partners): expired certificate of ca pa
 check 'api.example.com/partner/ (require partners): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe partners/revoked 403 'client certificate not accepted' - -
 check 'api.example.com/partner/ (require partners): identity acme -> 200' api.example.com 443 /partner/mtlsc-probe partners/id-acme 200 '' X-Client-Subject=subject,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify,X-Client-Serial=serial X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'api.example.com/partner/ (require partners): identity globex -> 200' api.example.com 443 /partner/mtlsc-probe partners/id-globex 200 '' X-Client-Subject=subject,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify,X-Client-Serial=serial X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'api.example.com/partner/ (require partners): near miss of identity acme (OU=x,CN=acme-billing,O=Acme Corp,C=US) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-acme-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'api.example.com/partner/ (require partners): near miss of identity acme (CN=acme-billing\,O=Acme Corp,O=Other,C=US) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-acme-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'api.example.com/partner/ (require partners): near miss of identity globex (OU=x\,CN=globex-a,CN=mtlsc-near,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'api.example.com/partner/ (require partners): near miss of identity globex (OU=x\,O=Globex Inc,CN=globex-a,O=mtlsc-near) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'api.example.com/partner/ (require partners): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
 check 'api.example.com/ (optional partners): no certificate -> 200' api.example.com 443 /mtlsc-probe - 200 '' X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'api.example.com/ (optional partners): certificate of the CA -> 200' api.example.com 443 /mtlsc-probe partners/client 200 '' X-Client-Verify=verify,X-Client-Subject=subject X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert

@@ -25,6 +25,8 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   devices/client
   devices/expired
   devices/id-kiosk
+  devices/near-kiosk-1
+  devices/near-kiosk-2
   devices/revoked
   untrusted/client
 USAGE
@@ -158,6 +160,8 @@ check 'telemetry.example.com/ingest/ (require devices): certificate of the CA on
 check 'telemetry.example.com/ingest/ (require devices): expired certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe devices/expired 403 'client certificate not accepted' - -
 check 'telemetry.example.com/ingest/ (require devices): revoked certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe devices/revoked 403 'client certificate not accepted' - -
 check 'telemetry.example.com/ingest/ (require devices): identity kiosk -> 200' telemetry.example.com 443 /ingest/mtlsc-probe devices/id-kiosk 200 '' X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (OU=x\,CN=kiosk-000,CN=mtlsc-near,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (OU=x\,O=Example Retail,CN=kiosk-000,O=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'telemetry.example.com/ingest/ (require devices): certificate from a CA no server trusts -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
 check 'telemetry.example.com: path with no route -> 404' telemetry.example.com 443 /mtlsc-no-route-probe - 404 'no route' - -
 

@@ -26,6 +26,10 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   internal/expired
   internal/id-billing
   internal/id-orders
+  internal/near-billing-1
+  internal/near-billing-2
+  internal/near-orders-1
+  internal/near-orders-2
   untrusted/client
 USAGE
 }
@@ -153,6 +157,10 @@ check 'ledger.internal.example/ledger/ (require internal): certificate of the CA
 check 'ledger.internal.example/ledger/ (require internal): expired certificate of ca internal -> 403 bad_cert' ledger.internal.example 8443 /ledger/mtlsc-probe internal/expired 403 'client certificate not accepted' - -
 check 'ledger.internal.example/ledger/ (require internal): identity billing -> 200' ledger.internal.example 8443 /ledger/mtlsc-probe internal/id-billing 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'ledger.internal.example/ledger/ (require internal): identity orders -> 200' ledger.internal.example 8443 /ledger/mtlsc-probe internal/id-orders 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (OU=x\,CN=billing,CN=mtlsc-near,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (L=x\,OU=services,CN=billing,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (OU=x\,CN=orders,CN=mtlsc-near,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (L=x\,OU=services,CN=orders,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'ledger.internal.example/ledger/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' ledger.internal.example 8443 /ledger/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
 check 'ledger.internal.example/ (require internal): no certificate -> 403 no_cert' ledger.internal.example 8443 /mtlsc-probe - 403 'client certificate required' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
 check 'ledger.internal.example/ (require internal): certificate of the CA -> 200' ledger.internal.example 8443 /mtlsc-probe internal/client 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
