@@ -15,9 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import dn, ir
-from mtlsc.evaluate import Client, allow_index, identity_matches
+from mtlsc.evaluate import AllowIndex, Client, allow_index, identity_matches
 
 STRANGER_SUBJECT = "CN=mtlsc-stranger,O=mtlsc lab"
+# Identities tested per allow list: a longer list is sampled (first, last and evenly between), so
+# tests.sh and the lab PKI stay proportional to the policy, not to routes x identities.
+IDENTITY_SAMPLE = 8
 UNTRUSTED_DIR = "untrusted"
 
 
@@ -97,16 +100,26 @@ def _mintable(rdns) -> bool:
     return True
 
 
-def near_subjects(identity: ir.Identity, allowed: tuple[ir.Identity, ...]) -> list[str]:
+def sample_names(names: list[str], limit: int = IDENTITY_SAMPLE) -> list[str]:
+    """`names` (sorted) when there are at most `limit`, else `limit` of them: the first, the last
+    and evenly spaced ones between. Deterministic, so tests.sh and the lab PKI pick the same."""
+    if len(names) <= limit:
+        return list(names)
+    step = (len(names) - 1) / (limit - 1)
+    return [names[round(i * step)] for i in range(limit)]
+
+
+def near_subjects(identity: ir.Identity, allowed: tuple[ir.Identity, ...] | AllowIndex) -> list[str]:
     """Subjects that look like `identity` but that no identity in `allowed` matches, deduplicated.
-    One per candidate kind for a subject; one per constrained attribute for attribute matches."""
+    One per candidate kind for a subject; one per constrained attribute for attribute matches.
+    `allowed` may be given indexed (`allow_index`), when many identities share one list."""
     if identity.kind is ir.IdentityKind.SUBJECT:
         groups = [[c] for c in _subject_candidates(identity)]
     elif identity.kind is ir.IdentityKind.ATTRS:
         groups = _attrs_candidates(identity)
     else:
         return []
-    index = allow_index(allowed)
+    index = allowed if isinstance(allowed, AllowIndex) else allow_index(allowed)
     out: list[str] = []
     for group in groups:
         for rdns in (c for c in group if c is not None and _mintable(c)):
@@ -139,10 +152,16 @@ def cast(policy: ir.Policy) -> list[Member]:
     members: list[Member] = []
     stranger = stranger_subject(policy)
     allowed: dict[str, dict[str, ir.Identity]] = {}
+    sampled: dict[str, set[str]] = {}  # per CA: the identities some route's tests use
+    lists: set[tuple[str, tuple[str, ...]]] = set()
     for server in policy.servers:
         for r in server.routes:
             if r.ca is not None:
                 allowed.setdefault(r.ca.name, {}).update({i.name: i for i in r.allow})
+                names = tuple(sorted(i.name for i in r.allow))
+                if (r.ca.name, names) not in lists:
+                    lists.add((r.ca.name, names))
+                    sampled.setdefault(r.ca.name, set()).update(sample_names(list(names)))
     for ca in policy.cas:
         if ca.name not in allowed:
             continue
@@ -150,11 +169,11 @@ def cast(policy: ir.Policy) -> list[Member]:
         members.append(Member(f"{ca.name}/expired", "expired", ca.name, stranger))
         if ca.crls:
             members.append(Member(f"{ca.name}/revoked", "revoked", ca.name, stranger))
-        for name in sorted(allowed[ca.name]):
+        for name in sorted(sampled[ca.name]):
             ident = allowed[ca.name][name]
             members.append(Member(f"{ca.name}/id-{name}", "identity", ca.name, identity_subject(ident), ident))
-        on_ca = tuple(allowed[ca.name][n] for n in sorted(allowed[ca.name]))
-        for name in sorted(allowed[ca.name]):
+        on_ca = allow_index(tuple(allowed[ca.name][n] for n in sorted(allowed[ca.name])))  # once per CA
+        for name in sorted(sampled[ca.name]):
             ident = allowed[ca.name][name]
             for n, subject in enumerate(near_subjects(ident, on_ca), 1):
                 members.append(Member(f"{ca.name}/near-{name}-{n}", "near", ca.name, subject, ident))

@@ -215,12 +215,45 @@ def _bounds(q: re.Match) -> tuple[int, int | None]:
     return (lo, lo) if not q[3] else (lo, int(q[4]) if q[4] else None)
 
 
+_MAX_NESTING = 32  # groups within groups: Python's and mtlsc's regex parsers recurse per level
+
+
+def _too_deep(p: str) -> int | None:
+    """Offset of the first `(` nested more than _MAX_NESTING deep, skipping escapes and classes."""
+    depth = i = 0
+    while i < len(p):
+        c = p[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":  # a class: `]` first (after an optional `^`) is a literal
+            i += 1 + (p[i + 1:i + 2] == "^")
+            i += p[i:i + 1] == "]"
+            while i < len(p) and p[i] != "]":
+                i += 2 if p[i] == "\\" else 1
+        elif c == "(":
+            depth += 1
+            if depth > _MAX_NESTING:
+                return i
+        elif c == ")":
+            depth -= 1
+        i += 1
+    return None
+
+
 def parse_pattern(pattern: str) -> Node:
     """Check `pattern` and return its tree (the part between the outer `^` and `$`)."""
+    deep = _too_deep(pattern)
+    if deep is not None:
+        raise DnError(f"groups nested more than {_MAX_NESTING} deep are not supported", deep)
     try:
         re.compile(pattern)
     except re.error as exc:
         raise DnError(f"invalid regex: {exc.msg}", exc.pos or 0) from None
+    except OverflowError:  # `a{99999999999}`: a bound beyond what `re` can count
+        raise DnError(f"repetition bounds above {_MAX_BOUND} are not supported", 0) from None
+    except RecursionError:  # not expected within _MAX_NESTING, but never a traceback
+        raise DnError("the regex is too complex", 0) from None
     flags, pos = 0, 0
     m = re.match(r"\(\?([a-zA-Z]+)\)", pattern)
     if m:

@@ -50,6 +50,7 @@ class _RouteIndex:
     exact: dict  # path -> first exact route
     prefix: dict  # path -> first prefix route
     any_match: dict  # path -> first route of either kind
+    lengths: tuple  # the lengths of the prefix paths, longest first
     headers: tuple  # identity_headers(server)
 
 
@@ -68,7 +69,8 @@ def _index(server: ir.Server) -> _RouteIndex:
     for r in server.routes:
         for f in r.forward:
             names.setdefault(f.header.lower(), f.header)
-    index = _RouteIndex(exact, prefix, any_match, tuple(names[k] for k in sorted(names)))
+    lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
+    index = _RouteIndex(exact, prefix, any_match, lengths, tuple(names[k] for k in sorted(names)))
     if len(_INDEX) >= 64:
         _INDEX.clear()
     _INDEX[id(server)] = (server, index)
@@ -81,11 +83,12 @@ def find_route(server: ir.Server, path: str) -> ir.Route | None:
     route = index.exact.get(path)
     if route is not None:
         return route
-    prefix = index.prefix
-    for end in range(len(path), 0, -1):  # the longest prefix first
-        route = prefix.get(path[:end])
-        if route is not None:
-            return route
+    prefix, size = index.prefix, len(path)
+    for end in index.lengths:  # the longest prefix first
+        if end <= size:
+            route = prefix.get(path[:end])
+            if route is not None:
+                return route
     return None
 
 

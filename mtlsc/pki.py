@@ -98,12 +98,14 @@ def _blocks(data: bytes) -> list[_Block]:
     """The PEM blocks of a file, in order; a BEGIN without its END is a damaged block."""
     out: list[_Block] = []
     start = None  # (label, offset, line) of the open block
+    line, counted = 1, 0  # lines counted up to offset `counted`: linear, even for 50 MB of markers
     for m in _MARKER.finditer(data):
         kind, label = m.group(1), m.group(2).decode()
         if kind == b"BEGIN":
             if start:
                 out.append(_Block(start[0], start[2], None))
-            start = (label, m.start(), data.count(b"\n", 0, m.start()) + 1)
+            line, counted = line + data.count(b"\n", counted, m.start()), m.start()
+            start = (label, m.start(), line)
         elif start:
             ok = label == start[0]
             out.append(_Block(start[0], start[2], data[start[1]:m.end()] + b"\n" if ok else None))
@@ -147,7 +149,9 @@ def _self_signed(cert: x509.Certificate) -> bool:
 
 
 def _cert_info(cert: x509.Certificate, path: str, index: int) -> CertInfo:
-    """Facts of one certificate. Raises ValueError on extensions cryptography cannot decode."""
+    """Facts of one certificate. Raises ValueError on extensions cryptography cannot decode, and
+    on a public key it cannot read (checks and CRL signature checks need the key)."""
+    cert.public_key()  # decoded lazily: an unknown key type or a bad point would raise in a check
     bc = _ext(cert, x509.BasicConstraints)
     ku = _ext(cert, x509.KeyUsage)
     ski = _ext(cert, x509.SubjectKeyIdentifier)
@@ -194,9 +198,10 @@ def _parse_blocks(path: str, data: bytes, wanted: str) -> tuple[list, list[CertI
     `wanted` is "cert" (a bundle: objects are CertInfo) or "crl" (objects are (x509 CRL, CrlInfo)).
     """
     objects, certs, others, issues = [], [], [], []
+    add = _lister(issues)
     for b in _blocks(data):
         if b.pem is None:
-            issues.append(_damaged(path, b, "no matching END line (truncated?)"))
+            add("MTLS304", lambda b=b: _damaged(path, b, "no matching END line (truncated?)"))
         elif b.label in _CERT_LABELS:
             try:
                 with warnings.catch_warnings():
@@ -204,16 +209,16 @@ def _parse_blocks(path: str, data: bytes, wanted: str) -> tuple[list, list[CertI
                     warnings.simplefilter("ignore")
                     certs.append(_cert_info(x509.load_pem_x509_certificate(b.pem), path, len(certs)))
             except Exception as exc:  # hostile input must give a diagnostic, never a traceback
-                issues.append(_damaged(path, b, str(exc)))
+                add("MTLS304", lambda b=b, exc=exc: _damaged(path, b, str(exc)))
         elif b.label == _CRL_LABEL and wanted == "crl":
             try:
                 crl = x509.load_pem_x509_crl(b.pem)
                 # Facts now: cryptography decodes lazily, so a bad extension would raise later.
                 objects.append((crl, _crl_info(crl, path, len(objects))))
             except Exception as exc:  # as above
-                issues.append(_damaged(path, b, str(exc)))
+                add("MTLS304", lambda b=b, exc=exc: _damaged(path, b, str(exc)))
         elif b.label.endswith("PRIVATE KEY"):
-            issues.append(_Issue(
+            add("MTLS303", lambda b=b: _Issue(
                 "MTLS303", warning, f"`{path}` line {b.line} holds a private key (`{b.label}`)",
                 "the compiled file leaves it out; remove it from the repository and rotate it"))
         else:
@@ -244,7 +249,7 @@ def _no_cert_issue(path: str, data: bytes, others: list[_Block]) -> _Issue:
                       f"`{path}` holds a CRL, not a certificate: nginx -t accepts it, and then every "
                       "client certificate fails verification", "name this file in `crl`, and the CA certificates in `bundle`")
     if others:
-        labels = ", ".join(f"`{b.label}`" for b in others)
+        labels = _labels(others)
         return _Issue("MTLS301", error, f"`{path}` holds no certificate, only {labels}", fix)
     kind, info = _der_kind(data)
     if kind == "certificate":
@@ -269,7 +274,7 @@ def _no_crl_issue(path: str, data: bytes, certs: list[CertInfo], others: list[_B
                       "and then every client is rejected with `unable to get certificate CRL`",
                       "name the CA's CRLs here; certificates belong in `bundle`")
     if others:
-        labels = ", ".join(f"`{b.label}`" for b in others)
+        labels = _labels(others)
         return _Issue("MTLS302", error, f"`{path}` holds no CRL, only {labels}", fix)
     kind, info = _der_kind(data)
     if kind == "crl":
@@ -281,29 +286,74 @@ def _no_crl_issue(path: str, data: bytes, certs: list[CertInfo], others: list[_B
     return _Issue("MTLS302", error, f"`{path}` holds no PEM CRL: nginx -t fails with `no certificate or crl found`", fix)
 
 
+_MAX_LISTED = 10  # issues of one code listed per file; one more issue counts the rest
+
+
+def _labels(blocks: list[_Block], most: int = 5) -> str:
+    """The distinct labels of `blocks`, at most `most` of them, for a message."""
+    labels = list(dict.fromkeys(b.label for b in blocks))
+    shown = ", ".join(f"`{label}`" for label in labels[:most])
+    return shown + (f" and {len(labels) - most} other labels" if len(labels) > most else "")
+
+
+def _lister(issues: list[_Issue]):
+    """`add(code, build)`: append `build()`, or a shared placeholder once _MAX_LISTED issues of that
+    code are listed (`_capped` counts it), so a million broken blocks do not build a million messages."""
+    counts: dict[str, int] = {}
+    placeholders: dict[str, _Issue] = {}
+
+    def add(code: str, build) -> None:
+        counts[code] = counts.get(code, 0) + 1
+        if counts[code] <= _MAX_LISTED:
+            issues.append(build())
+        else:
+            issues.append(placeholders.setdefault(code, _Issue(code, error, "")))
+    return add
+
+
+def _capped(path: str, issues: list[_Issue]) -> list[_Issue]:
+    """At most _MAX_LISTED issues of each code for one file, plus one counting the others: a 50 MB
+    file of broken blocks gives a short report, not millions of diagnostics."""
+    out: list[_Issue] = []
+    counts: dict[str, int] = {}
+    for i in issues:
+        counts[i.code] = counts.get(i.code, 0) + 1
+        if counts[i.code] <= _MAX_LISTED:
+            out.append(i)
+    for code, n in counts.items():
+        if n > _MAX_LISTED:
+            first = next(i for i in issues if i.code == code)
+            out.append(_Issue(code, first.make, f"`{path}`: {n - _MAX_LISTED} more {code} findings in this file "
+                              f"(the first {_MAX_LISTED} are listed)", first.help))
+    return out
+
+
 def _read_bundle(path: str, data: bytes) -> tuple[list[CertInfo], list[_Issue]]:
     certs, _, others, issues = _parse_blocks(path, data, "cert")
+    add = _lister(issues)
     for b in others:
-        issues.append(_Issue("MTLS305", warning, f"`{path}` line {b.line} holds a `{b.label}` block, not a certificate",
-                             "the compiled trust file leaves it out; keep only CA certificates in a bundle file"))
+        add("MTLS305", lambda b=b: _Issue(
+            "MTLS305", warning, f"`{path}` line {b.line} holds a `{b.label}` block, not a certificate",
+            "the compiled trust file leaves it out; keep only CA certificates in a bundle file"))
     if not certs and not any(i.code == "MTLS304" for i in issues):
         issues = [_no_cert_issue(path, data, others), *[i for i in issues if i.code != "MTLS305"]]
-    return certs, issues
+    return certs, _capped(path, issues)
 
 
 def _read_crls(path: str, data: bytes) -> tuple[list[tuple[x509.CertificateRevocationList, CrlInfo]], list[_Issue]]:
     crls, certs, others, issues = _parse_blocks(path, data, "crl")
     if not crls and not any(i.code == "MTLS304" for i in issues):
-        return [], [_no_crl_issue(path, data, certs, others), *issues]
+        return [], _capped(path, [_no_crl_issue(path, data, certs, others), *issues])
+    add = _lister(issues)
     for c in certs:
         # OpenSSL's X509_load_cert_crl_file, behind ssl_crl, adds such certificates to the trust store
         # (from the OpenSSL source, not measured in nginx-facts).
-        issues.append(_Issue("MTLS305", warning, f"`{path}` also holds certificate {describe(c)}",
-                             "the compiled CRL file leaves it out; keep certificates in `bundle`"))
+        add("MTLS305", lambda c=c: _Issue("MTLS305", warning, f"`{path}` also holds certificate {describe(c)}",
+                                          "the compiled CRL file leaves it out; keep certificates in `bundle`"))
     for b in others:
-        issues.append(_Issue("MTLS305", warning, f"`{path}` line {b.line} holds a `{b.label}` block, not a CRL",
-                             "the compiled CRL file leaves it out"))
-    return crls, issues
+        add("MTLS305", lambda b=b: _Issue("MTLS305", warning, f"`{path}` line {b.line} holds a `{b.label}` block, not a CRL",
+                                          "the compiled CRL file leaves it out"))
+    return crls, _capped(path, issues)
 
 
 # ----- the policy's files ---------------------------------------------------------------------

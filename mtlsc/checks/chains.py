@@ -27,15 +27,39 @@ def _issues(parent: CertInfo, child: CertInfo) -> bool:
     return child.aki is None or parent.ski is None or child.aki == parent.ski
 
 
+_ISSUERS: dict[int, tuple[tuple, dict[str, list[CertInfo]]]] = {}  # id(pool) -> (pool, index)
+
+
+def _by_subject(pool) -> dict[str, list[CertInfo]]:
+    """The distinct certificates of `pool` by lowercased subject. Built once per bundle (tuples are
+    immutable, and the entry holds the tuple so its id cannot be reused): `root_path` runs for
+    every CA certificate, and scanning the whole pool each time is quadratic in a bundle of
+    thousands of certificates."""
+    if isinstance(pool, tuple) and (hit := _ISSUERS.get(id(pool))) is not None and hit[0] is pool:
+        return hit[1]
+    index: dict[str, list[CertInfo]] = {}
+    seen: set[str] = set()
+    for c in pool:
+        if c.fingerprint not in seen:
+            seen.add(c.fingerprint)
+            index.setdefault(c.subject.lower(), []).append(c)
+    if isinstance(pool, tuple):
+        if len(_ISSUERS) >= 8:
+            _ISSUERS.clear()
+        _ISSUERS[id(pool)] = (pool, index)
+    return index
+
+
 def root_path(cert: CertInfo, pool) -> list[CertInfo] | None:
     """The shortest path [cert, issuer, ..., self-signed root] inside `pool`, or None."""
+    index = _by_subject(pool)
     paths, seen = [[cert]], {cert.fingerprint}
     while paths:
         nxt = []
         for path in paths:
             if path[-1].self_signed:
                 return path
-            for parent in pool:
+            for parent in index.get(path[-1].issuer.lower(), ()):
                 if parent.fingerprint not in seen and _issues(parent, path[-1]):
                     seen.add(parent.fingerprint)
                     nxt.append([*path, parent])

@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import certifi
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
@@ -67,7 +66,7 @@ SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 def system_trust_dirs() -> tuple[str, ...]:
     """Directories that hold public trust stores (Debian, RHEL, certifi)."""
     return ("/etc/ssl/certs", "/etc/pki/tls", "/etc/pki/ca-trust", "/usr/share/ca-certificates",
-            "/usr/local/share/ca-certificates", os.path.dirname(certifi.where()))
+            "/usr/local/share/ca-certificates", os.path.dirname(_certifi_where()))
 
 
 def in_system_trust_dir(path: str) -> str | None:
@@ -120,8 +119,24 @@ def load_public_store(paths) -> PublicStore:
 
 @functools.cache
 def public_store() -> PublicStore:
-    """certifi's Mozilla store and the system store, read once."""
-    return load_public_store([certifi.where(), SYSTEM_BUNDLE])
+    """certifi's Mozilla store and the system store, read once, and kept in the user's cache
+    (`mtlsc.cache`) until either file changes: parsing ~300 certificates took a tenth of a cold
+    `mtlsc check` (benchmarks/)."""
+    from mtlsc import __version__, cache
+
+    paths = [_certifi_where(), SYSTEM_BUNDLE]
+    entry = cache.entry("public-store", "\n".join([__version__, *map(cache.file_stamp, paths)]))
+    store = cache.load_pickle(entry)
+    if not isinstance(store, PublicStore):
+        store = load_public_store(paths)
+        cache.store_pickle(entry, store)
+    return store
+
+
+def _certifi_where() -> str:
+    import certifi  # only when a public store is consulted
+
+    return certifi.where()
 
 
 def public_match(cert: CertInfo) -> str | None:

@@ -40,6 +40,21 @@ def text_problem(s: str) -> str | None:
     return None
 
 
+# nginx reads its configuration through a 4 KiB buffer and refuses one longer argument at nginx -t
+# (`too long parameter`, measured on 1.22); mtlsc keeps every argument it writes below this.
+TOKEN_MAX = 4000
+
+
+def length_problem(s: str, reserve: int = 0) -> str | None:
+    """Why `s`, quoted, is too long to be one nginx config argument, or None. `reserve`: bytes
+    mtlsc adds to the same argument (a file name after a directory, `\\n` after a body)."""
+    size = len(_quoted(s).encode("utf-8")) + reserve
+    if size > TOKEN_MAX:
+        return (f"is too long: {size} bytes in one nginx config argument, and nginx refuses arguments over "
+                f"4 KiB (`too long parameter`); mtlsc allows {TOKEN_MAX}")
+    return None
+
+
 def path_problem(s: str) -> str | None:
     """Why `s` cannot be a file path in nginx config, or None."""
     if not s:
@@ -52,6 +67,8 @@ def header_problem(name: str) -> str | None:
         return "contains `_`: nginx drops such headers by default and, with underscores_in_headers, they can be spoofed (§6)"
     if not _HEADER_NAME.fullmatch(name):
         return "is not an HTTP header name (letters, digits and `-`)"
+    if len(name) > 256:
+        return "is longer than 256 characters"
     return None
 
 

@@ -10,12 +10,12 @@ from mtlsc import ast
 from mtlsc.source import Source, Span
 
 
-def _offset(text: str, line: int, col: int) -> int:
+def _line_starts(text: str) -> list[int]:
     starts = [0]
     for i, ch in enumerate(text):
         if ch == "\n":
             starts.append(i + 1)
-    return starts[line - 1] + col - 1
+    return starts
 
 
 def _quoted(value: str) -> str:
@@ -28,6 +28,11 @@ def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir:
     server has no listen); certificates become `cert_dir/<N>_<port>.crt|.key`, every backend
     `backend`, every install dir `install_dir`."""
     text = source.text
+    starts = _line_starts(text)  # once: a policy with a backend per route has thousands of edits
+
+    def _offset(_text: str, line: int, col: int) -> int:
+        return starts[line - 1] + col - 1
+
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement) offsets into text
 
     def replace(span: Span, value: str) -> None:
@@ -57,6 +62,8 @@ def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir:
             elif isinstance(stmt, ast.Route):
                 for r in (s for s in stmt.body if isinstance(s, ast.Backend)):
                     replace(r.url.span, _quoted(backend))
-    for start, end, value in sorted(edits, reverse=True):
-        text = text[:start] + value + text[end:]
-    return text
+    out, done = [], 0
+    for start, end, value in sorted(edits):  # one pass: edits never overlap
+        out += [text[done:start], value]
+        done = end
+    return "".join(out) + text[done:]

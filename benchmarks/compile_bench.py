@@ -1,0 +1,132 @@
+"""Compile cost and peers: mtlsc check / compile next to crossplane and gixy on the same work.
+
+Each measurement is a fresh `benchmarks.worker` process (imports excluded from the clock); the
+tools take turns within every repetition, so the ratios come from one run on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import synth
+
+REPO = Path(__file__).resolve().parent.parent
+NGINX_WRAPPER = "events {}\nhttp {\n    include nginx/*.conf;\n}\n"
+
+
+@dataclass
+class Runs:
+    seconds: list[float] = field(default_factory=list)
+    mem_mb: list[float] = field(default_factory=list)  # peak RSS minus RSS before the work
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.seconds) if self.seconds else None
+
+    @property
+    def mem(self) -> float | None:
+        return statistics.median(self.mem_mb) if self.mem_mb else None
+
+
+@dataclass
+class ShapeResult:
+    shape: synth.Shape
+    policy_bytes: int
+    runs: dict[str, Runs] = field(default_factory=dict)  # op -> runs
+    phases: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)  # output file -> bytes
+
+
+def worker(op: str, *args: str, timeout: float) -> dict:
+    """Run one measurement; raises RuntimeError with the worker's last stderr line on failure."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", op, *args], capture_output=True,
+                              text=True, timeout=timeout, cwd=REPO, env=env)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"still running after {timeout:.0f} s (stopped)") from None
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+        raise RuntimeError(lines[-1][:300] if lines else f"exit {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def gixy_available() -> str | None:
+    """None when gixy can be imported, else why not."""
+    try:
+        import gixy.core.manager  # noqa: F401
+    except Exception as exc:  # ImportError, or a gixy that fails to import on this Python
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def measure_shape(work: Path, shape: synth.Shape, *, repeats: int, timeout: float, peers: bool,
+                  long_run: float = 5.0, progress=print) -> ShapeResult:
+    """check, compile, crossplane and gixy on one synthetic policy; `repeats` runs each (3 when a
+    single run takes longer than `long_run` seconds)."""
+    policy = synth.write_policy(work / "policies", shape)
+    out = work / "out" / shape.name
+    result = ShapeResult(shape, policy.stat().st_size)
+    ops = ["check", "compile"] + (["crossplane", "gixy"] if peers else [])
+    no_gixy = gixy_available()
+    if "gixy" in ops and no_gixy:
+        result.runs["gixy"] = Runs(error=f"gixy is not installed or does not import ({no_gixy}): pip install -e '.[bench]'")
+        ops.remove("gixy")
+    conf = out / "nginx.conf"
+    n = repeats
+    rep = 0
+    while rep < n:
+        for op in ops:
+            runs = result.runs.setdefault(op, Runs())
+            if runs.error:
+                continue
+            args = {"check": [str(policy)], "compile": [str(policy), str(out)],
+                    "crossplane": [str(conf)], "gixy": [str(conf)]}[op]
+            try:
+                info = worker(op, *args, timeout=timeout)
+            except RuntimeError as exc:
+                runs.error = str(exc)
+                continue
+            if op == "compile":
+                if info.get("failed"):
+                    raise RuntimeError(f"{shape.name} does not compile")
+                result.outputs = info["bytes"]
+                conf.write_text(NGINX_WRAPPER)
+            runs.seconds.append(info["seconds"])
+            runs.mem_mb.append(info["rss_peak_mb"] - info["rss_before_mb"])
+            if rep == 0 and info["seconds"] > long_run:
+                n = min(n, 3)
+        rep += 1
+    try:
+        result.phases = worker("phases", str(policy), timeout=timeout)["phases"]
+    except RuntimeError:
+        result.phases = {}
+    progress(f"compile: {shape.name} " + ", ".join(
+        f"{op} {r.median:.3f}s" if r.median is not None else f"{op} -" for op, r in result.runs.items()))
+    return result
+
+
+@dataclass
+class Sweeps:
+    routes: list[ShapeResult]
+    identities: list[ShapeResult]
+
+
+def measure_sweeps(work: Path, *, route_sizes: list[int], identity_sizes: list[int], fixed_identities: int,
+                   fixed_routes: int, cas: int, repeats: int, timeout: float, progress=print) -> Sweeps:
+    started = time.monotonic()
+    routes = [measure_shape(work, synth.Shape(r, fixed_identities, cas), repeats=repeats, timeout=timeout,
+                            peers=True, progress=progress) for r in route_sizes]
+    idents = [measure_shape(work, synth.Shape(fixed_routes, i, cas), repeats=repeats, timeout=timeout,
+                            peers=True, progress=progress) for i in identity_sizes]
+    progress(f"compile: done in {time.monotonic() - started:.0f} s")
+    return Sweeps(routes, idents)
