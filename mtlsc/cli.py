@@ -84,6 +84,34 @@ def _parser() -> argparse.ArgumentParser:
                        "beside it) with mtlsc's model of the compiled config. `mtlsc lab` runs them on real nginx.")
     t.add_argument("policies", nargs="+", metavar="POLICY")
     t.add_argument("--tests", action="append", metavar="FILE", help="a tests file (repeatable; default: beside each policy)")
+    def nginx_options(cmd):
+        cmd.add_argument("--nginx-conf-dir", required=True, type=Path, metavar="DIR",
+                         help="the directory your nginx.conf includes (e.g. /etc/nginx/conf.d)")
+        cmd.add_argument("--nginx", metavar="BIN", help="the nginx binary (default: PATH, /usr/sbin/nginx)")
+        cmd.add_argument("--nginx-conf", metavar="FILE", help="nginx's main config, for `nginx -t -c FILE`")
+        cmd.add_argument("--nginx-prefix", metavar="DIR", help="nginx's prefix (`-p DIR`)")
+        cmd.add_argument("--nginx-arg", action="append", default=[], metavar="ARG", help="another nginx argument")
+        cmd.add_argument("--pid-file", metavar="FILE", help="nginx's pid file (default: the main config's `pid`)")
+        cmd.add_argument("--state-dir", metavar="DIR", help="lock and history (default: DIR/.mtlsc)")
+        cmd.add_argument("--no-smoke", action="store_true", help="skip the smoke checks after reloading")
+        cmd.add_argument("--smoke-host", metavar="ADDR", help="connect smoke checks here instead of the listen address")
+        cmd.add_argument("--client-cert", metavar="CRT", help="a certificate that must pass a `require` route")
+        cmd.add_argument("--client-key", metavar="KEY")
+        cmd.add_argument("--lock-wait", type=float, default=0.0, metavar="S", help="wait this long for the lock")
+        cmd.add_argument("--reload-timeout", type=float, default=10.0, metavar="S")
+
+    ap = sub.add_parser("apply", help="install the compiled policy into a running nginx; roll back on any failure",
+                        description="Compile, stage, swap in, nginx -t, reload, smoke-check; on any failure put the "
+                        "previous files back and reload again. Exit 0 applied, 1 policy errors, 2 nothing changed "
+                        "(usage, lock, nginx), 3 failed and reverted, 4 failed and the revert failed (docs/apply.md).")
+    ap.add_argument("policies", nargs="+", metavar="POLICY")
+    nginx_options(ap)
+    ap.add_argument("--dry-run", action="store_true", help="compile, stage and nginx -t a copy; change nothing")
+    ap.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    rb = sub.add_parser("rollback", help="restore the version before the last apply (and reload, and smoke-check)",
+                        description="Undo the newest live apply; repeated rollbacks walk back one apply each.")
+    nginx_options(rb)
+    rb.add_argument("--list", action="store_true", help="print the apply history and change nothing")
     lab = sub.add_parser("lab", help="prove the policy on a real nginx on loopback, with a throwaway PKI",
                          description="Mint a PKI shaped like the policy, compile it for 127.0.0.1, start nginx "
                          "(temp prefix) and an echo backend, run the emitted tests.sh and audit the headers "
@@ -124,12 +152,34 @@ def main(argv: list[str] | None = None) -> int:
             new = args.paths[-1]
             old = None if args.git else args.paths[0]
             return _print(run_diff(old, new, git_ref=args.git, fmt=args.format, fail_on=args.fail_on))
+        if args.command in ("apply", "rollback"):
+            return _apply(args)
         if args.command == "lab":
             from mtlsc.lab.command import lab_command
             return lab_command(args.policies, keep=args.keep, workdir=args.workdir, nginx=args.nginx, tests=args.tests)
         return _check_or_compile(args)
     except KeyboardInterrupt:
         return EXIT_USAGE
+
+
+def _apply(args) -> int:
+    from mtlsc import apply as deploy
+
+    common = dict(nginx_bin=args.nginx, nginx_conf=args.nginx_conf, nginx_prefix=args.nginx_prefix,
+                  nginx_args=tuple(args.nginx_arg), pid_file=args.pid_file, state_dir=args.state_dir,
+                  smoke=not args.no_smoke, smoke_host=args.smoke_host, client_cert=args.client_cert,
+                  client_key=args.client_key, lock_wait=args.lock_wait, reload_timeout=args.reload_timeout,
+                  progress=lambda line: sys.stderr.write(f"mtlsc {args.command}: {line}\n"))
+    if args.command == "apply":
+        result = deploy.apply(args.policies, args.nginx_conf_dir, dry_run=args.dry_run, strict=args.strict, **common)
+    elif args.list:
+        sys.stdout.write(deploy.format_history(deploy.history(args.nginx_conf_dir, args.state_dir),
+                                               deploy.live_entry(args.nginx_conf_dir, args.state_dir)))
+        return EXIT_OK
+    else:
+        result = deploy.rollback(args.nginx_conf_dir, **common)
+    sys.stderr.write(result.report())
+    return result.exit_code
 
 
 def _print(result: tuple[int, str, str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +15,16 @@ class Source:
     text: str
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
+        lines = _lines(self.text)
         return lines[line - 1] if 0 < line <= len(lines) else ""
+
+
+@functools.lru_cache(maxsize=4)
+def _lines(text: str) -> list[str]:
+    """The lines of `text` as the parser counts them: only `\n` ends a line (`str.splitlines` also
+    splits at `\f`, `\x85`, U+2028 ..., which would quote the wrong line). Cached: rendering a
+    diagnostic per line of a large file must not split the whole text each time."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 @dataclass(frozen=True, slots=True)

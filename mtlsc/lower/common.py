@@ -51,9 +51,10 @@ def file_path(ctx: Ctx, s: ast.Str, policy_path: str) -> str:
     return os.path.normpath(os.path.join(os.path.dirname(policy_path), s.value))
 
 
-def nginx_string(ctx: Ctx, s: ast.Str, what: str) -> str:
-    """A string that will be placed in nginx config: refused when it cannot be made safe."""
-    problem = quote.text_problem(s.value)
+def nginx_string(ctx: Ctx, s: ast.Str, what: str, reserve: int = 0) -> str:
+    """A string that will be placed in nginx config: refused when it cannot be made safe, or would
+    make an argument longer than nginx reads (`reserve`: bytes mtlsc adds to that argument)."""
+    problem = quote.text_problem(s.value) or quote.length_problem(s.value, reserve)
     if problem:
         ctx.err("MTLS020", s.span, f"{what} {problem}", "nginx config cannot hold this string safely; change it")
     return s.value

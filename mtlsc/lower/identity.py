@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mtlsc import ast, dn, ir, values
+from mtlsc.emit import quote
 from mtlsc.lower.common import Ctx
 from mtlsc.source import Span
 
@@ -56,6 +57,8 @@ def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
         return None
     if kind is ir.IdentityKind.SUBJECT:
         subject = _dn(ctx, stmts[0].dn, "the subject")
+        if subject and _too_long(ctx, stmts[0].dn.span, "the subject", subject):
+            return None
         return subject and ir.Identity(name, kind, subject=subject, span=node.span)
     if kind is ir.IdentityKind.FINGERPRINT:
         try:
@@ -68,7 +71,18 @@ def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
     attrs = [a for a in (_attr(ctx, s) for s in stmts) if a is not None]
     if len(attrs) != len(stmts):
         return None
+    regex = dn.constraints_regex(tuple(dn.AttrConstraint(a.attr, a.op, a.value) for a in attrs))
+    if _too_long(ctx, node.span, f"the regex compiled from identity `{name}`", "~" + regex):
+        return None
     return ir.Identity(name, kind, attrs=tuple(attrs), span=node.span)
+
+
+def _too_long(ctx: Ctx, span: Span, what: str, emitted: str) -> bool:
+    """MTLS020 when `emitted` (the map key nginx will read) exceeds one nginx config argument."""
+    problem = quote.length_problem(emitted, reserve=2)
+    if problem:
+        ctx.err("MTLS020", span, f"{what} {problem}", "shorten it: nginx cannot read the compiled map key")
+    return problem is not None
 
 
 def _serial_identity(ctx: Ctx, node: ast.Identity, stmts) -> ir.Identity | None:
@@ -84,6 +98,8 @@ def _serial_identity(ctx: Ctx, node: ast.Identity, stmts) -> ir.Identity | None:
         ctx.err("MTLS014", serial.value.span, p.message, p.help)
         return None
     issuer_dn = _dn(ctx, issuer.dn, "the issuer")
+    if issuer_dn and _too_long(ctx, issuer.dn.span, "the issuer", f"{number}:{issuer_dn}"):
+        return None
     return issuer_dn and ir.Identity(node.name.value, ir.IdentityKind.SERIAL, serial=number, issuer=issuer_dn, span=node.span)
 
 
@@ -95,6 +111,9 @@ def _attr(ctx: Ctx, s) -> ir.AttrMatch | None:
         return None
     if isinstance(s, ast.AttrEq):
         return ir.AttrMatch(attr, "eq", s.value.value, s.span)
+    if quote.length_problem(s.pattern.value):  # before the (superlinear) analysis of a huge regex
+        ctx.err("MTLS020", s.pattern.span, f"the pattern {quote.length_problem(s.pattern.value)}", "shorten it")
+        return None
     try:
         dn.check_value_pattern(s.pattern.value)
         dn.example_value(s.pattern.value)  # raises when no value nginx prints can match

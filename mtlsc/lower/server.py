@@ -55,7 +55,8 @@ def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Serv
         key=nginx_string(ctx, cert.key, "the key path") if cert else "",
         backend=server_backend,
         handshake_require=handshake is not None,
-        install_dir=nginx_string(ctx, install.directory, "the install directory") if install else DEFAULT_INSTALL_DIR,
+        # the compiled files are `<install>/<name>_<port>.crl.pem`: room for the longest such name
+        install_dir=nginx_string(ctx, install.directory, "the install directory", reserve=280) if install else DEFAULT_INSTALL_DIR,
         routes=routes,
         rejections=_rejections(ctx, node.body),
         span=node.span,
@@ -94,7 +95,7 @@ def _rejections(ctx: Ctx, body) -> ir.Rejections:
                     related=[Related(chosen[reason][1], "first given here")])
             continue
         default = getattr(DEFAULT_REJECTIONS, reason)
-        text = nginx_string(ctx, stmt.body, "the response body") if stmt.body else default.body
+        text = nginx_string(ctx, stmt.body, "the response body", reserve=2) if stmt.body else default.body
         chosen[reason] = (ir.Response(status, text), stmt.span)
     return ir.Rejections(**{r: chosen[r][0] if r in chosen else getattr(DEFAULT_REJECTIONS, r)
                             for r in ("no_cert", "bad_cert", "forbidden")})
@@ -106,6 +107,10 @@ def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_back
     except values.ValueProblem as p:
         sp = node.path.span
         ctx.err("MTLS021", type(sp)(sp.path, sp.line, sp.col + p.offset, sp.line, sp.col + p.offset + 1), p.message, p.help)
+        return None
+    too_long = quote.length_problem(path)
+    if too_long:
+        ctx.err("MTLS020", node.path.span, f"the route path {too_long}", "shorten the path")
         return None
     where = f"route `{path}`"
     modes = [s for s in node.body if isinstance(s, (ast.Public, ast.Optional, ast.Require))]
