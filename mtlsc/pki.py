@@ -429,24 +429,22 @@ def _selected(pki: Pki, cas: Iterable) -> list[CaFacts]:
     return [f for f in (pki.ca(n) for n in names) if f is not None]
 
 
+def _joined(pems_with_keys) -> str:
+    """PEM texts joined in order, each once (the same certificate may sit in two CAs' bundles)."""
+    seen, out = set(), []
+    for key, pem in pems_with_keys:
+        if key not in seen:
+            seen.add(key)
+            out.append(pem)
+    return "".join(out)
+
+
 def trust_file_pem(pki: Pki, cas: Iterable) -> str:
     """The compiled `ssl_client_certificate` file: every certificate of `cas` (names, in the order
     given; file order within each), each once."""
-    seen, out = set(), []
-    for facts in _selected(pki, cas):
-        for c in facts.certs:
-            if c.fingerprint not in seen:
-                seen.add(c.fingerprint)
-                out.append(c.pem)
-    return "".join(out)
+    return _joined((c.fingerprint, c.pem) for facts in _selected(pki, cas) for c in facts.certs)
 
 
 def crl_file_pem(pki: Pki, cas: Iterable) -> str:
     """The compiled `ssl_crl` file: every CRL of `cas`, in the order given, each once."""
-    seen, out = set(), []
-    for facts in _selected(pki, cas):
-        for c in facts.crls:
-            if c.pem not in seen:
-                seen.add(c.pem)
-                out.append(c.pem)
-    return "".join(out)
+    return _joined((c.pem, c.pem) for facts in _selected(pki, cas) for c in facts.crls)
