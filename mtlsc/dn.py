@@ -12,15 +12,15 @@ Values here are *raw* (unescaped) strings unless a name says "escaped" or "nginx
 from __future__ import annotations
 
 import difflib
-import functools
 import re
-from dataclasses import dataclass
-from typing import Literal
 
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type  # the only way to pick a string type
 
-from mtlsc.dn_regex import VALUE_TOKEN, DnError, candidates, check_value_pattern, confine, pcre_literal
+from mtlsc.dn_match import (  # attribute identities: the model and the gate regex, re-exported
+    AttrConstraint, constraints_regex, example_value, matches_constraints, matches_subject,
+)
+from mtlsc.dn_regex import DnError, check_value_pattern, pcre_literal
 
 __all__ = ["ATTRIBUTES", "AttrConstraint", "DnError", "canonical_attribute", "check_value_pattern",
            "constraints_regex", "escape_value", "example_value", "format_dn", "matches_constraints",
@@ -319,90 +319,3 @@ def nginx_serial(n: int) -> str:
         return "-" + nginx_serial(-n)
     digits = f"{n:X}".rjust(2 * max(1, (n.bit_length() + 7) // 8), "0")
     return "\\\n".join(digits[i : i + 70] for i in range(0, len(digits), 70))
-
-
-# ---- matching -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AttrConstraint:
-    """One condition on a subject: `eq` compares raw values exactly; `re` is an anchored pattern
-    over the value as nginx prints it (escaped), confined by mtlsc.dn_regex."""
-
-    attr: str
-    op: Literal["eq", "re"]
-    value: str
-
-    def __post_init__(self) -> None:
-        if self.op not in ("eq", "re"):
-            raise ValueError(f"unknown constraint op {self.op!r}")
-
-
-def matches_subject(dn: str, subject: str) -> bool:
-    """Exact subject match: ASCII case-insensitive, like an nginx `map` string key (facts §7)."""
-    return dn.encode("utf-8", "surrogatepass").lower() == subject.encode("utf-8", "surrogatepass").lower()
-
-
-# One AVA of an nginx-form DN. The attribute is everything up to the first `=`; the value is a
-# run of tokens (possessive: it always runs to the unescaped `,`/`+` that ends it).
-_AVA = r"[^,+\\=]++=" + VALUE_TOKEN + "*+"
-_AVA_RE = re.compile(r"([^,+\\=]+)=(" + VALUE_TOKEN + r"*+)(?:[,+]|$)")
-
-
-def _avas(dn: str) -> list[tuple[str, str]]:
-    """(attribute, escaped value) pairs, read exactly as constraints_regex's prefix reads them."""
-    out, pos = [], 0
-    while pos < len(dn) and (m := _AVA_RE.match(dn, pos)):
-        out.append((m[1], m[2]))
-        pos = m.end()
-    return out
-
-
-def matches_constraints(dn: str, constraints) -> bool:
-    """True when every constraint holds for some AVA of the nginx-form `dn`."""
-    avas = _avas(dn)
-    for c in constraints:
-        attr = _canonical(c.attr)
-        if c.op == "eq":
-            want = escape_value(c.value)  # escaping is one-to-one, so compare printed forms
-            ok = any(a == attr and v == want for a, v in avas)
-        else:
-            rx = _confined(c.value)
-            ok = any(a == attr and rx.fullmatch(v) for a, v in avas)
-        if not ok:
-            return False
-    return True
-
-
-@functools.lru_cache(maxsize=512)
-def _confined(pattern: str) -> re.Pattern[str]:
-    return re.compile(confine(pattern))
-
-
-def constraints_regex(constraints) -> str:
-    """One anchored regex (PCRE2 and Python) over `$ssl_client_s_dn`, true exactly when
-    `matches_constraints` is: one lookahead per constraint, each skipping whole AVAs."""
-    looks = []
-    for c in constraints:
-        body = pcre_literal(escape_value(c.value)) if c.op == "eq" else confine(c.value)
-        looks.append(f"(?=(?:{_AVA}[,+])*{pcre_literal(_canonical(c.attr))}=(?:{body})(?:[,+]|$))")
-    return "^" + "".join(looks)
-
-
-def example_value(pattern: str) -> str:
-    """A short raw value whose nginx-printed form fully matches `pattern`."""
-    rx = _confined(pattern)
-    empty_ok = False
-    for cand in candidates(pattern):
-        try:
-            raw, end = _parse_value(cand, 0)
-        except DnError:
-            continue  # not something nginx prints (`\q`, a bare leading `#`, ...)
-        if end != len(cand) or escape_value(raw) != cand or not rx.fullmatch(cand):
-            continue
-        if raw:
-            return raw
-        empty_ok = True
-    if empty_ok:
-        return ""
-    raise DnError("found no value nginx could print that matches this pattern", 0)
