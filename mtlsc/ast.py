@@ -8,6 +8,7 @@ Import as `from mtlsc import ast` (the stdlib module of the same name is not use
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from mtlsc.source import Span, span_field
 
@@ -33,6 +34,15 @@ class Str:
 class NginxTarget:
     version: Str
     span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class ClearHeaders:
+    """`clear_headers "Name"...`: more headers every proxied location of every server clears."""
+
+    names: tuple[Str, ...]
+    span: Span = span_field()
+    keyword: ClassVar[str] = "clear_headers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +156,15 @@ class Certificate:
 class Backend:
     url: Str
     span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendPaths:
+    """`backend_paths WORD...`: how the backend reads paths (case, `;`), so mtlsc need not refuse them."""
+
+    words: tuple[Word, ...]
+    span: Span = span_field()
+    keyword: ClassVar[str] = "backend_paths"
 
 
 @dataclass(frozen=True, slots=True)

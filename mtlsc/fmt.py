@@ -33,7 +33,8 @@ from mtlsc.source import Source, point
 
 WIDTH = 100  # a one-line block, or a list statement, must fit in this many columns
 INDENT = "  "
-_LISTS = (ast.Bundle, ast.Crl, ast.Allow, ast.Forward)  # statements that may go one item per line
+_LIST_WORDS = {ast.Bundle: "bundle", ast.Crl: "crl", ast.ClearHeaders: "clear_headers", ast.Allow: "allow",
+               ast.BackendPaths: "backend_paths", ast.Forward: "forward"}  # statements that may go one item per line
 _BLOCKS = (ast.Ca, ast.Identity, ast.Server, ast.Route)
 _sink = threading.local()
 
@@ -88,12 +89,13 @@ def _field(f: ast.Field) -> str:
 
 def _list(node) -> tuple[str, list[tuple[str, object]]] | None:
     """A list statement as (keyword, [(item text, item node)]); None for other statements."""
-    if isinstance(node, (ast.Bundle, ast.Crl)):
-        return ("bundle" if isinstance(node, ast.Bundle) else "crl"), [(quote(f.value), f) for f in node.files]
-    if isinstance(node, ast.Allow):
-        return "allow", [(n.value, n) for n in node.names]
-    if isinstance(node, ast.Forward):
-        return "forward", [(_field(f), f) for f in node.fields]
+    match node:
+        case ast.Bundle(items) | ast.Crl(items) | ast.ClearHeaders(items):
+            return _LIST_WORDS[type(node)], [(quote(s.value), s) for s in items]
+        case ast.Allow(items) | ast.BackendPaths(items):
+            return _LIST_WORDS[type(node)], [(w.value, w) for w in items]
+        case ast.Forward(fields):
+            return "forward", [(_field(f), f) for f in fields]
     return None
 
 
@@ -250,7 +252,7 @@ class _Printer:
         if isinstance(node, _BLOCKS):
             return self.block(node, indent, first_blank)
         a, b = self.first(node), self.last(node)
-        if not isinstance(node, _LISTS) or self.one_line_list(node, indent):
+        if type(node) not in _LIST_WORDS or self.one_line_list(node, indent):
             return self.line(a, b, indent, _flat(node), first_blank)
         keyword, items = _list(node)
         self.line(a, a, indent, keyword, first_blank)
@@ -351,8 +353,7 @@ def format_paths(paths, check: bool = False, diff: bool = False, write: bool | N
         sources[path] = Source(path, _normalise_newlines(raw))
         formatted, found = format_text(sources[path])
         if formatted is None:
-            diags += found
-            broken = True
+            diags, broken = diags + found, True
             continue
         if formatted == raw:
             continue

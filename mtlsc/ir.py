@@ -142,6 +142,15 @@ class Server:
     rejections: Rejections
     span: Span = span_field()
     handshake_span: Span | None = span_field()
+    # `backend_paths case_sensitive` / `literal_semicolons`: the backend tells `/A` from `/a`, and
+    # reads `;` as an ordinary character, so mtlsc need not refuse paths that differ only so.
+    backend_case_sensitive: bool = False
+    backend_literal_semicolons: bool = False
+    backend_paths_span: Span | None = span_field()  # None when the server has no `backend_paths`
+    # Every header name any server compiled together forwards, the well-known client-certificate
+    # headers and `clear_headers`, sorted case-insensitively: each proxied location sets or clears
+    # all of them, so no server lets a client's own value through (lower/headers.py).
+    identity_headers: tuple[str, ...] = ()
     # `cas`, computed once: it is asked for per route and per test case (benchmarks/).
     _cas: tuple[Ca, ...] | None = field(default=None, init=False, compare=False, hash=False, repr=False)
 
@@ -177,3 +186,4 @@ class Policy:
     identities: tuple[Identity, ...]
     servers: tuple[Server, ...]
     waivers: tuple[Waiver, ...] = ()
+    cleared_headers: tuple[str, ...] = ()  # `clear_headers` names, as first written, in order

@@ -133,3 +133,93 @@ FEATURE_SINCE = {
 # nginx 1.22's built-in statuses when a certificate fails before any location runs (§1, §E1).
 STATUS_BAD_CERT = 495
 STATUS_NO_CERT = 496
+
+
+# ---- header names ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ReservedHeaders:
+    why: str  # completes "`Name` ...": what the header does and what a certificate field there breaks
+    names: tuple[str, ...]
+
+
+# Names `forward ... as` and `clear_headers` refuse (MTLS032): each means something to nginx, to
+# HTTP or to the backend's framework, so a certificate field there breaks the request instead of
+# describing the client (docs/language.md, "Header names").
+RESERVED_HEADERS: tuple[ReservedHeaders, ...] = (
+    # Hop-by-hop (RFC 9110 §7.6.1): they govern one connection; nginx consumes and rewrites them.
+    ReservedHeaders(
+        "is a hop-by-hop header: it governs the connection between nginx and the backend, and a value "
+        "set there breaks or takes over that connection",
+        ("Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+         "Proxy-Authenticate", "Proxy-Authorization"),
+    ),
+    # Framing and body: nginx sends the real body beside a set value (nginx-facts §F4).
+    ReservedHeaders(
+        "frames the request body: a forged value smuggles requests toward the backend",
+        ("Content-Length", "Content-Type", "Content-Encoding", "Content-Range", "Expect"),
+    ),
+    # Routing: backends and frameworks pick the virtual host, client address, scheme, path or
+    # method from these; mtlsc itself sets Host, X-Forwarded-For and X-Forwarded-Proto.
+    ReservedHeaders(
+        "routes the request: the backend reads the host, client address, scheme, path or method from it, "
+        "so a value set there sends the request somewhere else",
+        ("Host", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
+         "X-Forwarded-Prefix", "X-Real-IP", "X-Original-URL", "X-Original-URI", "X-Rewrite-URL",
+         "X-HTTP-Method-Override", "X-Method-Override"),
+    ),
+    # Credentials: the backend would take a certificate field for the client's password or session.
+    ReservedHeaders(
+        "carries credentials: the backend would read a certificate field as the client's password, "
+        "token or session, and the client's own value would be lost",
+        ("Authorization", "Cookie", "Set-Cookie", "Proxy-Authorization"),
+    ),
+)
+
+
+def reserved_header(name: str) -> str | None:
+    """Why `name` may not carry a certificate field (a clause after the name), or None."""
+    key = name.lower()
+    return next((g.why for g in RESERVED_HEADERS if key in {n.lower() for n in g.names}), None)
+
+
+# Client-certificate and identity headers other proxies and products set. Every proxied location of
+# every server compiled together clears them (when it does not set them), so a backend that once sat
+# behind one of these products cannot be handed a client's own value (issue: ingress-nginx #8299).
+_WELL_KNOWN_GROUPS: tuple[tuple[str, ...], ...] = (
+    # Envoy, Istio
+    ("X-Forwarded-Client-Cert",),
+    # RFC 9440 (Client-Cert HTTP header field)
+    ("Client-Cert", "Client-Cert-Chain"),
+    # Traefik (passTLSClientCert)
+    ("X-Forwarded-Tls-Client-Cert", "X-Forwarded-Tls-Client-Cert-Info"),
+    # ingress-nginx (auth-tls-pass-certificate-to-upstream and the verify/DN headers)
+    ("ssl-client-cert", "ssl-client-verify", "ssl-client-subject-dn", "ssl-client-issuer-dn"),
+    # Common nginx, HAProxy and Apache recipes
+    ("X-SSL-Client-Cert", "X-SSL-Client-Verify", "X-SSL-Client-DN", "X-SSL-Client-S-DN", "X-SSL-Client-I-DN",
+     "X-SSL-Client-Subject", "X-SSL-Client-Issuer", "X-SSL-Client-Serial", "X-SSL-Client-Fingerprint",
+     "X-SSL-Client-SHA1", "X-SSL-Client-CN", "X-SSL-Issuer", "X-SSL-Subject", "SSL-Client-Cert", "X-Client-Cert",
+     "X-Client-DN", "X-Client-CN", "X-Client-Subject", "X-Client-Issuer", "X-Client-Verify", "X-Client-Serial",
+     "X-Client-Fingerprint"),
+    # Azure App Service / Application Request Routing
+    ("X-ARR-ClientCert",),
+    # AWS Application Load Balancer (mTLS passthrough and verify modes)
+    ("X-Amzn-Mtls-Clientcert", "X-Amzn-Mtls-Clientcert-Serial-Number", "X-Amzn-Mtls-Clientcert-Issuer",
+     "X-Amzn-Mtls-Clientcert-Subject", "X-Amzn-Mtls-Clientcert-Validity", "X-Amzn-Mtls-Clientcert-Leaf"),
+    # Kubernetes API server front proxy (requestheader), oauth2-proxy
+    ("X-Remote-User", "X-Remote-Group", "X-Forwarded-User", "X-Forwarded-Email", "X-Auth-Request-User",
+     "X-Auth-Request-Email"),
+    # Google Cloud load balancer mTLS custom headers
+    ("X-Client-Cert-Present", "X-Client-Cert-Chain-Verified", "X-Client-Cert-Error", "X-Client-Cert-Hash",
+     "X-Client-Cert-Serial-Number", "X-Client-Cert-SPIFFE", "X-Client-Cert-URI-SANs", "X-Client-Cert-DNSName-SANs"),
+)
+
+
+def _unique(names) -> tuple[str, ...]:
+    """First spelling of each name, compared case-insensitively, in order."""
+    seen: dict[str, str] = {}
+    for n in names:
+        seen.setdefault(n.lower(), n)
+    return tuple(seen.values())
+
+
+WELL_KNOWN_IDENTITY_HEADERS: tuple[str, ...] = _unique(n for group in _WELL_KNOWN_GROUPS for n in group)

@@ -165,6 +165,9 @@ class _ToAst(Transformer):
     def waive(self, meta, c):
         return ast.Waive(c[0], c[1], self._span(meta))
 
+    def clear_headers(self, meta, c):
+        return ast.ClearHeaders(tuple(c), self._span(meta))
+
     def ca(self, meta, c):
         return ast.Ca(c[0], tuple(c[1:]), self._span(meta))
 
@@ -219,6 +222,9 @@ class _ToAst(Transformer):
 
     def backend(self, meta, c):
         return ast.Backend(c[0], self._span(meta))
+
+    def backend_paths(self, meta, c):
+        return ast.BackendPaths(tuple(c), self._span(meta))
 
     def handshake(self, meta, c):
         return ast.Handshake(c[0], self._span(meta))

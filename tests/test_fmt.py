@@ -321,7 +321,7 @@ def statement(draw, kind: str) -> str:
                      lambda: f"san {n()} {s()}"],
         "server": [lambda: f"listen {draw(st.sampled_from(['443', '127.0.0.1:8443', '[::1]:443']))}",
                    lambda: f"certificate {s()} key {s()}", lambda: f"backend {s()}", lambda: f"handshake {n()}",
-                   lambda: f"install {s()}",
+                   lambda: f"install {s()}", lambda: f"backend_paths {many(n)}",
                    lambda: f"reject {n()} {draw(st.integers(100, 599))}" + (f" {s()}" if draw(st.booleans()) else "")],
         "route": [lambda: "public", lambda: f"optional {n()}", lambda: f"require {n()}", lambda: f"allow {many(n)}",
                   lambda: "forward " + many(lambda: n() + (f" as {s()}" if draw(st.booleans()) else "")),
@@ -336,9 +336,11 @@ def statement(draw, kind: str) -> str:
 def any_policy(draw) -> str:
     items = []
     for _ in range(draw(st.integers(0, 6))):
-        kind = draw(st.sampled_from(["nginx", "waive", "ca", "identity", "server"]))
+        kind = draw(st.sampled_from(["nginx", "waive", "clear_headers", "ca", "identity", "server"]))
         if kind == "nginx":
             items.append(f"nginx {_s(draw)}")
+        elif kind == "clear_headers":
+            items.append("clear_headers " + " ".join(_s(draw) for _ in range(draw(st.integers(1, 6)))))
         elif kind == "waive":
             items.append(f"waive MTLS{draw(st.integers(0, 999)):03} {_s(draw)}")
         elif kind == "server":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from mtlsc import ast, ir, values
 from mtlsc.diagnostics import Diagnostic, Related
 from mtlsc.lower.common import Ctx, file_path, once
+from mtlsc.lower.headers import cleared_headers, with_identity_headers
 from mtlsc.lower.identity import lower_identity
 from mtlsc.lower.merge import merge_servers
 from mtlsc.lower.server import lower_server
@@ -30,6 +31,8 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
     _indistinguishable(ctx, idents)
     servers = [lower_server(ctx, s, cas, idents) for f in files for s in f.items if isinstance(s, ast.Server)]
     merged = merge_servers(ctx, [s for s in servers if s is not None])
+    cleared = cleared_headers(ctx, [i for f in files for i in f.items if isinstance(i, ast.ClearHeaders)])
+    merged = with_identity_headers(merged, cleared)
     waivers = tuple(w for f in files for w in _waivers(f.items, Span(f.path, 1, 1, 10**9, 1)))
     if ctx.diags:
         return None, ctx.diags
@@ -39,6 +42,7 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
         tuple(idents[n] for n in sorted(idents)),
         tuple(merged),
         waivers,
+        cleared,
     )
     return policy, []
 

@@ -23,7 +23,8 @@ def once(ctx: Ctx, body, kind, block_name: str):
     """The single statement of type `kind` in a block, or None; a second one is an error."""
     found = [s for s in body if isinstance(s, kind)]
     for extra in found[1:]:
-        ctx.err("MTLS013", extra.span, f"`{kind.__name__.lower()}` is given twice in {block_name}",
+        keyword = getattr(kind, "keyword", kind.__name__.lower())
+        ctx.err("MTLS013", extra.span, f"`{keyword}` is given twice in {block_name}",
                 "keep one", related=[Related(found[0].span, "first given here")])
     return found[0] if found else None
 

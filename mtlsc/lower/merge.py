@@ -52,7 +52,26 @@ def _merge_group(ctx: Ctx, group: list[ir.Server]) -> ir.Server:
     return ir.Server(
         names=first.names, listens=first.listens, routes=tuple(routes), span=first.span,
         handshake_span=next((s.handshake_span for s in group if s.handshake_span), None), **values,
+        **_backend_paths(ctx, group),
     )
+
+
+def _paths_words(s: ir.Server) -> tuple[bool, bool]:
+    return s.backend_case_sensitive, s.backend_literal_semicolons
+
+
+def _backend_paths(ctx: Ctx, group: list[ir.Server]) -> dict:
+    """`backend_paths` as one declaration: blocks that state it must state the same words."""
+    stated = [s for s in group if s.backend_paths_span is not None]
+    for other in stated[1:]:
+        if _paths_words(other) != _paths_words(stated[0]):
+            ctx.err("MTLS023", other.backend_paths_span,
+                    f"server `{other.names[0]}` is declared twice with different `backend_paths`",
+                    "blocks naming the same server are merged; make them agree or move the declaration into one file",
+                    related=[Related(stated[0].backend_paths_span, "the other declaration")])
+    case, semicolons = _paths_words(stated[0]) if stated else (False, False)
+    return {"backend_case_sensitive": case, "backend_literal_semicolons": semicolons,
+            "backend_paths_span": stated[0].backend_paths_span if stated else None}
 
 
 def _with_backend(ctx: Ctx, route: ir.Route, server_backend: str) -> ir.Route:

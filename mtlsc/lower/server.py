@@ -6,6 +6,7 @@ from mtlsc import ast, ir, values
 from mtlsc.diagnostics import Related
 from mtlsc.emit import quote
 from mtlsc.lower.common import Ctx, nginx_string, once, resolve, suggest
+from mtlsc.lower.headers import usable_header
 from mtlsc.nginx_facts import FORWARD_FIELDS
 
 DEFAULT_INSTALL_DIR = "/etc/nginx/mtls"
@@ -36,6 +37,8 @@ def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Serv
     backend = once(ctx, node.body, ast.Backend, where)
     handshake = once(ctx, node.body, ast.Handshake, where)
     install = once(ctx, node.body, ast.Install, where)
+    paths = once(ctx, node.body, ast.BackendPaths, where)
+    words = _backend_paths(ctx, paths) if paths else set()
     if handshake is not None and handshake.mode.value != "require":
         ctx.err("MTLS012", handshake.mode.span, f"`handshake {handshake.mode.value}` is not a handshake mode",
                 "write `handshake require` to ask for a certificate on the whole listener; leave it out for per-route gates")
@@ -61,7 +64,28 @@ def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Serv
         rejections=_rejections(ctx, node.body),
         span=node.span,
         handshake_span=handshake.span if handshake else None,
+        backend_case_sensitive="case_sensitive" in words,
+        backend_literal_semicolons="literal_semicolons" in words,
+        backend_paths_span=paths.span if paths else None,
     )
+
+
+BACKEND_PATH_WORDS = ("case_sensitive", "literal_semicolons")
+
+
+def _backend_paths(ctx: Ctx, stmt: ast.BackendPaths) -> set[str]:
+    """The words of `backend_paths`: how the backend reads a path, so mtlsc need not refuse what it
+    would read the same way nginx does (docs/language.md, "Paths the backend reads")."""
+    _no_duplicates(ctx, stmt.words, "`backend_paths` word")
+    out = set()
+    for w in stmt.words:
+        if w.value in BACKEND_PATH_WORDS:
+            out.add(w.value)
+        else:
+            ctx.err("MTLS012", w.span, f"`{w.value}` is not a `backend_paths` word",
+                    suggest(w.value, BACKEND_PATH_WORDS) or "use `case_sensitive` and/or `literal_semicolons`",
+                    label="unknown word")
+    return out
 
 
 def _backend(ctx: Ctx, stmt: ast.Backend) -> str:
@@ -173,10 +197,7 @@ def _forward(ctx: Ctx, stmt: ast.Forward, mode: ir.Mode, where: str) -> tuple[ir
                     suggest(f.name.value, FORWARD_FIELDS) or "fields: " + ", ".join(FORWARD_FIELDS))
             continue
         header = f.header.value if f.header else spec.default_header
-        problem = quote.header_problem(header)
-        if problem:
-            ctx.err("MTLS020", f.header.span if f.header else f.span, f"header name `{header}` {problem}",
-                    "use letters, digits and `-`, e.g. `X-Client-Subject`")
+        if not usable_header(ctx, header, f.header.span if f.header else f.span, spec.name):
             continue
         key = header.lower()
         if key in headers:
