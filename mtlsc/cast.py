@@ -6,8 +6,9 @@ Layout under the clients directory: `<ca>/<member>.crt` + `.key`, and `untrusted
 
 Near misses (`<ca>/near-<identity>-<n>`) are the counter-examples a DN gate gets wrong when it
 compares strings naively: an extra RDN, a `,` smuggled into a value as `\\,` (nginx-facts §7), an
-attribute set that satisfies every constraint but one. Each is kept only if no identity allowed on
-that CA matches it, so the evaluator refuses it on every allow-list route.
+attribute set that satisfies every constraint but one, a named attribute held twice (in its own
+RDN first or last, or the good RDN made multi-valued: `CN=mallory+CN=globex-a`). Each is kept only
+if no identity allowed on that CA matches it, so the evaluator refuses it on every allow-list route.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def _subject_candidates(identity: ir.Identity) -> list[list | None]:
 
 def _attrs_candidates(identity: ir.Identity) -> list[list[list]]:
     """Per constrained attribute A, subjects satisfying every constraint but A's: A's value is
-    wrong, and the good `A=value` is smuggled into an extra RDN (`OU=x\\,O=Globex Inc,...`) or not."""
+    wrong, and the good `A=value` is smuggled into an extra RDN (`OU=x\\,O=Globex Inc,...`) or not.
+    Then per A the subjects holding A twice (`_repeat_candidates`)."""
     good = list(dn.parse_dn(identity_subject(identity)))
     groups = []
     for i, ((attr, value),) in enumerate(good):
@@ -89,7 +91,36 @@ def _attrs_candidates(identity: ir.Identity) -> list[list[list]]:
             host = "OU" if attr != "OU" else "L"
             group += [[((host, f"x,{attr}={value}"),), *bad], bad]
         groups.append(group)
+    for i, ((attr, value),) in enumerate(good):
+        groups += _repeat_candidates(good, i, attr, value)
     return groups
+
+
+REPEAT_VALUES = ("mtlsc-near", "ZZ", "0", "AA")  # C takes two letters
+
+
+def _repeat_candidates(good: list, i: int, attr: str, value: str) -> list[list[list]]:
+    """The good subject plus a second `attr`: a named attribute must occur exactly once
+    (mtlsc.dn_match), since a backend reading the first (or last) one would see the other value.
+    Four groups: a separate RDN first in the DN and last in it, and a multi-valued RDN
+    (`CN=mallory+CN=globex-a`) that nginx prints with the intruder before and after the good
+    AVA (nginx orders AVAs of an RDN by their DER, so each group tries values until one fits)."""
+    first = [[((attr, w),), *good] for w in REPEAT_VALUES]
+    last = [[*good, ((attr, w),)] for w in REPEAT_VALUES]
+    # A longer value is printed first in an RDN (its DER sorts later), a shorter one last.
+    intruders = (*REPEAT_VALUES, f"mtlsc-near-{value}")
+    multi = [[*good[:i], ((attr, value), (attr, w)), *good[i + 1:]] for w in intruders if w != value]
+    ahead = [c for c in multi if _printed_first(c[i], attr)]
+    behind = [c for c in multi if not _printed_first(c[i], attr)]
+    return [first, last, ahead, behind]
+
+
+def _printed_first(rdn, attr: str) -> bool:
+    """Whether nginx prints this two-AVA RDN with its second (intruding) AVA first."""
+    try:
+        return dn.parse_dn(dn.format_dn((rdn,)))[0][0] == (attr, rdn[1][1])
+    except dn.DnError:
+        return False
 
 
 def _mintable(rdns) -> bool:
@@ -111,7 +142,8 @@ def sample_names(names: list[str], limit: int = IDENTITY_SAMPLE) -> list[str]:
 
 def near_subjects(identity: ir.Identity, allowed: tuple[ir.Identity, ...] | AllowIndex) -> list[str]:
     """Subjects that look like `identity` but that no identity in `allowed` matches, deduplicated.
-    One per candidate kind for a subject; one per constrained attribute for attribute matches.
+    One per candidate kind for a subject; for attribute matches one per constrained attribute with
+    a wrong value, and four per constrained attribute holding it twice.
     `allowed` may be given indexed (`allow_index`), when many identities share one list."""
     if identity.kind is ir.IdentityKind.SUBJECT:
         groups = [[c] for c in _subject_candidates(identity)]
