@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from mtlsc import ir
 from mtlsc.cast import stranger_subject
 from mtlsc.diff import NARROWING, NEUTRAL, WIDENING, Change
-from mtlsc.diff_trust import IdentityChange, cert_word, depth_change
+from mtlsc.diff_trust import IdentityChange, backend_paths_change, cert_word, depth_change
 from mtlsc.evaluate import Client, Outcome, evaluate, find_route, identity_headers
 from mtlsc.explain import UNTRUSTED_SUBJECT, full_certificate, identity_client, route_label
 
@@ -296,11 +296,15 @@ def server_facts(server: str, old_srv: ir.Server, new_srv: ir.Server) -> list[Ch
         o, n = getattr(old_srv, what), getattr(new_srv, what)
         if o != n:
             out.append(Change(NEUTRAL, server, None, what, f"{what.replace('_', ' ')} `{o}` -> `{n}`", o, n))
-    cleared = {h.lower() for h in identity_headers(new_srv)}
+    out += backend_paths_change(server, old_srv, new_srv)
+    # The policy-wide union lowering computed (hand-built servers have none: the server's own).
+    before, after = ({h.lower(): h for h in s.identity_headers or identity_headers(s)} for s in (old_srv, new_srv))
     out += [Change(WIDENING, server, None, f"header {h}", f"header `{h}` is no longer cleared: a client can send its "
                    "own value, and a backend still reading it would trust it", "cleared", "passed through")
-            for h in identity_headers(old_srv) if h.lower() not in cleared]
-    return out
+            for k, h in before.items() if k not in after]
+    return out + [Change(NEUTRAL, server, None, f"header {h}", f"header `{h}` is now set or cleared on every route: a "
+                         "client's own value no longer reaches the backend", "passed through", "cleared")
+                  for k, h in after.items() if k not in before]
 
 
 def route_facts(server: str, old_srv: ir.Server, new_srv: ir.Server) -> list[Change]:

@@ -235,6 +235,20 @@ def depth_change(server: str, old_srv: ir.Server, new_srv: ir.Server) -> list[Ch
                    f"{head}: certificates behind {_intermediates(o + 1, n)} now verify", str(o), str(n))]
 
 
+_PATH_WORDS = (("case_sensitive", "backend_case_sensitive", "differ from a route only in letter case"),
+               ("literal_semicolons", "backend_literal_semicolons", "hold a `;`"))
+
+
+def backend_paths_change(server: str, old_srv: ir.Server, new_srv: ir.Server) -> list[Change]:
+    """A `backend_paths` word lets through paths mtlsc refuses by default (the evaluator does not
+    model that refusal per word): adding one widens, removing one narrows."""
+    return [Change(WIDENING, server, None, f"backend_paths {word}", f"`backend_paths {word}` added: paths that {what} "
+                   "are no longer refused and reach the backend", "refused", "proxied") if getattr(new_srv, attr) else
+            Change(NARROWING, server, None, f"backend_paths {word}", f"`backend_paths {word}` removed: paths that {what} "
+                   "are refused (400) again", "proxied", "refused")
+            for word, attr, what in _PATH_WORDS if getattr(old_srv, attr) != getattr(new_srv, attr)]
+
+
 # ----- identities -----------------------------------------------------------------------------
 
 # Characters that need no escaping in a DN: variants of the evaluator's own example values, so

@@ -88,7 +88,7 @@ def _meta_span(path: str, meta) -> Span:
 
 
 def _describe_expected(names) -> str:
-    words = sorted({_friendly(n) for n in names})
+    words = sorted({_friendly(n) for n in names}, key=lambda w: (not w.startswith("`"), w.strip("`")))  # keywords, then prose
     if not words:
         return "something else"
     if len(words) == 1:

@@ -38,8 +38,8 @@ def usable_header(ctx: Ctx, name: str, span, field: str | None) -> bool:
         return False
     owner = _DEFAULT_OWNER.get(name.lower())
     if field and owner and owner != field:
-        ctx.err("MTLS032", span, f"`{name}` is mtlsc's header for `forward {owner}`: backends read it as the "
-                f"client's {owner}, and every location sets or clears it",
+        ctx.err("MTLS032", span, f"`{name}` is mtlsc's header for `forward {owner}`: backends read it as that "
+                "field, so no other field may arrive under its name",
                 f"pick a name of your own, e.g. `{example}`", label="a reserved header name")
         return False
     return True
