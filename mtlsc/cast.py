@@ -53,15 +53,21 @@ def identity_subject(identity: ir.Identity) -> str:
     if identity.kind is ir.IdentityKind.SUBJECT:
         return identity.subject
     if identity.kind is ir.IdentityKind.ATTRS:
-        rdns, seen = [], set()
+        groups: dict[str, list[ir.AttrMatch]] = {}
         for a in identity.attrs:
-            if a.attr in seen:
-                continue
-            seen.add(a.attr)
-            value = a.value if a.op == "eq" else dn.example_value(a.value)
-            rdns.append(((a.attr, value),))
-        return dn.format_dn(tuple(rdns))
+            groups.setdefault(a.attr, []).append(a)
+        return dn.format_dn(tuple(((attr, _value_for(attr, group)),) for attr, group in groups.items()))
     return f"CN=mtlsc-{identity.kind.value}-{identity.name},O=mtlsc lab"
+
+
+def _value_for(attr: str, group: list[ir.AttrMatch]) -> str:
+    """A value of `attr` satisfying every constraint on it (its one occurrence must), chosen among
+    each constraint's own value (an `eq` value, a pattern's example); else the first of those."""
+    tried = [a.value if a.op == "eq" else dn.example_value(a.value) for a in group]
+    if len(tried) == 1:
+        return tried[0]
+    constraints = [dn.AttrConstraint(attr, a.op, a.value) for a in group]
+    return next((v for v in tried if dn.matches_constraints(dn.format_dn((((attr, v),),)), constraints)), tried[0])
 
 
 NEAR_VALUES = ("mtlsc-near", "ZZ", "0")  # wrong values to try, the short ones fit `C`
