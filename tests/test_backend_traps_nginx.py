@@ -171,6 +171,10 @@ S1 = [
     ("leading-double-slash", "partner", "//partner/x", 403, 200, "/partner/", "/partner/x"),
     ("enc-letter", "partner", "/%70artner/x", 403, 200, "/partner/", "/partner/x"),
     ("enc-space", "partner", "/partner/a%20b", 403, 200, "/partner/", "/partner/a%20b"),
+    # What the backend receives: the normalised path, re-escaped as nginx does (uppercase hex).
+    ("enc-utf8-lower-hex", "partner", "/partner/%c3%a9", 403, 200, "/partner/", "/partner/%C3%A9"),
+    ("enc-plus", "partner", "/partner/a%2Bb", 403, 200, "/partner/", "/partner/a+b"),
+    ("enc-question-mark", "partner", "/partner/a%3Fb?c=%2e", 403, 200, "/partner/", "/partner/a%3Fb?c=%2e"),
     ("no-slash-redirect", "partner", "/partner", 301, 301, None, None),
     ("plain-gated", "partner", "/partner/x?q=1", 403, 200, "/partner/", "/partner/x?q=1"),
     ("plain-public", "partner", "/healthz", 200, 200, "= /healthz", "/healthz"),
@@ -183,6 +187,7 @@ S1 = [
     ("public-exact-upper", "public", "/ADMIN", 400, 400, None, None),
     # nginx judges `/admin/` as `route /` (public): the `= /admin` handler must not run.
     ("public-exact-trailing-slash", "public", "/admin/", 200, 200, "/", "/admin/"),
+    ("public-exact-upper-trailing-slash", "public", "/ADMIN/", 200, 200, "/", "/ADMIN/"),
     ("public-neighbour", "public", "/partnerx", 200, 200, "/", "/partnerx"),
     ("public-gated", "public", "/partner/x", 403, 200, "/partner/", "/partner/x"),
 ]
