@@ -17,6 +17,7 @@ import re
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type  # the only way to pick a string type
 
+from mtlsc import der
 from mtlsc.dn_match import (  # attribute identities: the model and the gate regex, re-exported
     AttrConstraint, constraints_regex, example_value, matches_constraints, matches_subject,
 )
@@ -196,8 +197,12 @@ def format_dn(rdns) -> str:
 # ---- DER: AVA order inside an RDN, and what OpenSSL reads back ------------------------------
 
 _PRINTABLE_STRING = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*")
-_ONE_BYTE_TAGS = {0x12, 0x13, 0x14, 0x16, 0x17, 0x18, 0x1A}  # OpenSSL reads these as Latin-1
+_ONE_BYTE_TAGS = {0x12, 0x13, 0x14, 0x16}  # OpenSSL reads these as Latin-1
+# Value tags OpenSSL's X509_NAME reader takes (B_ASN1_PRINTABLE, and a constructed UTF8String): it
+# refuses a certificate with a VisibleString, a UTCTime, an OCTET STRING... in a name.
+_OPENSSL_TAGS = {0x03, 0x07, 0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F, 0x12, 0x13, 0x14, 0x16, 0x1C, 0x1D, 0x1E, 0x30, 0x2C}
 _WIDE_TAGS = {0x0C: "utf-8", 0x1E: "utf-16-be", 0x1C: "utf-32-be"}
+_WIDE_NAMES = {0x0C: "UTF8String", 0x1E: "BMPString", 0x1C: "UniversalString"}
 
 
 def _string_type(attr: str, value: str) -> _ASN1Type:
@@ -208,26 +213,9 @@ def _string_type(attr: str, value: str) -> _ASN1Type:
     return _ASN1Type.UTF8String
 
 
-def _der(tag: int, body: bytes) -> bytes:
-    n, width = len(body), (len(body).bit_length() + 7) // 8
-    return bytes([tag]) + (bytes([n]) if n < 0x80 else bytes([0x80 | width]) + n.to_bytes(width, "big")) + body
-
-
-def _oid_der(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray()
-    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        while arc > 0x7F:
-            arc >>= 7
-            chunk.append(0x80 | (arc & 0x7F))
-        out += bytes(reversed(chunk))
-    return _der(0x06, bytes(out))
-
-
 def _ava_der(attr: str, value: str) -> bytes:
     body = value.encode("utf-8", "surrogatepass")
-    return _der(0x30, _oid_der(ATTRIBUTES[attr]) + _der(_string_type(attr, value).value, body))
+    return der.encode(0x30, der.oid_der(ATTRIBUTES[attr]) + der.encode(_string_type(attr, value).value, body))
 
 
 def _nginx_order(rdn) -> tuple[tuple[str, str], ...]:
@@ -240,61 +228,54 @@ def _nginx_order(rdn) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(avas, key=lambda av: _ava_der(*av), reverse=True))
 
 
-def _read_tlv(data: bytes, i: int) -> tuple[int, bytes, int]:
-    """(tag, content, index past the element) of the DER element at data[i]."""
-    tag, n, i = data[i], data[i + 1], i + 2
-    if n & 0x80:
-        width = n & 0x7F
-        n, i = int.from_bytes(data[i : i + width], "big"), i + width
-    return tag, data[i : i + n], i + n
+def _attribute_der(attr: x509.NameAttribute) -> bytes:
+    # cryptography's encoding of one attribute, done here: 51.x refuses to write a value that does
+    # not fit its string type (IA5String "é"), which certificates carry and OpenSSL reads all the same.
+    tag = attr._type.value
+    if isinstance(attr.value, bytes):  # x500UniqueIdentifier: a BIT STRING, no unused bits
+        body = b"\0" + attr.value
+    else:
+        body = attr.value.encode(_WIDE_TAGS.get(tag, "utf-8"), "surrogatepass")
+    return der.encode(0x30, der.oid_der(attr.oid.dotted_string) + der.encode(tag, body))
 
 
-def _children(content: bytes) -> list[tuple[int, bytes, bytes]]:
-    out, i = [], 0
-    while i < len(content):
-        tag, body, end = _read_tlv(content, i)
-        out.append((tag, body, content[i:end]))
-        i = end
-    return out
+def _name_der(name: x509.Name) -> bytes:
+    sets = (der.encode(der.SET, b"".join(sorted(_attribute_der(a) for a in rdn))) for rdn in name.rdns)
+    return der.encode(der.SEQUENCE, b"".join(sets))
 
 
-def _oid_text(body: bytes) -> str:
-    arcs, acc = [], 0
-    for b in body:
-        acc = (acc << 7) | (b & 0x7F)
-        if not b & 0x80:
-            arcs.append(acc)
-            acc = 0
-    first = min(arcs[0] // 40, 2)
-    return ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
-
-
-def _print_ava(oid_body: bytes, tag: int, body: bytes, element: bytes) -> str:
-    oid = _oid_text(oid_body)
+def _print_ava(data: bytes, oid: str, tag: int, element_at: int, value_at: int, value_end: int) -> str:
     name = _BY_OID.get(oid)
+    if tag not in _OPENSSL_TAGS:
+        raise ValueError(f"`{name or oid}` has a value of ASN.1 tag 0x{tag:02X}, which OpenSSL does not take "
+                         "in a name: OpenSSL, and so nginx, cannot read it")
     if name is None or (tag not in _ONE_BYTE_TAGS and tag not in _WIDE_TAGS):
         # XN_FLAG_DUMP_UNKNOWN_FIELDS / ASN1_STRFLGS_DUMP_DER: `#` + the whole element in hex.
-        return f"{name or oid}=#{element.hex().upper()}"
-    raw = body.decode("latin-1") if tag in _ONE_BYTE_TAGS else body.decode(_WIDE_TAGS[tag], "surrogatepass")
-    return f"{name}={escape_value(raw)}"
+        return f"{name or oid}=#{data[element_at:value_end].hex().upper()}"
+    body = data[value_at:value_end]
+    if tag in _ONE_BYTE_TAGS:
+        return f"{name}={escape_value(body.decode('latin-1'))}"
+    try:
+        return f"{name}={escape_value(body.decode(_WIDE_TAGS[tag]))}"
+    except UnicodeDecodeError:
+        # OpenSSL converts names to UTF-8 when it loads a certificate and fails on these bytes
+        # (a lone surrogate too: strict decoding, as it does)
+        raise ValueError(f"`{name}` is a {_WIDE_NAMES[tag]} whose bytes `{body[:16].hex()}` are not "
+                         f"valid {_WIDE_TAGS[tag].upper()}: OpenSSL, and so nginx, cannot read it") from None
 
 
-def nginx_dn_of(name: x509.Name) -> str:
-    """What nginx puts in `$ssl_client_s_dn` for a certificate whose subject is `name`.
+def nginx_dn_of(name: x509.Name | bytes) -> str:
+    """What nginx puts in `$ssl_client_s_dn` for a certificate whose subject is `name`: a
+    cryptography Name, or the DER of a Name as the certificate carries it (mtlsc.der.cert_names).
 
-    Reads the DER cryptography writes, as OpenSSL does: RDNs and the AVAs inside each RDN in
-    reverse order, values decoded by string type (one-byte types as Latin-1, a quirk that
-    double-encodes non-ASCII in IA5String), unknown attributes as `OID=#HEX`.
+    Reads the DER as OpenSSL does: RDNs and the AVAs inside each RDN in reverse order, values
+    decoded by string type (one-byte types as Latin-1, a quirk that double-encodes non-ASCII in
+    IA5String), unknown attributes as `OID=#HEX`. Raises ValueError on bytes OpenSSL cannot read
+    either (a BMPString of odd length, a UTF8String that is not UTF-8, broken DER).
     """
-    _, seq, _ = _read_tlv(name.public_bytes(), 0)
-    rdns = []
-    for _, rdn_body, _ in reversed(_children(seq)):
-        avas = []
-        for _, ava_body, _ in reversed(_children(rdn_body)):
-            (_, oid_body, _), (tag, body, element) = _children(ava_body)
-            avas.append(_print_ava(oid_body, tag, body, element))
-        rdns.append("+".join(avas))
-    return ",".join(rdns)
+    data = name if isinstance(name, bytes) else _name_der(name)
+    rdns = der.name_avas(data)
+    return ",".join("+".join(_print_ava(data, *ava) for ava in reversed(rdn)) for rdn in reversed(rdns))
 
 
 def x509_name(rdns) -> x509.Name:

@@ -2,26 +2,28 @@
 
 Every file problem becomes a located diagnostic (the file's string in the policy), never an
 exception: MTLS901 unreadable, MTLS301 bundle without a certificate, MTLS302 CRL file without a
-CRL, MTLS303 private key in a file, MTLS304 damaged PEM block, MTLS305 a block of the wrong kind.
+CRL, MTLS303 private key in a file, MTLS304 damaged PEM block, MTLS305 a block of the wrong kind,
+MTLS035 a certificate nginx reads whose name strings cryptography refuses.
+Names are printed from the certificate's own bytes (mtlsc.der), never from a re-encoding.
 The compiled trust and CRL files are rebuilt from the parsed objects, so junk, keys and stray
 blocks in the user's files never reach nginx.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import cryptography
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from mtlsc import dn, ir
+from mtlsc import der, dn, ir
 from mtlsc.diagnostics import Diagnostic, error, warning
 from mtlsc.source import Span, point
 
@@ -149,9 +151,12 @@ def _self_signed(cert: x509.Certificate) -> bool:
 
 
 def _cert_info(cert: x509.Certificate, path: str, index: int) -> CertInfo:
-    """Facts of one certificate. Raises ValueError on extensions cryptography cannot decode, and
-    on a public key it cannot read (checks and CRL signature checks need the key)."""
+    """Facts of one certificate. Raises ValueError on extensions or names cryptography cannot
+    decode, and on a public key it cannot read (checks and CRL signature checks need the key)."""
     cert.public_key()  # decoded lazily: an unknown key type or a bad point would raise in a check
+    cert.subject, cert.issuer  # likewise: the checks read them (name constraints, chains)
+    data = cert.public_bytes(serialization.Encoding.DER)  # the bytes as loaded, as nginx reads them
+    issuer, subject = (dn.nginx_dn_of(data[start:end]) for start, end in der.cert_names(data))
     bc = _ext(cert, x509.BasicConstraints)
     ku = _ext(cert, x509.KeyUsage)
     ski = _ext(cert, x509.SubjectKeyIdentifier)
@@ -159,7 +164,7 @@ def _cert_info(cert: x509.Certificate, path: str, index: int) -> CertInfo:
     aia = _ext(cert, x509.AuthorityInformationAccess) or []
     return CertInfo(
         path=path, index=index, pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-        subject=dn.nginx_dn_of(cert.subject), issuer=dn.nginx_dn_of(cert.issuer),
+        subject=subject, issuer=issuer,
         serial=dn.nginx_serial(cert.serial_number), fingerprint=cert.fingerprint(hashes.SHA1()).hex(),
         not_before=_utc(cert, "not_valid_before"), not_after=_utc(cert, "not_valid_after"),
         is_ca=bool(bc and bc.ca), path_length=bc.path_length if bc else None,
@@ -173,8 +178,11 @@ def _cert_info(cert: x509.Certificate, path: str, index: int) -> CertInfo:
 
 def _crl_info(crl: x509.CertificateRevocationList, path: str, index: int) -> CrlInfo:
     aki = _ext(crl, x509.AuthorityKeyIdentifier)
+    crl.issuer  # decoded lazily, like a certificate's names
+    data = crl.public_bytes(serialization.Encoding.DER)
+    start, end = der.crl_issuer(data)
     return CrlInfo(
-        path=path, pem=crl.public_bytes(serialization.Encoding.PEM).decode(), issuer=dn.nginx_dn_of(crl.issuer),
+        path=path, pem=crl.public_bytes(serialization.Encoding.PEM).decode(), issuer=dn.nginx_dn_of(data[start:end]),
         last_update=_utc(crl, "last_update"), next_update=_utc(crl, "next_update"),
         revoked_serials=frozenset(r.serial_number for r in crl),
         aki=aki.key_identifier.hex() if aki and aki.key_identifier else None,
@@ -192,6 +200,47 @@ def _damaged(path: str, block: _Block, reason: str) -> _Issue:
                   "nginx -t fails on a damaged PEM block; export the file again from the CA")
 
 
+_UNREADABLE = ("MTLS304", "MTLS035")  # a block was there, mtlsc could not read it: no MTLS301/302 on top
+
+
+def _unreadable_block(path: str, block: _Block, exc: Exception, kind: str) -> _Issue:
+    """Why cryptography could not read a certificate or CRL (`kind`): MTLS035 when only its rules
+    for name strings stand in the way, so nginx (OpenSSL takes any byte in a one-byte string type)
+    loads what mtlsc cannot check; MTLS304 when OpenSSL cannot read it either."""
+    try:
+        data = der.pem_body(block.pem)
+        names = list(der.cert_names(data)) if kind == "cert" else [der.crl_issuer(data)]
+        printed = [dn.nginx_dn_of(data[start:end]) for start, end in names]
+    except ValueError as why:  # broken DER, or a name OpenSSL cannot read: say which when we know
+        return _damaged(path, block, str(why) if "OpenSSL" in str(why) else str(exc))
+    try:
+        plain = der.with_plain_names(data, names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if kind == "cert":
+                _cert_info(x509.load_der_x509_certificate(plain), path, 0)
+            else:
+                _crl_info(x509.load_der_x509_crl(plain), path, 0)
+    except Exception:  # something besides the names is wrong: hostile input, never a traceback
+        return _damaged(path, block, str(exc))
+    what = f"certificate `{printed[-1]}`" if kind == "cert" else f"the CRL of `{printed[0]}`"
+    why = _misfit_text(der.misfit(data, names))
+    return _Issue("MTLS035", error, f"`{path}` line {block.line}: nginx reads {what}, but mtlsc cannot check it: "
+                  f"{why}, and cryptography {cryptography.__version__} refuses such names",
+                  "re-issue it with UTF8String names (PrintableString only for `C`), or leave it out of the file")
+
+
+def _misfit_text(bad: tuple[str, int, bytes] | None) -> str:
+    if bad is None:
+        return "a name value does not fit its ASN.1 type"
+    oid, tag, value = bad
+    attr = f"`{dn.canonical_attribute(oid) or oid}`"
+    if tag not in der.TYPE_NAMES:
+        return f"{attr} has a value of ASN.1 tag 0x{tag:02X} (`{value[:16].hex()}`), no string type"
+    kind = der.TYPE_NAMES[tag]
+    return f"{attr} is {'an' if kind[0] in 'AEIOU' else 'a'} {kind} holding `{value[:16].hex()}`, which its type does not allow"
+
+
 def _parse_blocks(path: str, data: bytes, wanted: str) -> tuple[list, list[CertInfo], list[_Block], list[_Issue]]:
     """Split a file into (wanted objects, certificates seen, other blocks, issues).
 
@@ -199,6 +248,16 @@ def _parse_blocks(path: str, data: bytes, wanted: str) -> tuple[list, list[CertI
     """
     objects, certs, others, issues = [], [], [], []
     add = _lister(issues)
+    seen = [0]
+
+    def unreadable(b: _Block, exc: Exception, kind: str) -> None:
+        # Telling MTLS035 from MTLS304 parses the block again: only for the first few of a file
+        seen[0] += 1
+        if seen[0] > _MAX_LISTED:
+            add("MTLS304", lambda: _damaged(path, b, str(exc)))
+        else:
+            issue = _unreadable_block(path, b, exc, kind)
+            add(issue.code, lambda: issue)
     for b in _blocks(data):
         if b.pem is None:
             add("MTLS304", lambda b=b: _damaged(path, b, "no matching END line (truncated?)"))
@@ -209,14 +268,14 @@ def _parse_blocks(path: str, data: bytes, wanted: str) -> tuple[list, list[CertI
                     warnings.simplefilter("ignore")
                     certs.append(_cert_info(x509.load_pem_x509_certificate(b.pem), path, len(certs)))
             except Exception as exc:  # hostile input must give a diagnostic, never a traceback
-                add("MTLS304", lambda b=b, exc=exc: _damaged(path, b, str(exc)))
+                unreadable(b, exc, "cert")
         elif b.label == _CRL_LABEL and wanted == "crl":
             try:
                 crl = x509.load_pem_x509_crl(b.pem)
                 # Facts now: cryptography decodes lazily, so a bad extension would raise later.
                 objects.append((crl, _crl_info(crl, path, len(objects))))
             except Exception as exc:  # as above
-                add("MTLS304", lambda b=b, exc=exc: _damaged(path, b, str(exc)))
+                unreadable(b, exc, "crl")
         elif b.label.endswith("PRIVATE KEY"):
             add("MTLS303", lambda b=b: _Issue(
                 "MTLS303", warning, f"`{path}` line {b.line} holds a private key (`{b.label}`)",
@@ -335,14 +394,14 @@ def _read_bundle(path: str, data: bytes) -> tuple[list[CertInfo], list[_Issue]]:
         add("MTLS305", lambda b=b: _Issue(
             "MTLS305", warning, f"`{path}` line {b.line} holds a `{b.label}` block, not a certificate",
             "the compiled trust file leaves it out; keep only CA certificates in a bundle file"))
-    if not certs and not any(i.code == "MTLS304" for i in issues):
+    if not certs and not any(i.code in _UNREADABLE for i in issues):
         issues = [_no_cert_issue(path, data, others), *[i for i in issues if i.code != "MTLS305"]]
     return certs, _capped(path, issues)
 
 
 def _read_crls(path: str, data: bytes) -> tuple[list[tuple[x509.CertificateRevocationList, CrlInfo]], list[_Issue]]:
     crls, certs, others, issues = _parse_blocks(path, data, "crl")
-    if not crls and not any(i.code == "MTLS304" for i in issues):
+    if not crls and not any(i.code in _UNREADABLE for i in issues):
         return [], _capped(path, [_no_crl_issue(path, data, certs, others), *issues])
     add = _lister(issues)
     for c in certs:
