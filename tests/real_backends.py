@@ -226,3 +226,56 @@ def get_request(target: str, host: str | None, headers: Sequence[tuple[str, str]
     lines = [f"GET {target} {version}"] + ([f"Host: {host}"] if host is not None else [])
     lines += [f"{name}: {value}" for name, value in headers] + ["Connection: close", "", ""]
     return "\r\n".join(lines).encode("latin-1")
+
+
+# --- judging what came back, shared by the trap tests ---------------------------------------
+
+def send(lab: FrameworkLab, target: str, *, server: ir.Server | None = None, cert=None,
+         headers: Sequence[tuple[str, str]] = (), host: str | None = "", version: str = "HTTP/1.1") -> RawResponse:
+    """`GET target` to `server` (default: the first) with its first name as SNI; Host is that
+    name when `host` is "", absent when None, else `host`."""
+    server = server or lab.server()
+    name = server.names[0]
+    raw = get_request(target, name if host == "" else host, headers, version)
+    return raw_request(server.listens[0].port, name, raw, cert=cert)
+
+
+def gated_specs(server: ir.Server) -> set[str]:
+    """The specs of the routes that require a certificate: their handlers never run without one."""
+    return {route_spec(r) for r in server.routes if r.mode is ir.Mode.REQUIRE}
+
+
+def judge(resp: RawResponse, *, status: int, handler: str | None, received: str | None, gated: set[str], cert: bool) -> list[str]:
+    """Problems with one response; empty when it is what the semantics say."""
+    got = resp.backend
+    ran = got and got["handler"]
+    problems = []
+    if not cert and ran in gated:
+        problems.append(f"BYPASS: gated handler {ran!r} ran without a certificate (target {got['target']!r})")
+    if resp.status != status:
+        problems.append(f"status {resp.status} (expected {status}): {resp.text[:200]!r} {resp.error}")
+    if status == 200 and got is not None:
+        if ran != handler:
+            problems.append(f"handler {ran!r} ran, nginx judged {handler!r} (target {got['target']!r})")
+        if got["target"] != received:
+            problems.append(f"backend received {got['target']!r}, nginx routed on {received!r}")
+    elif status == 200:
+        problems.append(f"no backend handler answered: {resp.text[:200]!r}")
+    elif got is not None:
+        problems.append(f"handler {ran!r} ran although nginx answered {status}")
+    return problems
+
+
+def without_and_with_cert(lab: FrameworkLab, target: str, cert, *, statuses: tuple[int, int], handler: str | None,
+                          received: str | None, server: ir.Server | None = None, **options) -> list[str]:
+    """Send `target` without a certificate, then with `cert` (`options`: see `send`); the problems
+    of both answers, each prefixed with which of the two it was."""
+    server = server or lab.server()
+    gated = gated_specs(server)
+    problems = []
+    for label, use, status in (("no cert", None, statuses[0]), ("cert", cert, statuses[1])):
+        resp = send(lab, target, server=server, cert=use, **options)
+        problems += [f"{label}: {p}" for p in judge(resp, status=status, handler=handler, received=received,
+                                                    gated=gated, cert=use is not None)]
+    return problems
+
