@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import dn, ir
+from mtlsc.locations import case_gated, is_case_variant as is_case_variant_of, locations
 from mtlsc.nginx_facts import FORWARD_FIELDS
+from mtlsc.uri import forwarded_target, target_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,21 +39,25 @@ class Outcome:
     route: ir.Route | None
     headers: tuple[tuple[str, str], ...] = ()
     body: str = ""
+    target: str = ""  # what the backend receives, when it is reached and the raw target is known
 
 
 NO_ROUTE = ir.Response(404, "no route")
+# Refused before any route runs (docs/language.md "Paths"): the status and body the config returns.
+BAD_TARGET = ir.Response(400, "request target not canonical")
 
 
 @dataclass(frozen=True, slots=True)
 class _RouteIndex:
-    """A server's routes by path, so route lookups cost the path's length, not the route count
-    (policies with 10,000 routes; benchmarks/). The first route of a path wins, as in a scan."""
+    """A server's locations by path, so route lookups cost the path's length, not the route count
+    (policies with 10,000 routes; benchmarks/). Built from `mtlsc.locations`, like the config."""
 
-    exact: dict  # path -> first exact route
-    prefix: dict  # path -> first prefix route
-    any_match: dict  # path -> first route of either kind
-    lengths: tuple  # the lengths of the prefix paths, longest first
+    exact: dict  # location name -> route, for `location =`
+    prefix: dict  # location name -> route, for `location ^~`
+    named: dict  # every location name -> route (for nginx's auto-redirect of `/p` to `/p/`)
+    lengths: tuple  # the lengths of the prefix names, longest first
     headers: tuple  # identity_headers(server)
+    case_gated: tuple  # locations whose case variants are refused
 
 
 _INDEX: dict[int, tuple[ir.Server, _RouteIndex]] = {}  # id(server) -> (server, index); holds the server
@@ -61,20 +67,29 @@ def _index(server: ir.Server) -> _RouteIndex:
     hit = _INDEX.get(id(server))
     if hit is not None and hit[0] is server:
         return hit[1]
-    exact, prefix, any_match = {}, {}, {}
-    for r in server.routes:
-        (exact if r.match is ir.PathMatch.EXACT else prefix).setdefault(r.path, r)
-        any_match.setdefault(r.path, r)
-    names = {f.default_header.lower(): f.default_header for f in FORWARD_FIELDS.values()}
-    for r in server.routes:
-        for f in r.forward:
-            names.setdefault(f.header.lower(), f.header)
+    exact, prefix, named = {}, {}, {}
+    for loc in locations(server):
+        (exact if loc.exact else prefix)[loc.name] = loc.route
+        named.setdefault(loc.name, loc.route)
     lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-    index = _RouteIndex(exact, prefix, any_match, lengths, tuple(names[k] for k in sorted(names)))
+    index = _RouteIndex(exact, prefix, named, lengths, tuple(_identity_headers(server)), case_gated(server))
     if len(_INDEX) >= 64:
         _INDEX.clear()
     _INDEX[id(server)] = (server, index)
     return index
+
+
+def _identity_headers(server: ir.Server) -> list[str]:
+    """The union lowering computed for every server compiled together, or (for an IR built by
+    hand) this server's own names."""
+    union = server.identity_headers
+    if union:
+        return list(union)
+    names = {f.default_header.lower(): f.default_header for f in FORWARD_FIELDS.values()}
+    for r in server.routes:
+        for f in r.forward:
+            names.setdefault(f.header.lower(), f.header)
+    return [names[k] for k in sorted(names)]
 
 
 def find_route(server: ir.Server, path: str) -> ir.Route | None:
@@ -90,6 +105,11 @@ def find_route(server: ir.Server, path: str) -> ir.Route | None:
             if route is not None:
                 return route
     return None
+
+
+def is_case_variant(server: ir.Server, path: str) -> bool:
+    """Refused before routing: `path` differs only in letter case from a path a location covers."""
+    return any(is_case_variant_of(loc, path) for loc in _index(server).case_gated)
 
 
 def identity_matches(identity: ir.Identity, client: Client) -> bool:
@@ -151,11 +171,14 @@ def _reject(server: ir.Server, reason: str, route: ir.Route | None) -> Outcome:
     return Outcome(response.status, reason, route, body=response.body)
 
 
-def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIndex | None = None) -> Outcome:
+def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIndex | None = None,
+             target: str | None = None) -> Outcome:
     """What the emitted config answers to `path` on `server` for `client` (None: no certificate).
 
-    `index` is `allow_index(route.allow)` for the route `path` reaches, when the caller evaluates
-    many clients on one route (it is built here otherwise)."""
+    `path` is the normalised path nginx routes on; `target`, when given, is the request target
+    as the client sent it (its raw form may be refused, and the outcome then says what the
+    backend receives). `index` is `allow_index(route.allow)` for the route `path` reaches, when
+    the caller evaluates many clients on one route (it is built here otherwise)."""
     verifies = bool(server.cas)  # ssl_verify_client is off when no route names a CA
     if verifies and client is not None and client.verified_by not in {c.name for c in server.cas}:
         # nginx rejects a failed verification before any location runs, public ones too (§1)
@@ -164,12 +187,22 @@ def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIn
         client = None  # no certificate is requested, so none is seen
     if server.handshake_require and client is None:
         return _reject(server, "no_cert", find_route(server, path))
+    if (target is not None and target_problem(target, server.backend_literal_semicolons)
+            or is_case_variant(server, path)):
+        return Outcome(BAD_TARGET.status, "bad_target", None, body=BAD_TARGET.body)
+    out = _route(server, path, client, index)
+    if out.reason == "ok" and target is not None:
+        return Outcome(out.status, out.reason, out.route, out.headers, out.body, forwarded_target(target))
+    return out
+
+
+def _route(server: ir.Server, path: str, client: Client | None, index: AllowIndex | None) -> Outcome:
     route = find_route(server, path)
-    target = _index(server).any_match.get(path + "/")
-    if target is not None and (route is None or route.path != path):
-        # proxy_pass in `location /p/` makes nginx answer `/p` with 301 to `/p/` (auto_redirect),
+    redirect_to = _index(server).named.get(path + "/")
+    if redirect_to is not None and path not in _index(server).named:
+        # proxy_pass in `location ^~ /p/` makes nginx answer `/p` with 301 to `/p/` (auto_redirect),
         # before the location's gates run; only a location for `/p` itself takes the request.
-        return Outcome(301, "redirect", target)
+        return Outcome(301, "redirect", redirect_to)
     if route is None:
         return Outcome(NO_ROUTE.status, "no_route", None, body=NO_ROUTE.body)
     if route.mode is ir.Mode.PUBLIC:
@@ -198,11 +231,13 @@ def probe_path(server: ir.Server, route: ir.Route) -> str | None:
     else:
         sep = "" if route.path.endswith("/") else "/"
         candidates = [route.path + sep + "mtlsc-probe", route.path] + [route.path + c for c in _NEXT_CHARS]
-    return next((p for p in candidates
-                 if find_route(server, p) is route and evaluate(server, p, None).reason != "redirect"), None)
+    return next((p for p in candidates if find_route(server, p) is route
+                 and evaluate(server, p, None).reason not in ("redirect", "bad_target")), None)
 
 
 def identity_headers(server: ir.Server) -> list[str]:
-    """Every identity header of a server, sorted: each proxied location sets or clears all of
-    them, because a location's own proxy_set_header lines replace the server's (nginx-facts §6)."""
+    """Every identity header name of every server compiled together, plus the well-known ones of
+    other proxies, sorted: each proxied location sets or clears all of them, because a location's
+    own proxy_set_header lines replace the server's, and another server of the same nginx may
+    proxy to the same backend (docs/nginx-facts.md §6, §F3)."""
     return list(_index(server).headers)

@@ -42,6 +42,7 @@ class Expectation:
     reason: str | None
     headers: tuple[tuple[str, str | bool | None], ...]  # value: exact text, True present, None absent
     spoof: tuple[tuple[str, str], ...]  # forged headers the client sends
+    received: str | None  # the request target the backend must receive (None: not checked)
     route: str  # the route the normalised path reaches, for grouping reports
     span: Span = span_field()
 
@@ -167,7 +168,7 @@ def _check_varying(ctx: Ctx, node: yaml.Node, headers, route: ir.Route | None, c
 
 def _case(ctx: Ctx, node: yaml.Node, default: tuple[str, ir.Server] | None, top_server: bool) -> Expectation | None:
     """One case; `default` is the server of the file (`top_server`: one was written, maybe a bad one)."""
-    keys = ("name", "server", "client", "request", "expect", "reason", "headers", "spoof")
+    keys = ("name", "server", "client", "request", "expect", "reason", "headers", "spoof", "received")
     found = mapping(ctx, node, "a case", keys, required=("client", "request", "expect"))
     if found is None:
         return None
@@ -181,9 +182,11 @@ def _case(ctx: Ctx, node: yaml.Node, default: tuple[str, ir.Server] | None, top_
     reason = _reason(ctx, found["reason"], expect) if "reason" in found else None
     headers = _header_map(ctx, found["headers"], "`headers`", True) if "headers" in found else ()
     spoof = _header_map(ctx, found["spoof"], "`spoof`", False) if "spoof" in found else ()
-    if headers and expect is not None and not (expect == "allow" or (isinstance(expect, int) and 200 <= expect < 300)):
-        ctx.error(INVALID, found["headers"], "`headers` are what the backend receives, and a refused request never "
-                  "reaches it", "check headers on cases that expect allow or a 2xx status")
+    received = text(ctx, found["received"], "`received`") if "received" in found else None
+    for key in ("headers", "received"):
+        if key in found and expect is not None and not (expect == "allow" or (isinstance(expect, int) and 200 <= expect < 300)):
+            ctx.error(INVALID, found[key], f"`{key}` is what the backend receives, and a refused request never "
+                      "reaches it", f"check `{key}` on cases that expect allow or a 2xx status")
     if server is None or request is None:
         return None
     try:
@@ -198,7 +201,7 @@ def _case(ctx: Ctx, node: yaml.Node, default: tuple[str, ir.Server] | None, top_
     name = text(ctx, found["name"], "`name`") if "name" in found else None
     shown = request[1] if request[0] == "GET" else " ".join(request)
     return Expectation(name or f"{client.label} on {shown}", server[0], request[0], request[1], client, expect,
-                       reason, headers, spoof, label, span=ctx.span(node))
+                       reason, headers, spoof, received, label, span=ctx.span(node))
 
 
 def _compose(source: Source) -> tuple[yaml.Node | None, list[Diagnostic]]:

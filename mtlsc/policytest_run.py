@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from mtlsc import dn, ir
-from mtlsc.evaluate import NO_ROUTE, Client, evaluate, identity_headers
+from mtlsc.evaluate import BAD_TARGET, NO_ROUTE, Client, evaluate, identity_headers
 from mtlsc.lab.client import Response, render_request, request, tls_context
 from mtlsc.lab.pki import Issued, issue_client, make_root, write_pem
 from mtlsc.lab.run import Lab
@@ -41,6 +41,7 @@ class Observed:
     leaked: tuple[str, ...] = ()  # spoofed headers whose forged value reached the backend
     route: str = ""  # the route the model chose
     note: str = ""
+    target: str | None = None  # the request target the backend received
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +100,14 @@ def observe_model(case: Expectation, policy: ir.Policy) -> Observed:
         path = normalise_path(case.path)
     except ValueError as exc:
         return Observed(400, ("bad_request",), None, note=str(exc))
-    out = evaluate(server, path, model_client(case.client, server, policy))
+    out = evaluate(server, path, model_client(case.client, server, policy), target=case.path)
     reached = 200 <= out.status < 300
     # Every proxied location sets or clears each identity header, and nginx drops names with `_`
     # (nginx-facts §6): any other forged header passes unchanged.
     cleared = {h.lower() for h in identity_headers(server)}
     leaked = tuple(n for n, _ in case.spoof if reached and "_" not in n and n.lower() not in cleared)
     return Observed(out.status, (out.reason,), out.headers if reached else None, leaked,
-                    route_label(case.server, out.route))
+                    route_label(case.server, out.route), target=out.target if reached else None)
 
 
 def expect_with_model(policy: ir.Policy, expectations: list[Expectation]) -> list[Result]:
@@ -143,6 +144,8 @@ def problems_of(case: Expectation, seen: Observed) -> list[str]:
             want_text = "absent" if value is None else "present" if value is True else repr(value)
             out.append(f"header {name}: expected {want_text}, got {shown}")
     out += [f"spoofed header {name} reached the backend" for name in seen.leaked]
+    if case.received is not None and seen.target is not None and seen.target != case.received:
+        out.append(f"the backend received {seen.target!r}, expected {case.received!r}")
     return out
 
 
@@ -212,6 +215,7 @@ def nginx_reasons(server: ir.Server, resp: Response) -> tuple[str, ...]:
     found = [r for r in ("no_cert", "bad_cert", "forbidden")
              if answer == (getattr(server.rejections, r).status, getattr(server.rejections, r).body)]
     found += ["no_route"] if answer == (NO_ROUTE.status, NO_ROUTE.body) else []
+    found += ["bad_target"] if answer == (BAD_TARGET.status, BAD_TARGET.body) else []
     found += ["redirect"] if resp.status == 301 else []
     found += ["bad_request"] if resp.status == 400 and "<title>400 Bad Request</title>" in resp.text else []
     return tuple(found)
@@ -247,7 +251,7 @@ def observe_nginx(lab: Lab, case: Expectation, files: tuple[Path, Path] | None, 
     got = next((r for r in lab.echo.snapshot() if marker in r.header_values(MARKER)), None)
     leaked = _leaked(case, server, lab.policy, crt, got) if got is not None else ()
     return Observed(resp.status, nginx_reasons(server, resp), got.headers if got else None, leaked,
-                    note=resp.error)
+                    note=resp.error, target=got.path if got else None)
 
 
 def _as_reissued(case: Expectation, policy: ir.Policy) -> Expectation:

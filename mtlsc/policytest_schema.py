@@ -28,7 +28,7 @@ UNKNOWN_SERVER, UNKNOWN_NAME, UNUSABLE_CLIENT, CERT_SPECIFIC = "MTLS406", "MTLS4
 
 UNTRUSTED = "untrusted"  # `ca: untrusted`: a CA no server of the policy trusts
 NO_CLIENT = "none"  # `client: none`: no certificate at all
-REASONS = ("ok", "no_cert", "bad_cert", "forbidden", "no_route", "redirect", "bad_request")
+REASONS = ("ok", "no_cert", "bad_cert", "forbidden", "no_route", "redirect", "bad_request", "bad_target")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # Forwarded fields whose value belongs to one certificate: a certificate minted for a test has
 # other values in every run (and in the model), so a test may only ask whether they are present.

@@ -1,11 +1,18 @@
 """How nginx turns a request target into the path it matches locations against.
 
-Measured on nginx 1.22 (ngx_http_parse_complex_uri, nginx-facts §2) and held to it by the
-differential tests: mtlsc's model, `mtlsc test` and the tests all match routes on this path,
-while the backend receives the target exactly as the client sent it.
+Measured on nginx 1.22 (ngx_http_parse_complex_uri, docs/nginx-facts.md §2) and held to it by the
+differential tests: mtlsc's model, `mtlsc test` and the tests all match routes on this path.
+
+Also the two halves of "what nginx judged is what the backend serves" (docs/language.md "Paths"):
+`NONCANONICAL` lists the raw request targets refused before any route runs, and
+`forwarded_target` is what the backend receives for the others (each location's proxy_pass
+carries a URI part, so nginx forwards the normalised path, never the raw target).
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
@@ -77,3 +84,52 @@ def normalise_path(raw: str) -> str:
     elif state == "dotdot":
         _up(out)
     return out.decode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRule:
+    """A raw-target form nginx and a backend may read differently: refused with 400."""
+
+    why: str
+    pattern: str  # PCRE and Python alike, over `$request_uri`; only the path part (before ? or #)
+    semicolon: bool = False  # waived by `backend_paths literal_semicolons`
+
+
+# Checked on $request_uri, the target exactly as sent (a backend sees these forms if anything
+# forwards the raw target, and frameworks disagree on them: docs/nginx-facts.md §F1-F2).
+NONCANONICAL = (
+    TargetRule("a `.` or `..` segment", r"^[^?#]*/\.\.?(?:[/?#]|$)"),
+    TargetRule("an encoded `.`, `/`, `\\`, `%`, `;`, NUL or overlong UTF-8 byte",
+               r"^[^?#]*%(?:2[eEfF]|5[cC]|25|3[bB]|00|[cC][01])"),
+    TargetRule("a backslash", r"^[^?#]*\\"),
+    TargetRule("a `;` path parameter (Tomcat and Spring strip it)", r"^[^?#]*;", semicolon=True),
+)
+_RULES = tuple((rule, re.compile(rule.pattern)) for rule in NONCANONICAL)
+
+
+def target_problem(raw: str, literal_semicolons: bool = False) -> str | None:
+    """Why nginx refuses the raw request target `raw` before routing it (mtlsc's gate), or None."""
+    for rule, rx in _RULES:
+        if rule.semicolon and literal_semicolons:
+            continue
+        if rx.search(raw):
+            return rule.why
+    return None
+
+
+# ngx_escape_uri(NGX_ESCAPE_URI): space, `#`, `%`, `?`, control characters and non-ASCII bytes.
+_ESCAPED = frozenset(b" #%?\x7f") | frozenset(range(0x20)) | frozenset(range(0x80, 0x100))
+
+
+def forwarded_target(raw: str) -> str:
+    """The request target the backend receives through `proxy_pass http://b/p/;` in `location ^~
+    /p/` (or `= /p`): the normalised path, re-escaped only when the client's path held a `%`
+    escape (nginx's quoted_uri), then `?` and the query exactly as sent (when not empty).
+    Raises ValueError where nginx answers 400 itself."""
+    path = normalise_path(raw)
+    end = min((i for i in (raw.find("?"), raw.find("#")) if i >= 0), default=len(raw))
+    if "%" in raw[:end]:
+        data = path.encode("utf-8", "surrogateescape")
+        path = "".join(f"%{b:02X}" if b in _ESCAPED else chr(b) for b in data)
+    query = raw[end + 1:] if end < len(raw) and raw[end] == "?" else ""
+    return path + ("?" + query if query else "")

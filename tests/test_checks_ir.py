@@ -207,16 +207,61 @@ def test_mtls107_triggers_on_a_route_shadowed_everywhere(tmp_path):
 
 
 def test_mtls107_clean_when_only_a_longer_path_reaches_the_route(tmp_path):
-    # `/a` is neither `/a` (the exact route) nor `/a/...` (the longer prefix), but `/ab` reaches it.
+    # `/a` is taken by the exact route and `/a/b/...` by the longer prefix, but `/a/x` reaches it.
     r = check(tmp_path, HEAD + """\
   route = /a { public }
-  route /a/ { public }
+  route /a/b/ { public }
   route /a { require internal  allow billing }
 }
 """)
     assert "MTLS107" not in codes(r)
     server = r.policy.servers[0]
-    assert probe_path(server, server.routes[2]) == "/aa"  # what tests.sh probes it with
+    assert probe_path(server, server.routes[2]) == "/a/mtlsc-probe"  # what tests.sh probes it with
+
+
+# ---- MTLS118 routes-differ-only-in-case --------------------------------------------------------
+
+def test_mtls118_triggers_on_routes_differing_only_in_case(tmp_path):
+    r = check(tmp_path, HEAD + """\
+  route /api/ { public }
+  route /API/ { require internal  allow billing }
+}
+""")
+    [d] = [d for d in r.diagnostics if d.code == "MTLS118"]
+    assert (d.span.line, d.span.col) == (6, 3)
+    assert "routes `/api/` and `/API/` differ only in letter case" in d.message
+
+
+def test_mtls118_clean_when_the_backend_is_case_sensitive(tmp_path):
+    r = check(tmp_path, HEAD.replace('backend "', 'backend_paths case_sensitive\n  backend "', 1) + """\
+  route /api/ { public }
+  route /API/ { require internal  allow billing }
+}
+""")
+    assert "MTLS118" not in codes(r)
+
+
+# ---- MTLS235 segment-route-overlaps-prefix -----------------------------------------------------
+
+def test_mtls235_triggers_on_a_segment_route_beside_its_slashed_prefix(tmp_path):
+    r = check(tmp_path, HEAD + """\
+  route /static { public }
+  route /static/ { require internal  allow billing }
+}
+""")
+    [d] = [d for d in r.diagnostics if d.code == "MTLS235"]
+    assert (d.span.line, d.span.col) == (5, 3)
+    assert "route `/static` covers `/static/...`, which route `/static/` also declares" in d.message
+    assert r.outputs is None or not r.outputs
+
+
+def test_mtls235_clean_with_an_exact_route_beside_the_prefix(tmp_path):
+    r = check(tmp_path, HEAD + """\
+  route = /static { public }
+  route /static/ { require internal  allow billing }
+}
+""")
+    assert "MTLS235" not in codes(r)
 
 
 # ---- MTLS108 dn-written-root-first ------------------------------------------------------------

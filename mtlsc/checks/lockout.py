@@ -6,6 +6,7 @@ from __future__ import annotations
 from mtlsc import dn, ir
 from mtlsc.diagnostics import Finding, Related, Severity
 from mtlsc.evaluate import find_route, probe_path
+from mtlsc.locations import ascii_lower
 
 
 def public_route_behind_required_listener(ctx):
@@ -191,6 +192,36 @@ def route_never_reached(ctx):
                     f"route `{route.path}` is never reached: other routes of `{server.names[0]}` take every path it covers",
                     "remove the route or give it a path of its own",
                     label="shadowed everywhere",
+                )
+
+
+def routes_differ_only_in_case(ctx):
+    """What it catches: two routes of one server whose paths differ only in letter case
+    (`/api/` and `/API/`), on a server that does not declare `backend_paths case_sensitive`.
+
+    Why: mtlsc refuses (400) a path that differs only in case from a path a route covers,
+    because a case-insensitive backend (Express's default, IIS) would serve it as that route
+    while nginx, which matches case-sensitively, applied another route's gate (nginx-facts §F2;
+    docs/language.md "Paths"). With both spellings declared, every request to one of them is such a variant.
+
+    Example: `route /api/ { public }` and `route /API/ { require internal }`.
+
+    Fix: give the routes different paths, or declare `backend_paths case_sensitive` if the
+    backend really tells `/api/` and `/API/` apart.
+    """
+    for server in ctx.policy.servers:
+        if server.backend_case_sensitive:
+            continue
+        first: dict[str, ir.Route] = {}
+        for route in server.routes:
+            other = first.setdefault(ascii_lower(route.path), route)
+            if other is not route and other.path != route.path:
+                yield Finding(
+                    route.span,
+                    f"routes `{other.path}` and `{route.path}` differ only in letter case: requests to one "
+                    "of them are refused as case variants of the other",
+                    "give them different paths, or declare `backend_paths case_sensitive` if the backend tells them apart",
+                    label="same path, other case", related=[Related(other.span, "the other route")],
                 )
 
 

@@ -8,6 +8,7 @@ from mtlsc import dn, ir
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.emit import nginx as emit_nginx
 from mtlsc.emit import quote
+from mtlsc.locations import is_segment
 from mtlsc.nginx_facts import FORWARD_FIELDS
 
 
@@ -223,6 +224,31 @@ def require_without_allow(ctx):
                     "every certificate that CA issued passes",
                     f"list who may pass (`allow NAME...`), or write `allow any` if every `{route.ca.name}` certificate may",
                     label="no `allow` list",
+                )
+
+
+def segment_route_overlaps_prefix(ctx):
+    """What it catches: a route written without a trailing slash (`route /p`) beside a route
+    `route /p/` on the same server.
+
+    Why: `route /p` covers the path segment `/p` and everything below it (`/p/...`), and so does
+    `route /p/`: both would become nginx's `location ^~ /p/`, which nginx refuses as a duplicate (nginx-facts §F5),
+    and which of two different gates was meant for `/p/...` is not said.
+
+    Example: `route /static { public }` and `route /static/ { require internal }`.
+
+    Fix: keep one of them; to treat `/p` itself differently, write `route = /p` beside `route /p/`.
+    """
+    for server in ctx.policy.servers:
+        slashed = {r.path: r for r in server.routes if r.match is ir.PathMatch.PREFIX and r.path.endswith("/")}
+        for route in server.routes:
+            other = slashed.get(route.path + "/") if is_segment(route) else None
+            if other is not None:
+                yield Finding(
+                    route.span,
+                    f"route `{route.path}` covers `{route.path}/...`, which route `{other.path}` also declares",
+                    f"keep one of them; for `{route.path}` alone write `route = {route.path}`",
+                    label="overlaps another route", related=[Related(other.span, "the other route")],
                 )
 
 

@@ -10,11 +10,14 @@ import itertools
 from dataclasses import dataclass, field
 
 from mtlsc import dn, ir
+from mtlsc.dn_regex import pcre_literal
 from mtlsc.emit import quote, render
 from mtlsc.emit.quote import Safe
-from mtlsc.evaluate import identity_headers
+from mtlsc.evaluate import BAD_TARGET, identity_headers
+from mtlsc.locations import Location, case_gated, locations
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.pki import Pki, crl_file_pem, trust_file_pem
+from mtlsc.uri import NONCANONICAL
 
 HTTP_CONF = "nginx/00-mtlsc.conf"
 
@@ -100,7 +103,8 @@ def _default_listens(policy: ir.Policy) -> list[Safe]:
 
 def _hash_sizes(views) -> tuple[int, int]:
     """map_hash sizes that fit the longest key and the largest map (nginx refuses to start otherwise)."""
-    keys = [e.key for v in views for m in v.maps for e in m.entries]
+    # Regex keys are compiled, not hashed: only exact keys need room in a bucket.
+    keys = [e.key for v in views for m in v.maps for e in m.entries if not e.key.startswith('"~')]
     longest = max((len(k) for k in keys), default=0)
     need = 8 + ((longest + 2 + 7) // 8) * 8 + 8  # ngx_hash element: pointer + aligned name, plus a terminator
     bucket = 64
@@ -131,6 +135,7 @@ class ServerView:
     no_cert: tuple[int, Safe]
     bad_cert: tuple[int, Safe]
     maps: list[MapView]
+    target_gates: list[Gate]
     locations: list[LocationView]
     catch_all: bool
     cas_note: list[Safe]
@@ -167,8 +172,9 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
                             [MapEntry(Safe("SUCCESS"), 0)]))
     if len(cas) > 1:
         maps += _ca_binding_maps(server, pki, prefix, ca_index)
+    target_gates = _target_gates(server, prefix, maps)
     identity_gate = _identity_maps(server, prefix, maps)
-    locations = [_location(server, r, prefix, ca_index, identity_gate) for r in server.routes]
+    views = [_location(server, loc, prefix, ca_index, identity_gate) for loc in locations(server)]
     ocsp = next((c.ocsp for c in cas if c.ocsp), None)
     install = server.install_dir.rstrip("/")
     return ServerView(
@@ -188,10 +194,49 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         no_cert=_response(server.rejections.no_cert),
         bad_cert=_response(server.rejections.bad_cert),
         maps=maps,
-        locations=locations,
-        catch_all=not any(r.match is ir.PathMatch.PREFIX and r.path == "/" for r in server.routes),
+        target_gates=target_gates,
+        locations=views,
+        catch_all=not any(not loc.exact and loc.name == "/" for loc in locations(server)),
         cas_note=[quote.comment(f"ca {c.name}: depth {c.depth}, {len(c.crls)} CRL file(s)") for c in cas],
     )
+
+
+# A map regex is one nginx argument (under 4 KiB): the case-variant alternatives go in chunks.
+_CASE_CHUNK = 3000
+
+
+def _target_gates(server: ir.Server, prefix: str, maps: list[MapView]) -> list[Gate]:
+    """Refuse, before any location runs, what nginx and a backend could route differently: raw
+    targets in a non-canonical form, and case variants of a location's path (docs/language.md
+    "Paths"). Everything else reaches its location, whose proxy_pass forwards the normalised path."""
+    response = (BAD_TARGET.status, quote.nginx_body(BAD_TARGET.body))
+    rules = [r for r in NONCANONICAL if not (r.semicolon and server.backend_literal_semicolons)]
+    target = MapView(Safe("1 when the request target as sent is not in canonical form"), Safe("$request_uri"),
+                     quote.nginx_var(prefix + "bad_target"), 0,
+                     [MapEntry(quote.map_regex(r.pattern), 1, quote.comment(r.why)) for r in rules])
+    maps.append(target)
+    gates = [Gate(target.var, response, Safe("raw target not canonical"))]
+    alternatives = [_case_variant_regex(loc) for loc in case_gated(server)]
+    if alternatives:
+        case = MapView(Safe("1 when the path differs only in letter case from a path a location covers"),
+                       Safe("$uri"), quote.nginx_var(prefix + "case_variant"), 0)
+        chunk: list[str] = []
+        for alt in alternatives + [None]:
+            if chunk and (alt is None or sum(map(len, chunk)) + len(alt) > _CASE_CHUNK):
+                case.entries.append(MapEntry(quote.map_regex("^(?:" + "|".join(chunk) + ")"), 1))
+                chunk = []
+            if alt is not None:
+                chunk.append(alt)
+        maps.append(case)
+        gates.append(Gate(case.var, response, Safe("case variant of a route path")))
+    return gates
+
+
+def _case_variant_regex(loc: Location) -> str:
+    """Matches a path that `loc` covers when letter case is ignored, and does not cover as is."""
+    name = pcre_literal(loc.name)
+    end = "$" if loc.exact else ""
+    return f"(?!{name}{end})(?i:{name}){end}"
 
 
 def _ca_binding_maps(server, pki, prefix, ca_index) -> list[MapView]:
@@ -258,7 +303,8 @@ def _identity_key(ident: ir.Identity) -> Safe:
     return quote.map_key(f"{ident.serial}:{ident.issuer}")
 
 
-def _location(server, route: ir.Route, prefix, ca_index, identity_gate) -> LocationView:
+def _location(server, loc: Location, prefix, ca_index, identity_gate) -> LocationView:
+    route = loc.route
     rej = server.rejections
     gates: list[Gate] = []
     if route.mode is ir.Mode.REQUIRE:
@@ -275,9 +321,10 @@ def _location(server, route: ir.Route, prefix, ca_index, identity_gate) -> Locat
     mode = route.mode.value + (f" {route.ca.name}" if route.ca else "")
     allow = " allow any" if route.allow_any else (" allow " + " ".join(i.name for i in route.allow) if route.allow else "")
     return LocationView(
-        location=Safe(("= " if route.match is ir.PathMatch.EXACT else "^~ ") + quote.nginx_word(route.path)),
+        location=Safe(("= " if loc.exact else "^~ ") + quote.nginx_word(loc.name)),
         note=quote.comment(f"route {route.path} ({route.span}): {mode}{allow}"),
         gates=gates,
         headers=headers,
-        backend=quote.bare(route.backend),
+        # The URI part makes nginx forward the normalised path it routed on, not the raw target.
+        backend=quote.nginx_word(route.backend + loc.name),
     )

@@ -13,6 +13,8 @@ from mtlsc.cast import Member, cast, sample_names
 from mtlsc.emit import quote, render
 from mtlsc.emit.quote import Safe
 from mtlsc.evaluate import allow_index, evaluate, identity_headers, probe_path
+from mtlsc.locations import ascii_lower
+from mtlsc.uri import normalise_path
 
 # Headers a test sends to try to pass for someone else; the backend must never see them.
 SPOOF_MARK = "mtlsc-spoofed"
@@ -28,7 +30,8 @@ class Case:
     status: int
     body: Safe  # a substring the answer must contain ("" for any)
     fields: Safe  # Header=field pairs the echoing backend must show, comma-separated ("-" for none)
-    spoof: Safe  # identity headers to send forged ("-": none); the backend must never see them
+    spoof: Safe  # `all`: send every identity header forged; the backend must never see them ("-": none)
+    target: Safe = Safe("-")  # the request target the echoing backend must receive ("-": not checked)
 
 
 @dataclass
@@ -109,18 +112,17 @@ def _cases_for_route(server: ir.Server, route: ir.Route, grouped: _Cast) -> list
     cases = []
     index = allow_index(route.allow)
     allowed = set(sample_names(sorted(i.name for i in route.allow)))
-    spoofable = ",".join(_spoof_headers(server))
 
     def add(label: str, member: Member | None, spoof: bool = False):
         client = member.client(_member_verified_by(member, server)) if member else None
-        out = evaluate(server, path, client, index)
+        out = evaluate(server, path, client, index, target=path)
         ok = out.status == 200
         cases.append(Case(
             title=_w(f"{where}: {label} -> {out.status}{'' if ok else ' ' + out.reason}"),
             host=_w(host), port=port, path=_w(path), cert=_w(member.file if member else "-"),
             status=out.status, body=_w("" if ok else out.body),
             fields=_w(_fields(route, member is not None) if ok and route.forward else "-"),
-            spoof=_w(spoofable if spoof else "-"),
+            spoof=Safe("all" if spoof else "-"), target=_w(out.target if ok else "-"),
         ))
 
     add("no certificate", None, spoof=True)
@@ -144,21 +146,65 @@ def _cases_for_route(server: ir.Server, route: ir.Route, grouped: _Cast) -> list
     return cases
 
 
-def _spoof_headers(server: ir.Server) -> list[str]:
-    """Every identity header of the server, plus an `_` variant nginx must drop (nginx-facts §6)."""
-    names = identity_headers(server)
+def _spoof_headers(policy: ir.Policy) -> list[str]:
+    """Every identity header of the servers compiled together (one union: docs/language.md
+    "Identity headers"), plus an `_` variant nginx must drop (docs/nginx-facts.md §6)."""
+    names = identity_headers(policy.servers[0]) if policy.servers else []
     return names + [names[0].replace("-", "_")] if names else []
+
+
+def _confusions(path: str) -> list[tuple[str, str]]:
+    """Hostile spellings of a gated probe path that a backend may read as that path while nginx,
+    unguarded, would route them elsewhere (docs/language.md "Paths")."""
+    head, _, tail = path.rpartition("/")
+    out = [
+        ("dot segment", f"{head}/./{tail}"),
+        ("climb out and back", f"{head}/../{head.rsplit('/', 1)[-1] or '.'}/{tail}" if head else f"/./{tail}"),
+        ("encoded dot segment", f"{head}/%2e/{tail}"),
+        ("encoded slash", f"{head}%2F{tail}"),
+        ("`;` path parameter", f"{head};x/{tail}"),
+    ]
+    swapped = path.swapcase()
+    if ascii_lower(swapped) == ascii_lower(path) and swapped != path:
+        out.append(("letter case changed", swapped))
+    return out
+
+
+def _target_cases(server: ir.Server) -> list[Case]:
+    """Per gated route: its probe path spelt in non-canonical ways, without a certificate. The
+    model decides each answer (400, or the route's own when the server allows the form)."""
+    host, port = server.names[0].replace("*", "mtlsc-wildcard"), server.listens[0].port
+    cases = []
+    for route in (r for r in server.routes if r.mode is ir.Mode.REQUIRE):
+        path = probe_path(server, route)
+        if path is None:
+            continue
+        for label, target in _confusions(path):
+            try:
+                normalised = normalise_path(target)
+            except ValueError:
+                continue  # nginx answers 400 itself
+            out = evaluate(server, normalised, None, target=target)
+            ok = out.status == 200
+            cases.append(Case(
+                title=_w(f"{server.names[0]}{route.path}: {label} {target} -> {out.status}"
+                         f"{'' if ok else ' ' + out.reason}"),
+                host=_w(host), port=port, path=_w(target), cert=_w("-"), status=out.status,
+                body=_w("" if ok else out.body), fields=_w("-"), spoof=Safe("all"),
+                target=_w(out.target if ok else "-"),
+            ))
+    return cases
 
 
 def _server_cases(server: ir.Server, members: list[Member]) -> tuple[list[Case], list[TlsCase]]:
     grouped = _group(server, members)
-    cases = [c for r in server.routes for c in _cases_for_route(server, r, grouped)]
+    cases = [c for r in server.routes for c in _cases_for_route(server, r, grouped)] + _target_cases(server)
     host, port = server.names[0].replace("*", "mtlsc-wildcard"), server.listens[0].port
     probe = "/mtlsc-no-route-probe"
     out = evaluate(server, probe, None)
     if out.reason == "no_route":
         cases.append(Case(_w(f"{server.names[0]}: path with no route -> 404"), _w(host), port, _w(probe),
-                          _w("-"), 404, _w(out.body), _w("-"), _w("-")))
+                          _w("-"), 404, _w(out.body), _w("-"), Safe("-")))
     tls = [
         TlsCase(_w(f"{server.names[0]}: handshake without SNI is refused"), _w(host), port, Safe("none")),
         TlsCase(_w(f"{server.names[0]}: handshake with an unknown SNI name is refused"), _w(host), port, Safe("unknown")),
@@ -179,5 +225,6 @@ def emit(policy: ir.Policy, pki) -> dict[str, str]:
     unmintable = sorted(m.file for m in members if not m.mintable)
     return {"tests.sh": render(
         "tests.sh.j2", cases=cases, tls=tls, spoof_mark=Safe(SPOOF_MARK),
+        spoof_headers=_w(",".join(_spoof_headers(policy)) or "-"),
         files=[_w(f) for f in needed], unmintable=[_w(f) for f in unmintable],
     )}

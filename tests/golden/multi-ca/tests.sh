@@ -26,7 +26,15 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   internal/expired
   internal/id-staff
   internal/near-staff-1
+  internal/near-staff-10
   internal/near-staff-2
+  internal/near-staff-3
+  internal/near-staff-4
+  internal/near-staff-5
+  internal/near-staff-6
+  internal/near-staff-7
+  internal/near-staff-8
+  internal/near-staff-9
   untrusted/client
   vendors/client
   vendors/expired
@@ -37,11 +45,11 @@ USAGE
 }
 
 here=$(cd "$(dirname "$0")" && pwd)
-target=127.0.0.1 port_override="" certs="$here/clients" server_ca="" echo_mode=0
+server_addr=127.0.0.1 port_override="" certs="$here/clients" server_ca="" echo_mode=0
 nginx_test="" run_nginx_test=auto
 while [ $# -gt 0 ]; do
     case "$1" in
-        --host) target=$2; shift 2 ;;
+        --host) server_addr=$2; shift 2 ;;
         --port) port_override=$2; shift 2 ;;
         --certs) certs=$2; shift 2 ;;
         --server-ca) server_ca=$2; shift 2 ;;
@@ -79,10 +87,14 @@ field_of() {  # CERTFILE FIELD
     esac
 }
 
-check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
-    local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9
+# Every identity header name of the servers compiled together: cases marked `all` send each forged.
+spoof_headers=Client-Cert,Client-Cert-Chain,ssl-client-cert,ssl-client-issuer-dn,ssl-client-subject-dn,ssl-client-verify,X-Amzn-Mtls-Clientcert,X-Amzn-Mtls-Clientcert-Issuer,X-Amzn-Mtls-Clientcert-Leaf,X-Amzn-Mtls-Clientcert-Serial-Number,X-Amzn-Mtls-Clientcert-Subject,X-Amzn-Mtls-Clientcert-Validity,X-ARR-ClientCert,X-Auth-Request-Email,X-Auth-Request-User,X-Client-Cert,X-Client-Cert-Chain-Verified,X-Client-Cert-DNSName-SANs,X-Client-Cert-Error,X-Client-Cert-Hash,X-Client-Cert-Present,X-Client-Cert-Serial-Number,X-Client-Cert-SPIFFE,X-Client-Cert-URI-SANs,X-Client-CN,X-Client-Days-Remaining,X-Client-DN,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X-Forwarded-Client-Cert,X-Forwarded-Email,X-Forwarded-Tls-Client-Cert,X-Forwarded-Tls-Client-Cert-Info,X-Forwarded-User,X-Remote-Group,X-Remote-User,X-SSL-Client-Cert,X-SSL-Client-CN,X-SSL-Client-DN,X-SSL-Client-Fingerprint,X-SSL-Client-I-DN,X-SSL-Client-Issuer,X-SSL-Client-S-DN,X-SSL-Client-Serial,X-SSL-Client-SHA1,X-SSL-Client-Subject,X-SSL-Client-Verify,X-SSL-Issuer,X-SSL-Subject,Client_Cert
+
+check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
+    local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9 target=${10}
     local connect_port=${port_override:-$port}
-    local args=(-sS -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$target:$connect_port")
+    # --path-as-is: send the path exactly as written, dot segments and all (hostile spellings are cases).
+    local args=(-sS --path-as-is -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$server_addr:$connect_port")
     # shellcheck disable=SC2207
     args+=($(tls_args))
     if [ "$cert" != "-" ]; then
@@ -90,8 +102,8 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
         args+=(--cert "$certs/$cert.crt" --key "$certs/$cert.key")
     fi
     local h
-    if [ "$spoof" != "-" ]; then
-        for h in ${spoof//,/ }; do args+=(-H "$h: mtlsc-spoofed"); done
+    if [ "$spoof" = all ] && [ "$spoof_headers" != "-" ]; then
+        for h in ${spoof_headers//,/ }; do args+=(-H "$h: mtlsc-spoofed"); done
     fi
     local got
     got=$(curl "${args[@]}" "https://$host:$port$path" 2>"$tmp/err") || true
@@ -104,6 +116,11 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
     if [ "$echo_mode" = 1 ]; then
         if [ "$spoof" != "-" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
             fail "$title" "a spoofed identity header reached the backend"; return
+        fi
+        # The echo backend's first line is the request line it received: nginx must forward the
+        # normalised path it routed on, never the raw target (docs/language.md "Paths").
+        if [ "$target" != "-" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
+            fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
         if [ "$fields" != "-" ]; then
             local pair header field value
@@ -129,7 +146,7 @@ check_tls() {  # TITLE HOST PORT MODE
         tls12) version=(-tls1_2) ;;
         tls13) version=(-tls1_3) ;;
     esac
-    if printf 'Q\n' | timeout 10 openssl s_client -connect "$target:$connect_port" "${sni[@]}" "${version[@]}" \
+    if printf 'Q\n' | timeout 10 openssl s_client -connect "$server_addr:$connect_port" "${sni[@]}" "${version[@]}" \
             -brief </dev/null >"$tmp/tls" 2>&1; then
         handshake=ok
     else
@@ -154,34 +171,54 @@ check_tls 'portal.example.com: handshake without SNI is refused' portal.example.
 check_tls 'portal.example.com: handshake with an unknown SNI name is refused' portal.example.com 443 unknown
 check_tls 'portal.example.com: TLS 1.3 is accepted' portal.example.com 443 tls13
 check_tls 'portal.example.com: TLS 1.2 is accepted' portal.example.com 443 tls12
-check 'portal.example.com/healthz (public): no certificate -> 200' portal.example.com 443 /healthz - 200 '' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/healthz (public): certificate of ca internal -> 200' portal.example.com 443 /healthz internal/client 200 '' - -
-check 'portal.example.com/healthz (public): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /healthz internal/expired 403 'client certificate not accepted' - -
-check 'portal.example.com/healthz (public): certificate of ca vendors -> 200' portal.example.com 443 /healthz vendors/client 200 '' - -
-check 'portal.example.com/healthz (public): expired certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /healthz vendors/expired 403 'client certificate not accepted' - -
-check 'portal.example.com/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /healthz untrusted/client 403 'client certificate not accepted' - -
-check 'portal.example.com/internal/ (require internal): no certificate -> 401 no_cert' portal.example.com 443 /internal/mtlsc-probe - 401 'a client certificate is required' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/internal/ (require internal): certificate of the CA on no allow list -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/client 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/internal/ (require internal): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe internal/expired 403 'client certificate not accepted' - -
-check 'portal.example.com/internal/ (require internal): identity staff -> 200' portal.example.com 443 /internal/mtlsc-probe internal/id-staff 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (OU=x\,O=Example Corp,O=mtlsc-near,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (L=x\,OU=Staff,O=Example Corp,OU=mtlsc-near) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/internal/ (require internal): certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe vendors/client 403 'client certificate not accepted' - -
-check 'portal.example.com/internal/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
-check 'portal.example.com/partner/ (require vendors): no certificate -> 401 no_cert' portal.example.com 443 /partner/mtlsc-probe - 401 'a client certificate is required' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/partner/ (require vendors): certificate of ca internal -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe internal/client 403 'client certificate not accepted' - -
-check 'portal.example.com/partner/ (require vendors): certificate of the CA on no allow list -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/client 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/partner/ (require vendors): expired certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe vendors/expired 403 'client certificate not accepted' - -
-check 'portal.example.com/partner/ (require vendors): identity supplier -> 200' portal.example.com 443 /partner/mtlsc-probe vendors/id-supplier 200 '' X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (OU=x,CN=supplier-portal,O=Initech,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (CN=supplier-portal\,O=Initech,O=Other,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/partner/ (require vendors): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
-check 'portal.example.com/ (optional internal): no certificate -> 200' portal.example.com 443 /mtlsc-probe - 200 '' X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/ (optional internal): certificate of the CA -> 200' portal.example.com 443 /mtlsc-probe internal/client 200 '' X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/ (optional internal): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /mtlsc-probe internal/expired 403 'client certificate not accepted' - -
-check 'portal.example.com/ (optional internal): identity staff -> 200' portal.example.com 443 /mtlsc-probe internal/id-staff 200 '' X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'portal.example.com/ (optional internal): certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /mtlsc-probe vendors/client 403 'client certificate not accepted' - -
-check 'portal.example.com/ (optional internal): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
+check 'portal.example.com/healthz (public): no certificate -> 200' portal.example.com 443 /healthz - 200 '' - all /healthz
+check 'portal.example.com/healthz (public): certificate of ca internal -> 200' portal.example.com 443 /healthz internal/client 200 '' - - /healthz
+check 'portal.example.com/healthz (public): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /healthz internal/expired 403 'client certificate not accepted' - - -
+check 'portal.example.com/healthz (public): certificate of ca vendors -> 200' portal.example.com 443 /healthz vendors/client 200 '' - - /healthz
+check 'portal.example.com/healthz (public): expired certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /healthz vendors/expired 403 'client certificate not accepted' - - -
+check 'portal.example.com/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /healthz untrusted/client 403 'client certificate not accepted' - - -
+check 'portal.example.com/internal/ (require internal): no certificate -> 401 no_cert' portal.example.com 443 /internal/mtlsc-probe - 401 'a client certificate is required' - all -
+check 'portal.example.com/internal/ (require internal): certificate of the CA on no allow list -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/client 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe internal/expired 403 'client certificate not accepted' - - -
+check 'portal.example.com/internal/ (require internal): identity staff -> 200' portal.example.com 443 /internal/mtlsc-probe internal/id-staff 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /internal/mtlsc-probe
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (OU=x\,O=Example Corp,O=mtlsc-near,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-1 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (L=x\,OU=Staff,O=Example Corp,OU=mtlsc-near) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-2 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=mtlsc-near,O=Example Corp,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-3 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=Staff,O=mtlsc-near) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-4 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=mtlsc-near-Example Corp+O=Example Corp,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-5 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp+O=mtlsc-near,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-6 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (OU=mtlsc-near,O=Example Corp,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-7 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=Staff,OU=mtlsc-near) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-8 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=mtlsc-near+OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-9 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=Staff+OU=ZZ) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-10 403 'client certificate not allowed here' - all -
+check 'portal.example.com/internal/ (require internal): certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe vendors/client 403 'client certificate not accepted' - - -
+check 'portal.example.com/internal/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
+check 'portal.example.com/partner/ (require vendors): no certificate -> 401 no_cert' portal.example.com 443 /partner/mtlsc-probe - 401 'a client certificate is required' - all -
+check 'portal.example.com/partner/ (require vendors): certificate of ca internal -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe internal/client 403 'client certificate not accepted' - - -
+check 'portal.example.com/partner/ (require vendors): certificate of the CA on no allow list -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/client 403 'client certificate not allowed here' - all -
+check 'portal.example.com/partner/ (require vendors): expired certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe vendors/expired 403 'client certificate not accepted' - - -
+check 'portal.example.com/partner/ (require vendors): identity supplier -> 200' portal.example.com 443 /partner/mtlsc-probe vendors/id-supplier 200 '' X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Verify=verify all /partner/mtlsc-probe
+check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (OU=x,CN=supplier-portal,O=Initech,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-1 403 'client certificate not allowed here' - all -
+check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (CN=supplier-portal\,O=Initech,O=Other,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-2 403 'client certificate not allowed here' - all -
+check 'portal.example.com/partner/ (require vendors): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
+check 'portal.example.com/ (optional internal): no certificate -> 200' portal.example.com 443 /mtlsc-probe - 200 '' X-Client-Verify=verify all /mtlsc-probe
+check 'portal.example.com/ (optional internal): certificate of the CA -> 200' portal.example.com 443 /mtlsc-probe internal/client 200 '' X-Client-Verify=verify all /mtlsc-probe
+check 'portal.example.com/ (optional internal): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /mtlsc-probe internal/expired 403 'client certificate not accepted' - - -
+check 'portal.example.com/ (optional internal): identity staff -> 200' portal.example.com 443 /mtlsc-probe internal/id-staff 200 '' X-Client-Verify=verify all /mtlsc-probe
+check 'portal.example.com/ (optional internal): certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /mtlsc-probe vendors/client 403 'client certificate not accepted' - - -
+check 'portal.example.com/ (optional internal): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
+check 'portal.example.com/internal/: dot segment /internal/./mtlsc-probe -> 400 bad_target' portal.example.com 443 /internal/./mtlsc-probe - 400 'request target not canonical' - all -
+check 'portal.example.com/internal/: climb out and back /internal/../internal/mtlsc-probe -> 400 bad_target' portal.example.com 443 /internal/../internal/mtlsc-probe - 400 'request target not canonical' - all -
+check 'portal.example.com/internal/: encoded dot segment /internal/%2e/mtlsc-probe -> 400 bad_target' portal.example.com 443 /internal/%2e/mtlsc-probe - 400 'request target not canonical' - all -
+check 'portal.example.com/internal/: encoded slash /internal%2Fmtlsc-probe -> 400 bad_target' portal.example.com 443 /internal%2Fmtlsc-probe - 400 'request target not canonical' - all -
+check 'portal.example.com/internal/: `;` path parameter /internal;x/mtlsc-probe -> 400 bad_target' portal.example.com 443 '/internal;x/mtlsc-probe' - 400 'request target not canonical' - all -
+check 'portal.example.com/internal/: letter case changed /INTERNAL/MTLSC-PROBE -> 400 bad_target' portal.example.com 443 /INTERNAL/MTLSC-PROBE - 400 'request target not canonical' - all -
+check 'portal.example.com/partner/: dot segment /partner/./mtlsc-probe -> 400 bad_target' portal.example.com 443 /partner/./mtlsc-probe - 400 'request target not canonical' - all -
+check 'portal.example.com/partner/: climb out and back /partner/../partner/mtlsc-probe -> 400 bad_target' portal.example.com 443 /partner/../partner/mtlsc-probe - 400 'request target not canonical' - all -
+check 'portal.example.com/partner/: encoded dot segment /partner/%2e/mtlsc-probe -> 400 bad_target' portal.example.com 443 /partner/%2e/mtlsc-probe - 400 'request target not canonical' - all -
+check 'portal.example.com/partner/: encoded slash /partner%2Fmtlsc-probe -> 400 bad_target' portal.example.com 443 /partner%2Fmtlsc-probe - 400 'request target not canonical' - all -
+check 'portal.example.com/partner/: `;` path parameter /partner;x/mtlsc-probe -> 400 bad_target' portal.example.com 443 '/partner;x/mtlsc-probe' - 400 'request target not canonical' - all -
+check 'portal.example.com/partner/: letter case changed /PARTNER/MTLSC-PROBE -> 400 bad_target' portal.example.com 443 /PARTNER/MTLSC-PROBE - 400 'request target not canonical' - all -
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
 [ "$failed" -eq 0 ]

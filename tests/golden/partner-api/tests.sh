@@ -29,18 +29,26 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   partners/near-acme-1
   partners/near-acme-2
   partners/near-globex-1
+  partners/near-globex-10
   partners/near-globex-2
+  partners/near-globex-3
+  partners/near-globex-4
+  partners/near-globex-5
+  partners/near-globex-6
+  partners/near-globex-7
+  partners/near-globex-8
+  partners/near-globex-9
   partners/revoked
   untrusted/client
 USAGE
 }
 
 here=$(cd "$(dirname "$0")" && pwd)
-target=127.0.0.1 port_override="" certs="$here/clients" server_ca="" echo_mode=0
+server_addr=127.0.0.1 port_override="" certs="$here/clients" server_ca="" echo_mode=0
 nginx_test="" run_nginx_test=auto
 while [ $# -gt 0 ]; do
     case "$1" in
-        --host) target=$2; shift 2 ;;
+        --host) server_addr=$2; shift 2 ;;
         --port) port_override=$2; shift 2 ;;
         --certs) certs=$2; shift 2 ;;
         --server-ca) server_ca=$2; shift 2 ;;
@@ -78,10 +86,14 @@ field_of() {  # CERTFILE FIELD
     esac
 }
 
-check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
-    local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9
+# Every identity header name of the servers compiled together: cases marked `all` send each forged.
+spoof_headers=Client-Cert,Client-Cert-Chain,ssl-client-cert,ssl-client-issuer-dn,ssl-client-subject-dn,ssl-client-verify,X-Amzn-Mtls-Clientcert,X-Amzn-Mtls-Clientcert-Issuer,X-Amzn-Mtls-Clientcert-Leaf,X-Amzn-Mtls-Clientcert-Serial-Number,X-Amzn-Mtls-Clientcert-Subject,X-Amzn-Mtls-Clientcert-Validity,X-ARR-ClientCert,X-Auth-Request-Email,X-Auth-Request-User,X-Client-Cert,X-Client-Cert-Chain-Verified,X-Client-Cert-DNSName-SANs,X-Client-Cert-Error,X-Client-Cert-Hash,X-Client-Cert-Present,X-Client-Cert-Serial-Number,X-Client-Cert-SPIFFE,X-Client-Cert-URI-SANs,X-Client-CN,X-Client-Days-Remaining,X-Client-DN,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X-Forwarded-Client-Cert,X-Forwarded-Email,X-Forwarded-Tls-Client-Cert,X-Forwarded-Tls-Client-Cert-Info,X-Forwarded-User,X-Remote-Group,X-Remote-User,X-SSL-Client-Cert,X-SSL-Client-CN,X-SSL-Client-DN,X-SSL-Client-Fingerprint,X-SSL-Client-I-DN,X-SSL-Client-Issuer,X-SSL-Client-S-DN,X-SSL-Client-Serial,X-SSL-Client-SHA1,X-SSL-Client-Subject,X-SSL-Client-Verify,X-SSL-Issuer,X-SSL-Subject,Client_Cert
+
+check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
+    local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9 target=${10}
     local connect_port=${port_override:-$port}
-    local args=(-sS -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$target:$connect_port")
+    # --path-as-is: send the path exactly as written, dot segments and all (hostile spellings are cases).
+    local args=(-sS --path-as-is -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$server_addr:$connect_port")
     # shellcheck disable=SC2207
     args+=($(tls_args))
     if [ "$cert" != "-" ]; then
@@ -89,8 +101,8 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
         args+=(--cert "$certs/$cert.crt" --key "$certs/$cert.key")
     fi
     local h
-    if [ "$spoof" != "-" ]; then
-        for h in ${spoof//,/ }; do args+=(-H "$h: mtlsc-spoofed"); done
+    if [ "$spoof" = all ] && [ "$spoof_headers" != "-" ]; then
+        for h in ${spoof_headers//,/ }; do args+=(-H "$h: mtlsc-spoofed"); done
     fi
     local got
     got=$(curl "${args[@]}" "https://$host:$port$path" 2>"$tmp/err") || true
@@ -103,6 +115,11 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
     if [ "$echo_mode" = 1 ]; then
         if [ "$spoof" != "-" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
             fail "$title" "a spoofed identity header reached the backend"; return
+        fi
+        # The echo backend's first line is the request line it received: nginx must forward the
+        # normalised path it routed on, never the raw target (docs/language.md "Paths").
+        if [ "$target" != "-" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
+            fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
         if [ "$fields" != "-" ]; then
             local pair header field value
@@ -128,7 +145,7 @@ check_tls() {  # TITLE HOST PORT MODE
         tls12) version=(-tls1_2) ;;
         tls13) version=(-tls1_3) ;;
     esac
-    if printf 'Q\n' | timeout 10 openssl s_client -connect "$target:$connect_port" "${sni[@]}" "${version[@]}" \
+    if printf 'Q\n' | timeout 10 openssl s_client -connect "$server_addr:$connect_port" "${sni[@]}" "${version[@]}" \
             -brief </dev/null >"$tmp/tls" 2>&1; then
         handshake=ok
     else
@@ -153,34 +170,48 @@ check_tls 'api.example.com: handshake without SNI is refused' api.example.com 44
 check_tls 'api.example.com: handshake with an unknown SNI name is refused' api.example.com 443 unknown
 check_tls 'api.example.com: TLS 1.3 is accepted' api.example.com 443 tls13
 check_tls 'api.example.com: TLS 1.2 is accepted' api.example.com 443 tls12
-check 'api.example.com/healthz (public): no certificate -> 200' api.example.com 443 /healthz - 200 '' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/healthz (public): certificate of ca partners -> 200' api.example.com 443 /healthz partners/client 200 '' - -
-check 'api.example.com/healthz (public): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /healthz partners/expired 403 'client certificate not accepted' - -
-check 'api.example.com/healthz (public): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /healthz partners/revoked 403 'client certificate not accepted' - -
-check 'api.example.com/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /healthz untrusted/client 403 'client certificate not accepted' - -
-check 'api.example.com/.well-known/ (public): no certificate -> 200' api.example.com 443 /.well-known/mtlsc-probe - 200 '' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/.well-known/ (public): certificate of ca partners -> 200' api.example.com 443 /.well-known/mtlsc-probe partners/client 200 '' - -
-check 'api.example.com/.well-known/ (public): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /.well-known/mtlsc-probe partners/expired 403 'client certificate not accepted' - -
-check 'api.example.com/.well-known/ (public): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /.well-known/mtlsc-probe partners/revoked 403 'client certificate not accepted' - -
-check 'api.example.com/.well-known/ (public): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /.well-known/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
-check 'api.example.com/partner/ (require partners): no certificate -> 403 no_cert' api.example.com 443 /partner/mtlsc-probe - 403 'client certificate required' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/partner/ (require partners): certificate of the CA on no allow list -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/client 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/partner/ (require partners): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe partners/expired 403 'client certificate not accepted' - -
-check 'api.example.com/partner/ (require partners): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe partners/revoked 403 'client certificate not accepted' - -
-check 'api.example.com/partner/ (require partners): identity acme -> 200' api.example.com 443 /partner/mtlsc-probe partners/id-acme 200 '' X-Client-Subject=subject,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify,X-Client-Serial=serial X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/partner/ (require partners): identity globex -> 200' api.example.com 443 /partner/mtlsc-probe partners/id-globex 200 '' X-Client-Subject=subject,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify,X-Client-Serial=serial X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/partner/ (require partners): near miss of identity acme (OU=x,CN=acme-billing,O=Acme Corp,C=US) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-acme-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/partner/ (require partners): near miss of identity acme (CN=acme-billing\,O=Acme Corp,O=Other,C=US) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-acme-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/partner/ (require partners): near miss of identity globex (OU=x\,CN=globex-a,CN=mtlsc-near,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/partner/ (require partners): near miss of identity globex (OU=x\,O=Globex Inc,CN=globex-a,O=mtlsc-near) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/partner/ (require partners): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
-check 'api.example.com/ (optional partners): no certificate -> 200' api.example.com 443 /mtlsc-probe - 200 '' X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/ (optional partners): certificate of the CA -> 200' api.example.com 443 /mtlsc-probe partners/client 200 '' X-Client-Verify=verify,X-Client-Subject=subject X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/ (optional partners): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /mtlsc-probe partners/expired 403 'client certificate not accepted' - -
-check 'api.example.com/ (optional partners): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /mtlsc-probe partners/revoked 403 'client certificate not accepted' - -
-check 'api.example.com/ (optional partners): identity acme -> 200' api.example.com 443 /mtlsc-probe partners/id-acme 200 '' X-Client-Verify=verify,X-Client-Subject=subject X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/ (optional partners): identity globex -> 200' api.example.com 443 /mtlsc-probe partners/id-globex 200 '' X-Client-Verify=verify,X-Client-Subject=subject X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'api.example.com/ (optional partners): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
+check 'api.example.com/healthz (public): no certificate -> 200' api.example.com 443 /healthz - 200 '' - all /healthz
+check 'api.example.com/healthz (public): certificate of ca partners -> 200' api.example.com 443 /healthz partners/client 200 '' - - /healthz
+check 'api.example.com/healthz (public): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /healthz partners/expired 403 'client certificate not accepted' - - -
+check 'api.example.com/healthz (public): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /healthz partners/revoked 403 'client certificate not accepted' - - -
+check 'api.example.com/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /healthz untrusted/client 403 'client certificate not accepted' - - -
+check 'api.example.com/.well-known/ (public): no certificate -> 200' api.example.com 443 /.well-known/mtlsc-probe - 200 '' - all /.well-known/mtlsc-probe
+check 'api.example.com/.well-known/ (public): certificate of ca partners -> 200' api.example.com 443 /.well-known/mtlsc-probe partners/client 200 '' - - /.well-known/mtlsc-probe
+check 'api.example.com/.well-known/ (public): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /.well-known/mtlsc-probe partners/expired 403 'client certificate not accepted' - - -
+check 'api.example.com/.well-known/ (public): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /.well-known/mtlsc-probe partners/revoked 403 'client certificate not accepted' - - -
+check 'api.example.com/.well-known/ (public): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /.well-known/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
+check 'api.example.com/partner/ (require partners): no certificate -> 403 no_cert' api.example.com 443 /partner/mtlsc-probe - 403 'client certificate required' - all -
+check 'api.example.com/partner/ (require partners): certificate of the CA on no allow list -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/client 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe partners/expired 403 'client certificate not accepted' - - -
+check 'api.example.com/partner/ (require partners): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe partners/revoked 403 'client certificate not accepted' - - -
+check 'api.example.com/partner/ (require partners): identity acme -> 200' api.example.com 443 /partner/mtlsc-probe partners/id-acme 200 '' X-Client-Subject=subject,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify,X-Client-Serial=serial all /partner/mtlsc-probe
+check 'api.example.com/partner/ (require partners): identity globex -> 200' api.example.com 443 /partner/mtlsc-probe partners/id-globex 200 '' X-Client-Subject=subject,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify,X-Client-Serial=serial all /partner/mtlsc-probe
+check 'api.example.com/partner/ (require partners): near miss of identity acme (OU=x,CN=acme-billing,O=Acme Corp,C=US) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-acme-1 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity acme (CN=acme-billing\,O=Acme Corp,O=Other,C=US) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-acme-2 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (OU=x\,CN=globex-a,CN=mtlsc-near,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-1 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (OU=x\,O=Globex Inc,CN=globex-a,O=mtlsc-near) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-2 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=mtlsc-near,CN=globex-a,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-3 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a,O=Globex Inc,CN=mtlsc-near) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-4 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=mtlsc-near+CN=globex-a,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-5 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a+CN=ZZ,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-6 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (O=mtlsc-near,CN=globex-a,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-7 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a,O=Globex Inc,O=mtlsc-near) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-8 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a,O=mtlsc-near+O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-9 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a,O=Globex Inc+O=ZZ) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-10 403 'client certificate not allowed here' - all -
+check 'api.example.com/partner/ (require partners): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
+check 'api.example.com/ (optional partners): no certificate -> 200' api.example.com 443 /mtlsc-probe - 200 '' X-Client-Verify=verify all /mtlsc-probe
+check 'api.example.com/ (optional partners): certificate of the CA -> 200' api.example.com 443 /mtlsc-probe partners/client 200 '' X-Client-Verify=verify,X-Client-Subject=subject all /mtlsc-probe
+check 'api.example.com/ (optional partners): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /mtlsc-probe partners/expired 403 'client certificate not accepted' - - -
+check 'api.example.com/ (optional partners): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /mtlsc-probe partners/revoked 403 'client certificate not accepted' - - -
+check 'api.example.com/ (optional partners): identity acme -> 200' api.example.com 443 /mtlsc-probe partners/id-acme 200 '' X-Client-Verify=verify,X-Client-Subject=subject all /mtlsc-probe
+check 'api.example.com/ (optional partners): identity globex -> 200' api.example.com 443 /mtlsc-probe partners/id-globex 200 '' X-Client-Verify=verify,X-Client-Subject=subject all /mtlsc-probe
+check 'api.example.com/ (optional partners): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
+check 'api.example.com/partner/: dot segment /partner/./mtlsc-probe -> 400 bad_target' api.example.com 443 /partner/./mtlsc-probe - 400 'request target not canonical' - all -
+check 'api.example.com/partner/: climb out and back /partner/../partner/mtlsc-probe -> 400 bad_target' api.example.com 443 /partner/../partner/mtlsc-probe - 400 'request target not canonical' - all -
+check 'api.example.com/partner/: encoded dot segment /partner/%2e/mtlsc-probe -> 400 bad_target' api.example.com 443 /partner/%2e/mtlsc-probe - 400 'request target not canonical' - all -
+check 'api.example.com/partner/: encoded slash /partner%2Fmtlsc-probe -> 400 bad_target' api.example.com 443 /partner%2Fmtlsc-probe - 400 'request target not canonical' - all -
+check 'api.example.com/partner/: `;` path parameter /partner;x/mtlsc-probe -> 400 bad_target' api.example.com 443 '/partner;x/mtlsc-probe' - 400 'request target not canonical' - all -
+check 'api.example.com/partner/: letter case changed /PARTNER/MTLSC-PROBE -> 400 bad_target' api.example.com 443 /PARTNER/MTLSC-PROBE - 400 'request target not canonical' - all -
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
 [ "$failed" -eq 0 ]

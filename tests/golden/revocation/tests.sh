@@ -26,18 +26,26 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   devices/expired
   devices/id-kiosk
   devices/near-kiosk-1
+  devices/near-kiosk-10
   devices/near-kiosk-2
+  devices/near-kiosk-3
+  devices/near-kiosk-4
+  devices/near-kiosk-5
+  devices/near-kiosk-6
+  devices/near-kiosk-7
+  devices/near-kiosk-8
+  devices/near-kiosk-9
   devices/revoked
   untrusted/client
 USAGE
 }
 
 here=$(cd "$(dirname "$0")" && pwd)
-target=127.0.0.1 port_override="" certs="$here/clients" server_ca="" echo_mode=0
+server_addr=127.0.0.1 port_override="" certs="$here/clients" server_ca="" echo_mode=0
 nginx_test="" run_nginx_test=auto
 while [ $# -gt 0 ]; do
     case "$1" in
-        --host) target=$2; shift 2 ;;
+        --host) server_addr=$2; shift 2 ;;
         --port) port_override=$2; shift 2 ;;
         --certs) certs=$2; shift 2 ;;
         --server-ca) server_ca=$2; shift 2 ;;
@@ -75,10 +83,14 @@ field_of() {  # CERTFILE FIELD
     esac
 }
 
-check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
-    local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9
+# Every identity header name of the servers compiled together: cases marked `all` send each forged.
+spoof_headers=Client-Cert,Client-Cert-Chain,ssl-client-cert,ssl-client-issuer-dn,ssl-client-subject-dn,ssl-client-verify,X-Amzn-Mtls-Clientcert,X-Amzn-Mtls-Clientcert-Issuer,X-Amzn-Mtls-Clientcert-Leaf,X-Amzn-Mtls-Clientcert-Serial-Number,X-Amzn-Mtls-Clientcert-Subject,X-Amzn-Mtls-Clientcert-Validity,X-ARR-ClientCert,X-Auth-Request-Email,X-Auth-Request-User,X-Client-Cert,X-Client-Cert-Chain-Verified,X-Client-Cert-DNSName-SANs,X-Client-Cert-Error,X-Client-Cert-Hash,X-Client-Cert-Present,X-Client-Cert-Serial-Number,X-Client-Cert-SPIFFE,X-Client-Cert-URI-SANs,X-Client-CN,X-Client-Days-Remaining,X-Client-DN,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X-Forwarded-Client-Cert,X-Forwarded-Email,X-Forwarded-Tls-Client-Cert,X-Forwarded-Tls-Client-Cert-Info,X-Forwarded-User,X-Remote-Group,X-Remote-User,X-SSL-Client-Cert,X-SSL-Client-CN,X-SSL-Client-DN,X-SSL-Client-Fingerprint,X-SSL-Client-I-DN,X-SSL-Client-Issuer,X-SSL-Client-S-DN,X-SSL-Client-Serial,X-SSL-Client-SHA1,X-SSL-Client-Subject,X-SSL-Client-Verify,X-SSL-Issuer,X-SSL-Subject,Client_Cert
+
+check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
+    local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9 target=${10}
     local connect_port=${port_override:-$port}
-    local args=(-sS -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$target:$connect_port")
+    # --path-as-is: send the path exactly as written, dot segments and all (hostile spellings are cases).
+    local args=(-sS --path-as-is -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$server_addr:$connect_port")
     # shellcheck disable=SC2207
     args+=($(tls_args))
     if [ "$cert" != "-" ]; then
@@ -86,8 +98,8 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
         args+=(--cert "$certs/$cert.crt" --key "$certs/$cert.key")
     fi
     local h
-    if [ "$spoof" != "-" ]; then
-        for h in ${spoof//,/ }; do args+=(-H "$h: mtlsc-spoofed"); done
+    if [ "$spoof" = all ] && [ "$spoof_headers" != "-" ]; then
+        for h in ${spoof_headers//,/ }; do args+=(-H "$h: mtlsc-spoofed"); done
     fi
     local got
     got=$(curl "${args[@]}" "https://$host:$port$path" 2>"$tmp/err") || true
@@ -100,6 +112,11 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
     if [ "$echo_mode" = 1 ]; then
         if [ "$spoof" != "-" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
             fail "$title" "a spoofed identity header reached the backend"; return
+        fi
+        # The echo backend's first line is the request line it received: nginx must forward the
+        # normalised path it routed on, never the raw target (docs/language.md "Paths").
+        if [ "$target" != "-" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
+            fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
         if [ "$fields" != "-" ]; then
             local pair header field value
@@ -125,7 +142,7 @@ check_tls() {  # TITLE HOST PORT MODE
         tls12) version=(-tls1_2) ;;
         tls13) version=(-tls1_3) ;;
     esac
-    if printf 'Q\n' | timeout 10 openssl s_client -connect "$target:$connect_port" "${sni[@]}" "${version[@]}" \
+    if printf 'Q\n' | timeout 10 openssl s_client -connect "$server_addr:$connect_port" "${sni[@]}" "${version[@]}" \
             -brief </dev/null >"$tmp/tls" 2>&1; then
         handshake=ok
     else
@@ -150,20 +167,34 @@ check_tls 'telemetry.example.com: handshake without SNI is refused' telemetry.ex
 check_tls 'telemetry.example.com: handshake with an unknown SNI name is refused' telemetry.example.com 443 unknown
 check_tls 'telemetry.example.com: TLS 1.3 is accepted' telemetry.example.com 443 tls13
 check_tls 'telemetry.example.com: TLS 1.2 is accepted' telemetry.example.com 443 tls12
-check 'telemetry.example.com/healthz (public): no certificate -> 200' telemetry.example.com 443 /healthz - 200 '' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'telemetry.example.com/healthz (public): certificate of ca devices -> 200' telemetry.example.com 443 /healthz devices/client 200 '' - -
-check 'telemetry.example.com/healthz (public): expired certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /healthz devices/expired 403 'client certificate not accepted' - -
-check 'telemetry.example.com/healthz (public): revoked certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /healthz devices/revoked 403 'client certificate not accepted' - -
-check 'telemetry.example.com/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' telemetry.example.com 443 /healthz untrusted/client 403 'client certificate not accepted' - -
-check 'telemetry.example.com/ingest/ (require devices): no certificate -> 403 no_cert' telemetry.example.com 443 /ingest/mtlsc-probe - 403 'client certificate required' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'telemetry.example.com/ingest/ (require devices): certificate of the CA on no allow list -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/client 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'telemetry.example.com/ingest/ (require devices): expired certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe devices/expired 403 'client certificate not accepted' - -
-check 'telemetry.example.com/ingest/ (require devices): revoked certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe devices/revoked 403 'client certificate not accepted' - -
-check 'telemetry.example.com/ingest/ (require devices): identity kiosk -> 200' telemetry.example.com 443 /ingest/mtlsc-probe devices/id-kiosk 200 '' X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (OU=x\,CN=kiosk-000,CN=mtlsc-near,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (OU=x\,O=Example Retail,CN=kiosk-000,O=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'telemetry.example.com/ingest/ (require devices): certificate from a CA no server trusts -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
-check 'telemetry.example.com: path with no route -> 404' telemetry.example.com 443 /mtlsc-no-route-probe - 404 'no route' - -
+check 'telemetry.example.com/healthz (public): no certificate -> 200' telemetry.example.com 443 /healthz - 200 '' - all /healthz
+check 'telemetry.example.com/healthz (public): certificate of ca devices -> 200' telemetry.example.com 443 /healthz devices/client 200 '' - - /healthz
+check 'telemetry.example.com/healthz (public): expired certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /healthz devices/expired 403 'client certificate not accepted' - - -
+check 'telemetry.example.com/healthz (public): revoked certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /healthz devices/revoked 403 'client certificate not accepted' - - -
+check 'telemetry.example.com/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' telemetry.example.com 443 /healthz untrusted/client 403 'client certificate not accepted' - - -
+check 'telemetry.example.com/ingest/ (require devices): no certificate -> 403 no_cert' telemetry.example.com 443 /ingest/mtlsc-probe - 403 'client certificate required' - all -
+check 'telemetry.example.com/ingest/ (require devices): certificate of the CA on no allow list -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/client 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): expired certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe devices/expired 403 'client certificate not accepted' - - -
+check 'telemetry.example.com/ingest/ (require devices): revoked certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe devices/revoked 403 'client certificate not accepted' - - -
+check 'telemetry.example.com/ingest/ (require devices): identity kiosk -> 200' telemetry.example.com 443 /ingest/mtlsc-probe devices/id-kiosk 200 '' X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify all /ingest/mtlsc-probe
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (OU=x\,CN=kiosk-000,CN=mtlsc-near,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-1 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (OU=x\,O=Example Retail,CN=kiosk-000,O=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-2 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=mtlsc-near,CN=kiosk-000,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-3 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000,O=Example Retail,CN=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-4 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=mtlsc-near+CN=kiosk-000,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-5 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000+CN=ZZ,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-6 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (O=mtlsc-near,CN=kiosk-000,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-7 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000,O=Example Retail,O=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-8 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000,O=mtlsc-near-Example Retail+O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-9 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000,O=Example Retail+O=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-10 403 'client certificate not allowed here' - all -
+check 'telemetry.example.com/ingest/ (require devices): certificate from a CA no server trusts -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
+check 'telemetry.example.com/ingest/: dot segment /ingest/./mtlsc-probe -> 400 bad_target' telemetry.example.com 443 /ingest/./mtlsc-probe - 400 'request target not canonical' - all -
+check 'telemetry.example.com/ingest/: climb out and back /ingest/../ingest/mtlsc-probe -> 400 bad_target' telemetry.example.com 443 /ingest/../ingest/mtlsc-probe - 400 'request target not canonical' - all -
+check 'telemetry.example.com/ingest/: encoded dot segment /ingest/%2e/mtlsc-probe -> 400 bad_target' telemetry.example.com 443 /ingest/%2e/mtlsc-probe - 400 'request target not canonical' - all -
+check 'telemetry.example.com/ingest/: encoded slash /ingest%2Fmtlsc-probe -> 400 bad_target' telemetry.example.com 443 /ingest%2Fmtlsc-probe - 400 'request target not canonical' - all -
+check 'telemetry.example.com/ingest/: `;` path parameter /ingest;x/mtlsc-probe -> 400 bad_target' telemetry.example.com 443 '/ingest;x/mtlsc-probe' - 400 'request target not canonical' - all -
+check 'telemetry.example.com/ingest/: letter case changed /INGEST/MTLSC-PROBE -> 400 bad_target' telemetry.example.com 443 /INGEST/MTLSC-PROBE - 400 'request target not canonical' - all -
+check 'telemetry.example.com: path with no route -> 404' telemetry.example.com 443 /mtlsc-no-route-probe - 404 'no route' - - -
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
 [ "$failed" -eq 0 ]

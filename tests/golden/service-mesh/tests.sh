@@ -27,19 +27,35 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   internal/id-billing
   internal/id-orders
   internal/near-billing-1
+  internal/near-billing-10
   internal/near-billing-2
+  internal/near-billing-3
+  internal/near-billing-4
+  internal/near-billing-5
+  internal/near-billing-6
+  internal/near-billing-7
+  internal/near-billing-8
+  internal/near-billing-9
   internal/near-orders-1
+  internal/near-orders-10
   internal/near-orders-2
+  internal/near-orders-3
+  internal/near-orders-4
+  internal/near-orders-5
+  internal/near-orders-6
+  internal/near-orders-7
+  internal/near-orders-8
+  internal/near-orders-9
   untrusted/client
 USAGE
 }
 
 here=$(cd "$(dirname "$0")" && pwd)
-target=127.0.0.1 port_override="" certs="$here/clients" server_ca="" echo_mode=0
+server_addr=127.0.0.1 port_override="" certs="$here/clients" server_ca="" echo_mode=0
 nginx_test="" run_nginx_test=auto
 while [ $# -gt 0 ]; do
     case "$1" in
-        --host) target=$2; shift 2 ;;
+        --host) server_addr=$2; shift 2 ;;
         --port) port_override=$2; shift 2 ;;
         --certs) certs=$2; shift 2 ;;
         --server-ca) server_ca=$2; shift 2 ;;
@@ -77,10 +93,14 @@ field_of() {  # CERTFILE FIELD
     esac
 }
 
-check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
-    local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9
+# Every identity header name of the servers compiled together: cases marked `all` send each forged.
+spoof_headers=Client-Cert,Client-Cert-Chain,ssl-client-cert,ssl-client-issuer-dn,ssl-client-subject-dn,ssl-client-verify,X-Amzn-Mtls-Clientcert,X-Amzn-Mtls-Clientcert-Issuer,X-Amzn-Mtls-Clientcert-Leaf,X-Amzn-Mtls-Clientcert-Serial-Number,X-Amzn-Mtls-Clientcert-Subject,X-Amzn-Mtls-Clientcert-Validity,X-ARR-ClientCert,X-Auth-Request-Email,X-Auth-Request-User,X-Client-Cert,X-Client-Cert-Chain-Verified,X-Client-Cert-DNSName-SANs,X-Client-Cert-Error,X-Client-Cert-Hash,X-Client-Cert-Present,X-Client-Cert-Serial-Number,X-Client-Cert-SPIFFE,X-Client-Cert-URI-SANs,X-Client-CN,X-Client-Days-Remaining,X-Client-DN,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X-Forwarded-Client-Cert,X-Forwarded-Email,X-Forwarded-Tls-Client-Cert,X-Forwarded-Tls-Client-Cert-Info,X-Forwarded-User,X-Remote-Group,X-Remote-User,X-SSL-Client-Cert,X-SSL-Client-CN,X-SSL-Client-DN,X-SSL-Client-Fingerprint,X-SSL-Client-I-DN,X-SSL-Client-Issuer,X-SSL-Client-S-DN,X-SSL-Client-Serial,X-SSL-Client-SHA1,X-SSL-Client-Subject,X-SSL-Client-Verify,X-SSL-Issuer,X-SSL-Subject,Client_Cert
+
+check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
+    local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9 target=${10}
     local connect_port=${port_override:-$port}
-    local args=(-sS -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$target:$connect_port")
+    # --path-as-is: send the path exactly as written, dot segments and all (hostile spellings are cases).
+    local args=(-sS --path-as-is -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$server_addr:$connect_port")
     # shellcheck disable=SC2207
     args+=($(tls_args))
     if [ "$cert" != "-" ]; then
@@ -88,8 +108,8 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
         args+=(--cert "$certs/$cert.crt" --key "$certs/$cert.key")
     fi
     local h
-    if [ "$spoof" != "-" ]; then
-        for h in ${spoof//,/ }; do args+=(-H "$h: mtlsc-spoofed"); done
+    if [ "$spoof" = all ] && [ "$spoof_headers" != "-" ]; then
+        for h in ${spoof_headers//,/ }; do args+=(-H "$h: mtlsc-spoofed"); done
     fi
     local got
     got=$(curl "${args[@]}" "https://$host:$port$path" 2>"$tmp/err") || true
@@ -102,6 +122,11 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF
     if [ "$echo_mode" = 1 ]; then
         if [ "$spoof" != "-" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
             fail "$title" "a spoofed identity header reached the backend"; return
+        fi
+        # The echo backend's first line is the request line it received: nginx must forward the
+        # normalised path it routed on, never the raw target (docs/language.md "Paths").
+        if [ "$target" != "-" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
+            fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
         if [ "$fields" != "-" ]; then
             local pair header field value
@@ -127,7 +152,7 @@ check_tls() {  # TITLE HOST PORT MODE
         tls12) version=(-tls1_2) ;;
         tls13) version=(-tls1_3) ;;
     esac
-    if printf 'Q\n' | timeout 10 openssl s_client -connect "$target:$connect_port" "${sni[@]}" "${version[@]}" \
+    if printf 'Q\n' | timeout 10 openssl s_client -connect "$server_addr:$connect_port" "${sni[@]}" "${version[@]}" \
             -brief </dev/null >"$tmp/tls" 2>&1; then
         handshake=ok
     else
@@ -152,22 +177,48 @@ check_tls 'ledger.internal.example: handshake without SNI is refused' ledger.int
 check_tls 'ledger.internal.example: handshake with an unknown SNI name is refused' ledger.internal.example 8443 unknown
 check_tls 'ledger.internal.example: TLS 1.3 is accepted' ledger.internal.example 8443 tls13
 check_tls 'ledger.internal.example: TLS 1.2 is accepted' ledger.internal.example 8443 tls12
-check 'ledger.internal.example/ledger/ (require internal): no certificate -> 403 no_cert' ledger.internal.example 8443 /ledger/mtlsc-probe - 403 'client certificate required' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ledger/ (require internal): certificate of the CA on no allow list -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/client 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ledger/ (require internal): expired certificate of ca internal -> 403 bad_cert' ledger.internal.example 8443 /ledger/mtlsc-probe internal/expired 403 'client certificate not accepted' - -
-check 'ledger.internal.example/ledger/ (require internal): identity billing -> 200' ledger.internal.example 8443 /ledger/mtlsc-probe internal/id-billing 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ledger/ (require internal): identity orders -> 200' ledger.internal.example 8443 /ledger/mtlsc-probe internal/id-orders 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (OU=x\,CN=billing,CN=mtlsc-near,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (L=x\,OU=services,CN=billing,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (OU=x\,CN=orders,CN=mtlsc-near,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-1 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (L=x\,OU=services,CN=orders,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-2 403 'client certificate not allowed here' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ledger/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' ledger.internal.example 8443 /ledger/mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
-check 'ledger.internal.example/ (require internal): no certificate -> 403 no_cert' ledger.internal.example 8443 /mtlsc-probe - 403 'client certificate required' - X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ (require internal): certificate of the CA -> 200' ledger.internal.example 8443 /mtlsc-probe internal/client 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ (require internal): expired certificate of ca internal -> 403 bad_cert' ledger.internal.example 8443 /mtlsc-probe internal/expired 403 'client certificate not accepted' - -
-check 'ledger.internal.example/ (require internal): identity billing -> 200' ledger.internal.example 8443 /mtlsc-probe internal/id-billing 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ (require internal): identity orders -> 200' ledger.internal.example 8443 /mtlsc-probe internal/id-orders 200 '' X-Client-Subject=subject,X-Client-Verify=verify X-Client-Cert,X-Client-Days-Remaining,X-Client-Fingerprint,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-Serial,X-Client-Subject,X-Client-Verify,X_Client_Cert
-check 'ledger.internal.example/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' ledger.internal.example 8443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - -
+check 'ledger.internal.example/ledger/ (require internal): no certificate -> 403 no_cert' ledger.internal.example 8443 /ledger/mtlsc-probe - 403 'client certificate required' - all -
+check 'ledger.internal.example/ledger/ (require internal): certificate of the CA on no allow list -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/client 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): expired certificate of ca internal -> 403 bad_cert' ledger.internal.example 8443 /ledger/mtlsc-probe internal/expired 403 'client certificate not accepted' - - -
+check 'ledger.internal.example/ledger/ (require internal): identity billing -> 200' ledger.internal.example 8443 /ledger/mtlsc-probe internal/id-billing 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /ledger/mtlsc-probe
+check 'ledger.internal.example/ledger/ (require internal): identity orders -> 200' ledger.internal.example 8443 /ledger/mtlsc-probe internal/id-orders 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /ledger/mtlsc-probe
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (OU=x\,CN=billing,CN=mtlsc-near,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-1 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (L=x\,OU=services,CN=billing,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-2 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=mtlsc-near,CN=billing,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-3 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing,OU=services,CN=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-4 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=mtlsc-near+CN=billing,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-5 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing+CN=ZZ,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-6 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (OU=mtlsc-near,CN=billing,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-7 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing,OU=services,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-8 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing,OU=mtlsc-near+OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-9 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing,OU=services+OU=ZZ) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-10 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (OU=x\,CN=orders,CN=mtlsc-near,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-1 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (L=x\,OU=services,CN=orders,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-2 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=mtlsc-near,CN=orders,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-3 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders,OU=services,CN=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-4 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=mtlsc-near+CN=orders,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-5 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders+CN=ZZ,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-6 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (OU=mtlsc-near,CN=orders,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-7 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders,OU=services,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-8 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders,OU=mtlsc-near+OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-9 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders,OU=services+OU=ZZ) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-10 403 'client certificate not allowed here' - all -
+check 'ledger.internal.example/ledger/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' ledger.internal.example 8443 /ledger/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
+check 'ledger.internal.example/ (require internal): no certificate -> 403 no_cert' ledger.internal.example 8443 /mtlsc-probe - 403 'client certificate required' - all -
+check 'ledger.internal.example/ (require internal): certificate of the CA -> 200' ledger.internal.example 8443 /mtlsc-probe internal/client 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /mtlsc-probe
+check 'ledger.internal.example/ (require internal): expired certificate of ca internal -> 403 bad_cert' ledger.internal.example 8443 /mtlsc-probe internal/expired 403 'client certificate not accepted' - - -
+check 'ledger.internal.example/ (require internal): identity billing -> 200' ledger.internal.example 8443 /mtlsc-probe internal/id-billing 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /mtlsc-probe
+check 'ledger.internal.example/ (require internal): identity orders -> 200' ledger.internal.example 8443 /mtlsc-probe internal/id-orders 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /mtlsc-probe
+check 'ledger.internal.example/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' ledger.internal.example 8443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
+check 'ledger.internal.example/ledger/: dot segment /ledger/./mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /ledger/./mtlsc-probe - 403 'client certificate required' - all -
+check 'ledger.internal.example/ledger/: climb out and back /ledger/../ledger/mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /ledger/../ledger/mtlsc-probe - 403 'client certificate required' - all -
+check 'ledger.internal.example/ledger/: encoded dot segment /ledger/%2e/mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /ledger/%2e/mtlsc-probe - 403 'client certificate required' - all -
+check 'ledger.internal.example/ledger/: encoded slash /ledger%2Fmtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /ledger%2Fmtlsc-probe - 403 'client certificate required' - all -
+check 'ledger.internal.example/ledger/: `;` path parameter /ledger;x/mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 '/ledger;x/mtlsc-probe' - 403 'client certificate required' - all -
+check 'ledger.internal.example/ledger/: letter case changed /LEDGER/MTLSC-PROBE -> 403 no_cert' ledger.internal.example 8443 /LEDGER/MTLSC-PROBE - 403 'client certificate required' - all -
+check 'ledger.internal.example/: dot segment /./mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /./mtlsc-probe - 403 'client certificate required' - all -
+check 'ledger.internal.example/: climb out and back /./mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /./mtlsc-probe - 403 'client certificate required' - all -
+check 'ledger.internal.example/: encoded dot segment /%2e/mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /%2e/mtlsc-probe - 403 'client certificate required' - all -
+check 'ledger.internal.example/: letter case changed /MTLSC-PROBE -> 403 no_cert' ledger.internal.example 8443 /MTLSC-PROBE - 403 'client certificate required' - all -
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
 [ "$failed" -eq 0 ]
