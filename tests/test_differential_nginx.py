@@ -1,27 +1,28 @@
-"""Differential test: mtlsc's evaluator (the model users read) against real nginx running the
-compiled config, on random policies, request paths and clients (issue 4 §3).
+"""Differential test: three parties judge generated policies and requests, and must agree.
 
-One lab per generated policy (`running_lab`: a PKI minted to the policy's shape, nginx and an echo
-backend); every request is answered by both sides. `mtlsc.evaluate` sees the path nginx matches
-locations against (`nginx_path`: decoded, slashes merged, dot segments resolved; nginx-facts §2)
-and the client certificate as nginx prints it. Compared: the status, what answered (the backend,
-or which response body), the identity headers the backend received, and the path it received (the
-request target exactly as sent: `proxy_pass` without a URI passes it on unnormalised).
+- the oracle (tests/oracle.py): the generator's own meaning of the policy, from its spec;
+- mtlsc's model (`mtlsc.evaluate`) on the IR the compiler lowered;
+- real nginx running the compiled config, and the backend behind it: the echo backend (one
+  for every server: a header one server forwards must not leak through another) or a real
+  framework (Flask/Werkzeug, Express; one process per server, registered with that server's
+  routes, so the handler that ran tells which route the *backend* judged it).
 
-A disagreement fails with the policy text, the request, the client and both answers. CI runs 40
-policies x 30 requests, derandomized; `MTLSC_DIFFERENTIAL_EXAMPLES=N` runs N random policies.
+Policies have 1-3 servers (some sharing a listen address), custom header names, hostile request
+targets (request semantics: docs/language.md). Compared: the status, what answered, the target
+and identity headers the backend received (every request carries forged values of every
+identity header name), and which handler ran. A disagreement fails with the policy text, the
+request, the client and every answer. CI runs 40 policies x 30 requests, derandomized;
+`MTLSC_DIFFERENTIAL_EXAMPLES=N` runs N random policies.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import string
 import tempfile
 import urllib.parse
 from collections import Counter
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,37 +30,37 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from hypothesis import HealthCheck, Phase, example, given, reject, settings
+from hypothesis import strategies as st
 
-from mtlsc.uri import normalise_path
-from mtlsc import dn, ir
-from mtlsc.cast import Member, cast, identity_subject
-from mtlsc.evaluate import Client, evaluate, identity_headers
+import oracle
+from mtlsc import dn, pipeline
+from mtlsc.cast import cast
+from mtlsc.evaluate import Client, evaluate
 from mtlsc.lab.client import request
-from mtlsc.lab.pki import issue_client, write_pem
-from mtlsc.lab.run import LabError, running_lab
-from strategies import lab_policies, requests, target_of
+from mtlsc.lab.echo import running_echo_backend
+from mtlsc.lab.nginx import free_port, running_nginx
+from mtlsc.lab.pki import build_lab_pki, issue_client, write_pem
+from mtlsc.lab.run import LabError
+from mtlsc.output import write_atomic
+from mtlsc.uri import normalise_path
+from oracle import AttrSpec, CaSpec, IdentitySpec, PolicySpec, Presented, RouteSpec, ServerSpec
+from real_backends import BackendUnavailable, running_backend, seen
+from strategies import Deployment, lab_specs, render, requests, target_of
 
 pytestmark = pytest.mark.nginx
-LOCAL = "127.0.0.1"
 REQUESTS_PER_POLICY = 30
 EXAMPLES = int(os.environ.get("MTLSC_DIFFERENTIAL_EXAMPLES", "0"))
-SPOOFED = "mtlsc-spoofed"
-STATS: Counter = Counter()  # policies, requests, and answers by kind: shows what a run covered
-# No shrinking: each attempt restarts nginx, and hypothesis would spend minutes. A failure names
-# the one request that disagrees; `_reduce` then strips the policy down to what still disagrees.
-PHASES = (Phase.explicit, Phase.reuse, Phase.generate)
-
-
-# ---- the path nginx matches ------------------------------------------------------------------
-
-
-def nginx_path(target: str) -> str | None:
-    """The path nginx matches locations against, or None where nginx answers 400 itself: the
-    product's normaliser (mtlsc.uri), which this test keeps honest against real nginx."""
-    try:
-        return normalise_path(target)
-    except ValueError:
-        return None
+FORGED = "mtlsc-forged"
+# Always forged, beside every name the policy forwards or clears: other proxies' names.
+WELL_KNOWN = ("X-Forwarded-Client-Cert", "ssl-client-subject-dn", "ssl-client-verify", "X-SSL-Client-Cert",
+              "Client-Cert", "X-Remote-User")
+BACKENDS = ("echo", "flask", "express")
+STATS: Counter = Counter()  # what a run covered, printed at the end
+# MTLSC_DIFFERENTIAL_SURVEY=1: record every disagreement by class and print one example of each
+# at the end instead of failing at the first (a tool for reading a run, never for CI).
+SURVEY = bool(os.environ.get("MTLSC_DIFFERENTIAL_SURVEY"))
+SURVEYED: dict[str, str] = {}
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate)  # no shrinking: each attempt restarts nginx
 
 
 @pytest.mark.parametrize("target, path", [
@@ -70,322 +71,326 @@ def nginx_path(target: str) -> str | None:
     ("%2Fp", None),
 ])
 def test_nginx_path(target, path):
-    """The normaliser's examples; each was sent to nginx (the differential test keeps doing so)."""
-    assert nginx_path(target) == path
+    """The oracle's normaliser and mtlsc's agree on nginx's examples (sent to nginx below)."""
+    try:
+        product = normalise_path(target)
+    except ValueError:
+        product = None
+    assert oracle.normalise(target) == path == product
 
 
-# ---- clients: cast members, or minted on demand ----------------------------------------------
+# ---- the lab: the spec rendered for loopback, compiled, on nginx with its backends --------------
+
+
+@dataclass
+class Lab:
+    spec: PolicySpec
+    text: str
+    policy: object  # the IR mtlsc lowered: only the model and the cast (clients) read it
+    pki: object
+    ports: dict  # listen group -> port
+    backend: str
+    workdir: Path
+
+
+def _real_spec(spec: PolicySpec, backend: str) -> PolicySpec:
+    """Express matches paths case-insensitively: a server behind it may not claim otherwise."""
+    if backend != "express":
+        return spec
+    return replace(spec, servers=tuple(replace(s, case_sensitive=False) for s in spec.servers))
+
+
+@contextmanager
+def _lab(spec: PolicySpec, backend: str, nginx_bin: str, now: datetime):
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        w = Path(tmp)
+        if backend == "echo":
+            url = stack.enter_context(running_echo_backend()).url
+            urls = {i: url for i in range(len(spec.servers))}
+        else:
+            urls = {i: stack.enter_context(running_backend(
+                backend, [r.handler for r in s.routes], w / "backend")).url for i, s in enumerate(spec.servers)}
+        ports = {g: free_port() for g in sorted({s.group for s in spec.servers})}
+        where = Deployment(ports, urls, str(w / "ca"), str(w / "lab" / "server"), str(w / "out" / "mtls"))
+        text = render(spec, where)
+        (w / "p.mtls").write_text(text, encoding="utf-8")
+        front = pipeline.read_and_lower([str(w / "p.mtls")])
+        if front.policy is None:
+            raise LabError("the policy has errors", front.diagnostics, front.sources)
+        pki = build_lab_pki(front.policy, w / "lab", now=now)
+        result = pipeline.compile_policy([str(w / "p.mtls")], now=now)
+        if result.failed:
+            raise LabError("the policy does not compile", result.diagnostics, result.sources)
+        write_atomic(w / "out", result.outputs)
+        with running_nginx(f"include {w / 'out'}/nginx/*.conf;", w / "nginx", ports=sorted(ports.values()),
+                           nginx_bin=nginx_bin):
+            yield Lab(spec, text, front.policy, pki, ports, backend, w)
+
+
+# ---- clients: cast members, like an identity, or minted at random --------------------------------
 
 
 @dataclass(frozen=True)
 class Cert:
-    """A client certificate for one request, and how nginx will see it."""
-
     label: str
     crt: Path
     key: Path
-    client: Client  # what `evaluate` gets
+    presented: Presented  # what the oracle gets
+    client: Client  # what the model gets
 
 
 def _nginx_time(t: datetime) -> str:
     return f"{t:%b} {t.day:2d} {t:%H:%M:%S %Y} GMT"  # openssl's ASN1_TIME_print: day padded with a space
 
 
-def _client_of(crt: Path, verified_by: str | None) -> Client:
-    """The certificate as nginx prints it (nginx-facts §7); days remaining as of now."""
+def _cert(label: str, crt: Path, key: Path, ca: str | None, valid: bool) -> Cert:
+    """The certificate as nginx prints it (nginx-facts §7): input facts for both judges."""
     cert = x509.load_pem_x509_certificate(crt.read_bytes())
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     left = cert.not_valid_after_utc - datetime.now(timezone.utc)
-    return Client(dn.nginx_dn_of(cert.subject), dn.nginx_dn_of(cert.issuer),
-                  fingerprint=cert.fingerprint(hashes.SHA1()).hex(), serial=dn.nginx_serial(cert.serial_number),
-                  verified_by=verified_by, cert=urllib.parse.quote(pem, safe=""),
-                  not_before=_nginx_time(cert.not_valid_before_utc), not_after=_nginx_time(cert.not_valid_after_utc),
-                  days_remaining=str(max(left.days, 0)))
+    fields = {"subject": dn.nginx_dn_of(cert.subject), "issuer": dn.nginx_dn_of(cert.issuer),
+              "fingerprint": cert.fingerprint(hashes.SHA1()).hex(), "serial": dn.nginx_serial(cert.serial_number),
+              "cert": urllib.parse.quote(pem, safe=""), "not_before": _nginx_time(cert.not_valid_before_utc),
+              "not_after": _nginx_time(cert.not_valid_after_utc), "days_remaining": str(max(left.days, 0))}
+    presented = Presented(ca, valid, fields["subject"], fields["issuer"], cert.serial_number, fields["fingerprint"], fields)
+    return Cert(label, crt, key, presented, Client(verified_by=ca if valid else None, **fields))
+
+
+def _satisfying(ident: IdentitySpec) -> list[list[tuple[str, str]]]:
+    if ident.kind == "subject":
+        return [list(r) for r in ident.rdns]
+    return [[(a.attr, a.value if a.op == "eq" else oracle.PATTERNS[a.value][1])] for a in ident.attrs]
+
+
+def _like(rdns: list, how: str) -> list:
+    """A subject like `rdns`: changed in case, by an extra or glued RDN, or an attribute repeated."""
+    (a, v) = rdns[0][0]
+    if how in ("upper", "lower"):
+        return [[(x, getattr(y, how)()) for x, y in r] for r in rdns]
+    if how == "extra RDN":
+        return rdns + [[("CN", "x")]]
+    if how == "glued RDNs" and len(rdns) > 1 and len(rdns[0]) == len(rdns[1]) == 1:
+        (a2, v2) = rdns[1][0]
+        return [[(a, f"{v},{a2}={v2}")]] + rdns[2:]
+    if how == "repeat attribute":
+        return [[(a, "mallory")]] + rdns
+    if how == "repeat in RDN":
+        return rdns + [[("L" if a != "L" else "OU", "z"), (a, "mallory")]]
+    if how == "repeat same":
+        return rdns + [rdns[0]]
+    return rdns
 
 
 @dataclass
 class Clients:
-    """Turns client specs into certificates of this lab: cast members, or minted on demand."""
-
-    lab: object
-    workdir: Path
+    lab: Lab
     now: datetime
-    members: list[Member] = field(default_factory=list)
-    minted: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.members = [m for m in cast(self.lab.policy) if self.lab.pki.client(m.file)[0].exists()]
+    minted: dict
 
     def resolve(self, spec: tuple) -> Cert | None:
+        lab = self.lab
         if spec[0] == "cast":
-            _, kind, n = spec
-            pool = ([m for m in self.members if kind == "any" or m.kind == kind]
-                    or [m for m in self.members if m.ca] or self.members)
-            m = pool[n % len(pool)]
-            crt, key = self.lab.pki.client(m.file)
-            verified = None if m.kind in ("expired", "revoked", "untrusted") else m.ca
-            return Cert(f"cast member {m.file} ({m.kind})", crt, key, _client_of(crt, verified))
-        if spec[0] == "mint":
-            _, ca_n, level, subject = spec
-            return self._mint(ca_n, level, subject, "random subject")
+            members = [m for m in cast(lab.policy) if lab.pki.client(m.file)[0].exists()]
+            pool = [m for m in members if spec[1] == "any" or m.kind == spec[1]] or [m for m in members if m.ca] or members
+            m = pool[spec[2] % len(pool)]
+            return _cert(f"cast member {m.file} ({m.kind})", *lab.pki.client(m.file), m.ca,
+                         m.kind not in ("expired", "revoked"))
         if spec[0] == "like":
-            _, ident_n, how, ca_n = spec
-            idents = [i for i in self.lab.policy.identities
-                      if i.kind in (ir.IdentityKind.SUBJECT, ir.IdentityKind.ATTRS)]
+            idents = [i for i in lab.spec.identities if i.kind in ("subject", "attrs")]
             if not idents:
                 return None
-            ident = idents[ident_n % len(idents)]
-            return self._mint(ca_n, 0, _like(identity_subject(ident), how), f"{how} of identity {ident.name}")
+            ident = idents[spec[1] % len(idents)]
+            return self._mint(spec[3], 0, _like(_satisfying(ident), spec[2]), f"{spec[2]} of identity {ident.name}")
+        if spec[0] == "mint":
+            return self._mint(spec[1], spec[2], [list(r) for r in dn.parse_dn(spec[3])], "random subject")
         return None
 
-    def _mint(self, ca_n: int, level: int, subject: str, label: str) -> Cert:
-        ca = self.lab.policy.cas[ca_n % len(self.lab.policy.cas)]
+    def _mint(self, ca_n: int, level: int, rdns: list, label: str) -> Cert:
+        ca = self.lab.spec.cas[ca_n % len(self.lab.spec.cas)]
         chain = self.lab.pki.chains[ca.name]
-        issuer = chain.members[max(len(chain.members) - 1 - level, 0)]
-        key = (ca.name, level, subject)
+        key = (ca.name, level, repr(rdns))
         if key not in self.minted:
+            issuer = chain.members[max(len(chain.members) - 1 - level, 0)]
             try:
-                name = dn.x509_name(dn.parse_dn(subject))
-                issued = issue_client(issuer, name, now=self.now)
-            except ValueError:  # cryptography's length limits (CN <= 64, C = 2 letters)
-                issued = issue_client(issuer, dn.x509_name((( ("CN", "mtlsc-mint"),),)), now=self.now)
-            base = self.workdir / f"minted-{len(self.minted)}"
-            write_pem(f"{base}.crt", issued.cert)
-            write_pem(f"{base}.key", issued.key)
-            self.minted[key] = (Path(f"{base}.crt"), Path(f"{base}.key"))
-        crt, key_file = self.minted[key]
-        return Cert(f"{label}, minted by ca {ca.name} (chain member {level} from the issuing CA)", crt, key_file,
-                    _client_of(crt, ca.name))
+                issued = issue_client(issuer, dn.x509_name(rdns), now=self.now)
+            except ValueError:  # cryptography's limits (CN <= 64, C = 2 letters, one attribute per RDN)
+                issued = issue_client(issuer, dn.x509_name([[("CN", "mtlsc-mint")]]), now=self.now)
+            base = self.lab.workdir / f"minted-{len(self.minted)}"
+            self.minted[key] = (write_pem(f"{base}.crt", issued.cert), write_pem(f"{base}.key", issued.key))
+        return _cert(f"{label}, minted by ca {ca.name} (chain member {level} from the issuing CA)",
+                     *self.minted[key], ca.name, True)
 
 
-def _like(subject: str, how: str) -> str:
-    rdns = [list(r) for r in dn.parse_dn(subject)]
-    if how == "upper":
-        rdns = [[(a, v.upper()) for a, v in r] for r in rdns]
-    elif how == "lower":
-        rdns = [[(a, v.lower()) for a, v in r] for r in rdns]
-    elif how == "extra RDN":
-        rdns.append([("CN", "x")])
-    elif how == "glued RDNs" and len(rdns) > 1 and len(rdns[-2]) == 1 and len(rdns[-1]) == 1:
-        (a1, v1), (a2, v2) = rdns[-2][0], rdns[-1][0]
-        rdns[-2:] = [[(a1, f"{v1},{a2}={v2}")]]
-    return dn.format_dn(rdns)
-
-
-# ---- both answers ----------------------------------------------------------------------------
+# ---- the three answers ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int
-    what: str  # "backend", "redirect", a rejection body, or "nginx <status>" for nginx's own pages
-    headers: tuple[tuple[str, str], ...] = ()  # identity headers the backend got, lower-cased names
-    backend_path: str = ""  # the request target the backend got
+    what: str  # "backend", "redirect", "nginx <status>", or the response body
+    headers: tuple | None = None  # identity headers the backend got: (lower-cased name, value), sorted
+    target: str | None = None  # the request target the backend got
+    handler: str | None = None  # the backend handler that ran (real frameworks), or the route chosen
+    forged: tuple = ()  # headers that reached the backend with a forged value
 
 
-def model_answer(server: ir.Server, target: str, client: Client | None) -> Answer:
-    path = nginx_path(target)
-    if path is None:
+def _agree(a: Answer, b: Answer) -> bool:
+    same = [(x, y) for x, y in zip((a.headers, a.target, a.handler), (b.headers, b.target, b.handler))
+            if x is not None and y is not None]
+    return (a.status, a.what, a.forged) == (b.status, b.what, b.forged) and all(x == y for x, y in same)
+
+
+def oracle_answer(lab: Lab, server: ServerSpec, target: str, cert: Cert | None) -> Answer:
+    e = oracle.judge(lab.spec, server, target, cert.presented if cert else None)
+    if e.what != "backend":
+        return Answer(e.status, e.what)
+    return Answer(e.status, e.what, e.headers, e.target, e.route.handler)
+
+
+def model_answer(lab: Lab, name: str, target: str, cert: Cert | None) -> Answer:
+    server = next(s for s in lab.policy.servers if name in s.names)
+    try:
+        path = normalise_path(target)
+    except ValueError:
         return Answer(400, "nginx 400")
-    out = evaluate(server, path, client)
+    out = evaluate(server, path, cert.client if cert else None)
     if out.reason == "ok":
-        # The echo backend is Python's http.server, which turns a leading `//` into `/` (gh-87389).
-        echoed = "/" + target.lstrip("/") if target.startswith("//") else target
-        return Answer(200, "backend", tuple(sorted((h.lower(), v) for h, v in out.headers)), echoed)
-    if out.reason == "redirect":
-        return Answer(out.status, "redirect")
-    return Answer(out.status, out.body + "\n")
+        handler = f"= {out.route.path}" if out.route.location.startswith("=") else out.route.path
+        return Answer(200, "backend", tuple(sorted((h.lower(), v) for h, v in out.headers)), None, handler)
+    return Answer(out.status, "redirect" if out.reason == "redirect" else out.body + "\n")
 
 
-def nginx_answer(server: ir.Server, target: str, cert: Cert | None) -> Answer:
-    names = {h.lower() for h in identity_headers(server)}
-    resp = request(LOCAL, server.listens[0].port, target, server_name=server.names[0],
+def nginx_answer(lab: Lab, server: ServerSpec, name: str, target: str, cert: Cert | None, forged: list) -> Answer:
+    resp = request("127.0.0.1", lab.ports[server.group], target, server_name=name,
                    cert=cert.crt if cert else None, key=cert.key if cert else None,
-                   headers=[(h, SPOOFED) for h in sorted(names)])
+                   headers=[(h, FORGED) for h in forged])
     if resp.status == 0:
         return Answer(0, f"no response ({resp.error})")
-    text = resp.text
-    if resp.status == 200 and text.startswith("GET "):
-        first, *lines = text.splitlines()
-        got = [tuple(line.split(": ", 1)) for line in lines]
-        headers = tuple(sorted((k.lower(), v) for k, v in got if k.lower() in names))
-        return Answer(200, "backend", headers, first[len("GET "):])
-    if resp.status == 301:
+    names = {h.lower() for h in forged}
+    data = seen(resp.body)
+    if data is not None:
+        got = [tuple(h) for h in data["headers"]]
+        first, handler = data["target"], data["handler"]
+    elif resp.status == 200 and resp.text.startswith("GET "):
+        first, *lines = resp.text.splitlines()
+        got, first, handler = [tuple(line.split(": ", 1)) for line in lines], first[len("GET "):], None
+    elif resp.status == 301:
         return Answer(301, "redirect")
-    if "<html>" in text and "nginx" in text:
+    elif "<html>" in resp.text and "nginx" in resp.text:
         return Answer(resp.status, f"nginx {resp.status}")
-    return Answer(resp.status, text)
+    else:
+        return Answer(resp.status, resp.text)
+    ident = tuple(sorted((k.lower(), v) for k, v in got if k.lower() in names))
+    return Answer(resp.status, "backend", ident, first, handler, tuple(sorted(k for k, v in got if v == FORGED)))
 
 
-def _describe(text: str, target: str, cert: Cert | None, model: Answer, real: Answer) -> str:
+def _forged(spec: PolicySpec) -> list[str]:
+    """Every identity header name the policy forwards or clears, the defaults, and well-known ones."""
+    names = {h: None for h in (*oracle.DEFAULT_HEADERS.values(), *WELL_KNOWN, *spec.clear_headers)}
+    for s in spec.servers:
+        names.update({oracle.header_of(f): None for r in s.routes for f in r.forwards})
+    return sorted(names, key=str.lower)
+
+
+def _describe(lab: Lab, name: str, target: str, cert: Cert | None, answers: dict) -> str:
     who = "no certificate" if cert is None else (
-        f"{cert.label}\n  subject {cert.client.subject}\n  issuer  {cert.client.issuer}\n"
-        f"  verified by ca {cert.client.verified_by}")
-    return (f"the evaluator and nginx disagree\n--- policy\n{text}--- request\nGET {target}  "
-            f"(nginx matches {nginx_path(target)!r})\n--- client\n{who}\n"
-            f"--- evaluator\n{model}\n--- nginx\n{real}")
+        f"{cert.label}\n  subject {cert.presented.subject}\n  issuer  {cert.presented.issuer}\n"
+        f"  ca {cert.presented.ca}, valid: {cert.presented.valid}")
+    parts = "\n".join(f"--- {party}\n{answer}" for party, answer in answers.items())
+    return (f"oracle, model and nginx+{lab.backend} disagree\n--- policy\n{lab.text}--- request\n"
+            f"GET {target}  (SNI and Host {name}; nginx routes on {oracle.normalise(target)!r})\n"
+            f"--- client\n{who}\n{parts}")
 
 
-# ---- the test --------------------------------------------------------------------------------
+def first_disagreement(lab: Lab, reqs, now: datetime, count: bool = True) -> str | None:
+    pool, forged = Clients(lab, now, {}), _forged(lab.spec)
+    for where, target_spec, client_spec in reqs:
+        server = lab.spec.servers[where % len(lab.spec.servers)]
+        name = server.names[where // len(lab.spec.servers) % len(server.names)]
+        target = target_of(target_spec, server)
+        cert = pool.resolve(client_spec)
+        answers = {"oracle": oracle_answer(lab, server, target, cert), "model": model_answer(lab, name, target, cert),
+                   f"nginx+{lab.backend}": nginx_answer(lab, server, name, target, cert, forged)}
+        if count:
+            STATS["requests"] += 1
+            STATS[f"requests via {lab.backend}"] += 1
+            STATS[f"oracle: {answers['oracle'].status} {answers['oracle'].what[:30]!r}"] += 1
+        first = answers["oracle"]
+        if not all(_agree(first, other) for other in answers.values()):
+            if not SURVEY:
+                return _describe(lab, name, target, cert, answers)
+            kind = " / ".join(f"{p} {_diff(first, a)}" for p, a in answers.items() if not _agree(first, a))
+            SURVEYED.setdefault(kind, _describe(lab, name, target, cert, answers))
+            STATS[f"disagreement: {kind}"] += 1
+    return None
+
+
+def _diff(a: Answer, b: Answer) -> str:
+    """Which fields of `b` differ from `a`, and a hint of how: a survey's class of disagreement."""
+    if (a.status, a.what) != (b.status, b.what):
+        return f"answers {b.status} {b.what[:20]!r} for {a.status} {a.what[:20]!r}"
+    fields = [f for f in ("headers", "target", "handler", "forged")
+              if getattr(a, f) is not None and getattr(b, f) is not None and getattr(a, f) != getattr(b, f)]
+    return "differs in " + ", ".join(fields)
+
+
+# ---- the test ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report():
     yield
-    print(f"\ndifferential: {STATS.pop('policies', 0)} policies x {REQUESTS_PER_POLICY} requests, "
-          f"{STATS.pop('requests', 0)} requests compared")
+    print(f"\ndifferential: {STATS.pop('policies', 0)} policies, {STATS['requests']} requests, "
+          f"{STATS.pop('requests', 0)} (policy, request, backend) triples, "
+          f"{STATS.pop('disagreements', 0)} disagreements; by backend: "
+          + ", ".join(f"{b} {STATS.pop(f'requests via {b}', 0)}" for b in BACKENDS))
+    for kind, text in SURVEYED.items():
+        print(f"\n=== {kind}\n{text}")
     if os.environ.get("MTLSC_DIFFERENTIAL_STATS"):
         for key, n in sorted(STATS.items()):
             print(f"  {n:5d}  {key}")
 
 
-# Disagreements found while building this test, kept as regressions (see each note).
-# 1. The evaluator forwarded only verify/subject/issuer/fingerprint/serial: `cert`, `not_before`,
-#    `not_after` and `days_remaining` headers reached the backend but not the model (evaluate.Client).
-# 2. nginx answers `/p` with 301 to `/p/` when `location ^~ /p/` or `= /p/` proxies, before any gate
-#    and even over `route /` (auto_redirect); the model sent `/p` to `route /` (evaluate.evaluate).
-REGRESSION_HEADERS_AND_REDIRECT = """\
-nginx ">= 1.22"
-ca corp { bundle "ca/corp-0.pem" "ca/corp-1.pem"  depth 1 }
-server api.example.com {
-  listen 443
-  certificate "/x.crt" key "/x.key"
-  backend "http://127.0.0.1:9"
-  route / { optional corp  forward cert not_before not_after days_remaining verify }
-  route /p/ { require corp  allow any }
-  route = /e/ { public }
-  route = /q { public }
-  route /q/ { require corp  allow any }
-}
-"""
-# 3. A pattern matching every value (`o ~ "^.*$"`) matched the cast's stranger subject too, and the
-#    lab crashed (`every stranger subject matches some identity`) instead of picking another one.
-REGRESSION_BROAD_PATTERN = """\
-nginx ">= 1.22"
-ca corp { bundle "ca/corp-0.pem"  depth 0 }
-identity all { o ~ "^.*$" }
-identity acme { subject "CN=acme-billing,O=Acme Corp,C=US" }
-server api.example.com {
-  listen 443
-  certificate "/x.crt" key "/x.key"
-  backend "http://127.0.0.1:9"
-  route /a/ { require corp  allow acme  forward subject }
-  route /b/ { require corp  allow all  forward subject }
-}
-"""
-# Not a regression: a fixed policy for what random ones reach rarely. A serial pin whose issuer DN
-# holds an escaped comma, UTF-8 and a multi-valued RDN (the lab renames the issuing CA to it), a
-# fingerprint pin, a pattern over `\C3\BC`, two CAs bound per route, `handshake require`, 418.
-COVERAGE_PINS = r"""
-nginx ">= 1.22"
-ca corp { bundle "ca/corp-0.pem" "ca/corp-1.pem"  depth 1 crl "ca/corp-0.crl" "ca/corp-1.crl" }
-ca partners { bundle "ca/partners-0.pem"  depth 0 crl "ca/partners-0.crl" }
-identity pin { serial "0A00000001"  issuer "CN=Issuing\\, CA \\C3\\9C+OU=x,O=Acme \\\"Q\\\"" }
-identity fp { fingerprint "0123456789abcdef0123456789abcdef01234567" }
-identity bob { cn ~ "^J\\\\C3\\\\BCrgen$"  o "A,B" }
-server api.example.com {
-  listen 443
-  certificate "/x.crt" key "/x.key"
-  backend "http://127.0.0.1:9"
-  handshake require
-  reject forbidden 418
-  route /a/ { require corp  allow pin fp bob  forward serial issuer subject }
-  route /b/ { require partners  allow bob  forward subject }
-  route / { require partners  allow any }
-}
-"""
-STRANGER, NEAR = ("cast", "stranger", 0), ("cast", "near", 0)
+# Two servers on one address, one backend: a name server A forwards must reach no backend from B.
+SHARED = PolicySpec(
+    (CaSpec("corp", 2, 0, True), CaSpec("partners", 1, 0, False)),
+    (IdentitySpec("ops", "attrs", attrs=(AttrSpec("CN", "re", "^(ops|svc)-[0-9]+$"), AttrSpec("O", "eq", "Acme"))),
+     IdentitySpec("bob", "subject", rdns=((("CN", "bob"),), (("O", "Acme"),)))),
+    (ServerSpec(("api.example.com",), 0, (
+        RouteSpec("/a", False, "require", "corp", ("bob", "ops"), forwards=(("subject", "X-Remote-User"), ("verify", None))),
+        RouteSpec("/", False, "public"))),
+     ServerSpec(("admin.example.com",), 0, (
+         RouteSpec("/", False, "optional", "partners", forwards=(("issuer", "ssl-client-subject-dn"),)),
+         RouteSpec("/a/", False, "public"), RouteSpec("/b", True, "require", "partners"))),
+     ServerSpec(("shop.example.org",), 1, (RouteSpec("/", False, "public"),), literal_semicolons=True)),
+    ("X-Legacy-User",),
+)
+LIKE_OPS = [(0, ("like", 0, how, 0)) for how in ("same", "repeat attribute", "repeat in RDN", "repeat same", "upper")]
 
 
-@example(text=REGRESSION_HEADERS_AND_REDIRECT, reqs=[
-    ("/x", STRANGER), ("/x", ("none",)), ("/p", ("none",)), ("/p", STRANGER), ("/p?a=1", STRANGER), ("/e", ("none",)),
-    ("/%70", ("none",)), ("/q", ("none",)), ("/q/", ("none",)), ("/p/", STRANGER), ("/p//", ("cast", "expired", 0)),
-])
-@example(text=REGRESSION_BROAD_PATTERN, reqs=[
-    ("/a/x", STRANGER), ("/b/x", STRANGER), ("/a/x", NEAR), ("/a/x", ("cast", "near", 1)), ("/b/x", NEAR),
-    ("/a/x", ("cast", "identity", 0)), ("/b/x", ("cast", "identity", 0)), ("/a/x", ("like", 1, "upper", 0)),
-])
-@example(text=COVERAGE_PINS, reqs=[
-    (path, client) for path in ("/a/x", "/b/x", "/a")
-    for client in (("cast", "any", 3), ("cast", "any", 4), NEAR, STRANGER, ("cast", "any", 10), ("like", 0, "same", 1))
-])
+@example(spec=SHARED, backend="echo", reqs=[
+    (w, t, c) for w in (0, 1, 2) for t in ("/a", "/a/x", "/A/x", "/a;x/y", "/a/..%2fb", "/b?x=1", "/%61/x", "/a\\x")
+    for c in (("cast", "identity", 0), ("like", 1, "same", 0), ("none",))
+] + [(w, "/a/x", c) for w, c in LIKE_OPS])
 @settings(max_examples=EXAMPLES or 40, derandomize=not EXAMPLES, deadline=None, phases=PHASES,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large, HealthCheck.filter_too_much])
-@given(text=lab_policies(), reqs=requests(REQUESTS_PER_POLICY))
-def test_evaluator_and_nginx_agree(nginx_bin, now, text, reqs):
+@given(spec=lab_specs(), backend=st.sampled_from(BACKENDS), reqs=requests(REQUESTS_PER_POLICY))
+def test_oracle_model_and_nginx_agree(nginx_bin, now, spec, backend, reqs):
+    spec = _real_spec(spec, backend)
     try:
-        with _lab(text, nginx_bin, now) as (lab, workdir):
-            found = _first_disagreement(lab, workdir, now, reqs)
+        with _lab(spec, backend, nginx_bin, now) as lab:
+            STATS["policies"] += 1
+            found = first_disagreement(lab, reqs, now)
+    except BackendUnavailable as exc:
+        if exc.skippable:
+            reject()
+        raise
     except LabError as exc:
         codes = sorted({d.code for d in exc.diagnostics})
         # The strategy only writes valid policies; a check (MTLS1xx-3xx) may still refuse one.
-        assert codes and all(c >= "MTLS100" for c in codes), f"{exc}: {codes}\n{text}"
+        assert codes and all(c >= "MTLS100" for c in codes), f"{exc}: {codes}\n{exc.diagnostics}\n{render(spec)}"
         reject()
     if found:
-        target, spec, cert, model, real = found
-        message = _describe(text, target, cert, model, real)
-        reduced = _reduce(text, target, spec, nginx_bin, now, _shape(model, real))
-        if reduced:
-            message += "\n\n=== the same disagreement on a smaller policy\n" + _describe(reduced[0], target, *reduced[1:])
-        pytest.fail(message, pytrace=False)
-
-
-@contextmanager
-def _lab(text: str, nginx_bin: str, now: datetime):
-    with tempfile.TemporaryDirectory() as tmp:
-        policy = Path(tmp) / "policy" / "p.mtls"
-        policy.parent.mkdir()
-        policy.write_text(text, encoding="utf-8")
-        with running_lab([str(policy)], Path(tmp) / "lab", nginx_bin=nginx_bin, now=now) as lab:
-            yield lab, Path(tmp)
-
-
-def _first_disagreement(lab, workdir: Path, now: datetime, reqs, count: bool = True):
-    """(target, client spec, cert, evaluator's answer, nginx's answer) of the first request the two
-    answer differently, or None."""
-    server = lab.policy.servers[0]
-    pool = Clients(lab, workdir, now)
-    STATS["policies"] += count
-    for target_spec, spec in reqs:
-        target = target_of(target_spec, server)
-        cert = pool.resolve(spec)
-        model = model_answer(server, target, cert.client if cert else None)
-        real = nginx_answer(server, target, cert)
-        if count:
-            STATS["requests"] += 1
-            STATS[f"{model.status} {model.what[:40]!r}"] += 1
-            STATS[f"client: {cert.label.split(',')[0].split(' of ')[0].rstrip('0123456789-') if cert else 'none'}"] += 1
-        if model != real:
-            return target, spec, cert, model, real
-    return None
-
-
-def _shape(model: Answer, real: Answer) -> tuple:
-    return model.status, model.what == "backend", real.status, real.what == "backend"
-
-
-REMOVABLE = ("ca ", "identity ", "  reject ", "  handshake ", "  route ")
-
-
-def _reduce(text: str, target: str, spec: tuple, nginx_bin: str, now: datetime, shape: tuple, budget: int = 30):
-    """Drop policy lines one at a time while the request still gets the same kind of disagreement
-    (a fresh lab each time, at most `budget` of them): (policy, cert, model, real), or None."""
-    lines, best, i = text.splitlines(), None, 0
-    while i < len(lines) and budget > 0:
-        simpler = [[]] if lines[i].startswith(REMOVABLE) else []  # the line goes, or loses its `forward`
-        simpler += [[f]] if (f := re.sub(r" forward [^}]*", " ", lines[i])) != lines[i] else []
-        for replacement in simpler:
-            candidate = "\n".join(lines[:i] + replacement + lines[i + 1:]) + "\n"
-            budget -= 1
-            try:
-                with _lab(candidate, nginx_bin, now) as (lab, workdir):
-                    found = _first_disagreement(lab, workdir, now, [(target, spec)], count=False)
-            except LabError:
-                found = None  # e.g. an identity or CA still in use
-            if found and _shape(*found[3:]) == shape:
-                lines, best = lines[:i] + replacement + lines[i + 1:], (candidate, *found[2:])
-                break
-        else:
-            i += 1
-    return best
+        STATS["disagreements"] += 1
+        pytest.fail(found, pytrace=False)
