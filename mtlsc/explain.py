@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 from mtlsc import ir
 from mtlsc.cast import Member, identity_subject, stranger_subject
 from mtlsc.evaluate import Client, allow_index, evaluate, probe_path
+from mtlsc.locations import covers_text
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.pki import Pki
 
@@ -62,6 +63,7 @@ class RouteRow:
     route: str  # `= /healthz` or `/partner/`, as written in the policy
     match: str
     path: str
+    covers: str  # the paths it covers, in words (`/static and /static/...`)
     mode: str
     ca: str | None
     depth: int | None
@@ -159,7 +161,8 @@ def _route_row(server: ir.Server, route: ir.Route, rows: tuple[ClientRow, ...], 
     cells = tuple(_cell(server, route, probe, r, index) for r in rows) if probe is not None else ()
     allow = ("any",) if route.allow_any else tuple(i.name for i in route.allow)
     return RouteRow(
-        route=route_label(route), match=route.match.value, path=route.path, mode=route.mode.value,
+        route=route_label(route), match=route.match.value, path=route.path, covers=covers_text(route),
+        mode=route.mode.value,
         ca=route.ca.name if route.ca else None, depth=route.ca.depth if route.ca else None, allow=allow,
         revocation=_revocation(route.ca, pki) if route.ca else None,
         headers=tuple((f.header, f.field) for f in route.forward) if route.mode is not ir.Mode.PUBLIC else (),
@@ -281,8 +284,8 @@ def _markdown(expl: Explanation) -> str:
     out = ["## mtlsc explain: who can reach what", ""]
     for view in expl.servers:
         out += [f"### `{' '.join(view.names)}`", "", _server_head(view) + ".", ""]
-        out += _md_table(["route", "mode", "verify depth", "revocation", "headers the backend gets"],
-                         [[f"`{r.route}`", mode_text(r), "-" if r.depth is None else str(r.depth),
+        out += _md_table(["route", "covers", "mode", "verify depth", "revocation", "headers the backend gets"],
+                         [[f"`{r.route}`", r.covers, mode_text(r), "-" if r.depth is None else str(r.depth),
                            revocation_text(r.revocation), headers_text(r)] for r in view.routes])
         out.append("")
         out += _md_table(["client \\ route"] + [f"`{r.route}`" for r in view.routes],
@@ -317,8 +320,8 @@ def _text_table(rows: list[list[str]], indent: str) -> list[str]:
 
 def _text_server(view: ServerView) -> str:
     out = [f"server {' '.join(view.names)}", f"  {_server_head(view)}", "", "  routes:"]
-    out += _text_table([["route", "mode", "depth", "revocation", "backend gets"]]
-                       + [[r.route, mode_text(r), "-" if r.depth is None else str(r.depth),
+    out += _text_table([["route", "covers", "mode", "depth", "revocation", "backend gets"]]
+                       + [[r.route, r.covers, mode_text(r), "-" if r.depth is None else str(r.depth),
                            revocation_text(r.revocation), headers_text(r)] for r in view.routes], "    ")
     out += ["", "  access:"]
     out += _text_table([["client"] + [r.route for r in view.routes]]
@@ -334,7 +337,8 @@ def _text_server(view: ServerView) -> str:
 def _route_json(row: RouteRow, clients: tuple[ClientRow, ...]) -> dict:
     rev = row.revocation
     return {
-        "route": row.route, "match": row.match, "path": row.path, "mode": row.mode, "ca": row.ca,
+        "route": row.route, "match": row.match, "path": row.path, "covers": row.covers, "mode": row.mode,
+        "ca": row.ca,
         "depth": row.depth, "allow": list(row.allow), "backend": row.backend, "probe": row.probe,
         "revocation": None if rev is None else {
             "crl": list(rev.crl), "crl_next_update": rev.crl_next_update,

@@ -61,6 +61,17 @@ def locations(server: ir.Server) -> tuple[Location, ...]:
     return tuple(out)
 
 
+def covers_text(route: ir.Route) -> str:
+    """The paths a route covers, in words, for `mtlsc explain` and reviewers."""
+    if route.match is ir.PathMatch.EXACT:
+        return f"{route.path} only"
+    if route.path == "/":
+        return "every path"
+    if is_segment(route):
+        return f"{route.path} and {route.path}/..."
+    return f"{route.path}... ({route.path[:-1]} is redirected)"
+
+
 def route_covers(route: ir.Route, path: str) -> bool:
     """Whether `route`'s own locations cover `path` (ignoring other routes)."""
     return any(path == name if exact else path.startswith(name) for exact, name in _names(route))

@@ -103,7 +103,7 @@ def test_json_golden_and_schema(monkeypatch):
     assert set(server) == {"names", "listen", "handshake_require", "clients", "routes"}
     assert set(server["clients"][0]) == {"key", "label", "kind", "ca", "identity"}
     route = next(r for r in server["routes"] if r["route"] == "/partner/")
-    assert set(route) == {"route", "match", "path", "mode", "ca", "depth", "allow", "backend", "probe",
+    assert set(route) == {"route", "match", "path", "covers", "mode", "ca", "depth", "allow", "backend", "probe",
                           "revocation", "headers", "cells"}
     assert set(route["revocation"]) == {"crl", "crl_next_update", "ocsp", "ocsp_responder"}
     assert set(route["cells"]) == {c["key"] for c in server["clients"]}
