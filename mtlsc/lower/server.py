@@ -10,6 +10,9 @@ from mtlsc.lower.headers import usable_header
 from mtlsc.nginx_facts import FORWARD_FIELDS
 
 DEFAULT_INSTALL_DIR = "/etc/nginx/mtls"
+# The case-variant gate (docs/language.md "Paths") writes a route path twice into one map regex,
+# each character PCRE-escaped and then backslash-doubled by nginx quoting: 600 stays under 4 KiB.
+ROUTE_PATH_MAX = 600
 DEFAULT_REJECTIONS = ir.Rejections(
     no_cert=ir.Response(403, "client certificate required"),
     bad_cert=ir.Response(403, "client certificate not accepted"),
@@ -135,6 +138,10 @@ def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_back
     too_long = quote.length_problem(path)
     if too_long:
         ctx.err("MTLS020", node.path.span, f"the route path {too_long}", "shorten the path")
+        return None
+    if len(path) > ROUTE_PATH_MAX:
+        ctx.err("MTLS020", node.path.span, f"the route path is {len(path)} characters long; mtlsc allows {ROUTE_PATH_MAX}",
+                "shorten the path: the case-variant gate writes it twice, escaped, into one nginx argument (4 KiB)")
         return None
     where = f"route `{path}`"
     modes = [s for s in node.body if isinstance(s, (ast.Public, ast.Optional, ast.Require))]
