@@ -150,9 +150,12 @@ REFUSED_ESCAPES = ("%2e", "%2f", "%5c", "%25", "%3b", "%00", "%c0", "%c1")
 
 
 def split_target(raw: str) -> tuple[str, str | None]:
-    """(path part, query or None): the path ends at the first `?` or `#`; a query only follows `?`."""
+    """(path, query or None): the path ends at the first `?` or `#`; a query follows `?` and
+    ends at `#` (the fragment is never forwarded)."""
     cut = min((i for i in (raw.find("?"), raw.find("#")) if i >= 0), default=len(raw))
-    return raw[:cut], (raw[cut + 1:] if raw[cut:cut + 1] == "?" else None)
+    if raw[cut:cut + 1] != "?":
+        return raw[:cut], None
+    return raw[:cut], raw[cut + 1:].split("#", 1)[0]
 
 
 def normalise(raw: str) -> str | None:
