@@ -7,12 +7,11 @@
   framework (Flask/Werkzeug, Express; one process per server, registered with that server's
   routes, so the handler that ran tells which route the *backend* judged it).
 
-Policies have 1-3 servers (some sharing a listen address), custom header names, hostile request
-targets (request semantics: docs/language.md). Compared: the status, what answered, the target
-and identity headers the backend received (every request carries forged values of every
-identity header name), and which handler ran. A disagreement fails with the policy text, the
-request, the client and every answer. CI runs 40 policies x 30 requests, derandomized;
-`MTLSC_DIFFERENTIAL_EXAMPLES=N` runs N random policies.
+Policies have 1-3 servers (some sharing a listen address), custom header names; requests include
+hostile targets (docs/language.md, Paths) and forged values of every identity header name.
+Compared: status, what answered, the target and identity headers the backend received, the
+handler that ran. A disagreement fails with the policy, request, client and every answer. CI:
+40 policies x 30 requests, derandomized; `MTLSC_DIFFERENTIAL_EXAMPLES=N` runs N random ones.
 """
 
 from __future__ import annotations
@@ -81,8 +80,6 @@ def test_nginx_path(target, path):
 
 
 # ---- the lab: the spec rendered for loopback, compiled, on nginx with its backends --------------
-
-
 @dataclass
 class Lab:
     spec: PolicySpec
@@ -223,8 +220,6 @@ class Clients:
 
 
 # ---- the three answers ---------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -254,10 +249,11 @@ def model_answer(lab: Lab, name: str, target: str, cert: Cert | None) -> Answer:
         path = normalise_path(target)
     except ValueError:
         return Answer(400, "nginx 400")
-    out = evaluate(server, path, cert.client if cert else None)
+    out = evaluate(server, path, cert.client if cert else None, target=target)
     if out.reason == "ok":
         handler = f"= {out.route.path}" if out.route.location.startswith("=") else out.route.path
-        return Answer(200, "backend", tuple(sorted((h.lower(), v) for h, v in out.headers)), None, handler)
+        headers = tuple(sorted((h.lower(), v) for h, v in out.headers))
+        return Answer(200, "backend", headers, getattr(out, "target", None), handler)
     return Answer(out.status, "redirect" if out.reason == "redirect" else out.body + "\n")
 
 
