@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import dn, ir
-from mtlsc.locations import case_gated, is_case_variant as is_case_variant_of, locations
+from mtlsc.locations import alias_gated, is_alias, locations
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.uri import forwarded_target, target_problem
 
@@ -57,7 +57,7 @@ class _RouteIndex:
     named: dict  # every location name -> route (for nginx's auto-redirect of `/p` to `/p/`)
     lengths: tuple  # the lengths of the prefix names, longest first
     headers: tuple  # identity_headers(server)
-    case_gated: tuple  # locations whose case variants are refused
+    aliases: tuple  # (locations whose aliases are refused, every location name): `alias_gated`
 
 
 _INDEX: dict[int, tuple[ir.Server, _RouteIndex]] = {}  # id(server) -> (server, index); holds the server
@@ -72,7 +72,7 @@ def _index(server: ir.Server) -> _RouteIndex:
         (exact if loc.exact else prefix)[loc.name] = loc.route
         named.setdefault(loc.name, loc.route)
     lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-    index = _RouteIndex(exact, prefix, named, lengths, tuple(_identity_headers(server)), case_gated(server))
+    index = _RouteIndex(exact, prefix, named, lengths, tuple(_identity_headers(server)), alias_gated(server))
     if len(_INDEX) >= 64:
         _INDEX.clear()
     _INDEX[id(server)] = (server, index)
@@ -107,9 +107,11 @@ def find_route(server: ir.Server, path: str) -> ir.Route | None:
     return None
 
 
-def is_case_variant(server: ir.Server, path: str) -> bool:
-    """Refused before routing: `path` differs only in letter case from a path a location covers."""
-    return any(is_case_variant_of(loc, path) for loc in _index(server).case_gated)
+def is_path_alias(server: ir.Server, path: str) -> bool:
+    """Refused before routing: a backend may serve `path` as another location's path (a case
+    variant, or an exact path with a trailing `/`: docs/language.md "Paths")."""
+    gated, names = _index(server).aliases
+    return any(is_alias(loc, path, names, server.backend_case_sensitive) for loc in gated)
 
 
 def identity_matches(identity: ir.Identity, client: Client) -> bool:
@@ -188,7 +190,7 @@ def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIn
     if server.handshake_require and client is None:
         return _reject(server, "no_cert", find_route(server, path))
     if (target is not None and target_problem(target, server.backend_literal_semicolons)
-            or is_case_variant(server, path)):
+            or is_path_alias(server, path)):
         return Outcome(BAD_TARGET.status, "bad_target", None, body=BAD_TARGET.body)
     out = _route(server, path, client, index)
     if out.reason == "ok" and target is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import ir
+from mtlsc.dn_regex import pcre_literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,22 +86,46 @@ def ascii_lower(s: str) -> str:
     return s.translate(_ASCII_LOWER)
 
 
-def is_case_variant(location: Location, path: str) -> bool:
-    """`path` is covered by `location` when letter case is ignored, and not when it is not: a
-    case-insensitive backend (Express's default, IIS, ...) would serve it as that location's path
-    while nginx routed it elsewhere."""
+def _fold(s: str, case_sensitive: bool) -> str:
+    return s if case_sensitive else ascii_lower(s)
+
+
+def _slash_alias_allowed(location: Location, names: frozenset[str]) -> bool:
+    """An exact location `/p` whose `/p/` no location claims: Express's default (non-strict)
+    routing serves `/p/` with the handler of `/p`, while nginx routes it elsewhere."""
+    return location.exact and location.name != "/" and location.name + "/" not in names
+
+
+def is_alias(location: Location, path: str, names: frozenset[str], case_sensitive: bool) -> bool:
+    """`path` is one a backend may serve as `location`'s path while nginx routed it elsewhere:
+    it differs only in ASCII letter case from a path `location` covers (unless the backend is
+    case-sensitive), or it is an exact location's path with a trailing `/` added."""
     if location.covers(path):
         return False
-    lower, name = ascii_lower(path), ascii_lower(location.name)
-    return lower == name if location.exact else lower.startswith(name)
+    lower, name = _fold(path, case_sensitive), _fold(location.name, case_sensitive)
+    if location.exact:
+        if lower == name:
+            return True
+        return _slash_alias_allowed(location, names) and lower == name + "/"
+    return lower.startswith(name)
 
 
-def case_gated(server: ir.Server) -> tuple[Location, ...]:
-    """Locations whose case variants are refused: all with a letter in their name, unless the
-    server's backend says it routes case-sensitively (`backend_paths case_sensitive`)."""
-    if server.backend_case_sensitive:
-        return ()
-    return tuple(loc for loc in locations(server) if _has_letter(loc.name))
+def alias_gated(server: ir.Server) -> tuple[tuple[Location, ...], frozenset[str]]:
+    """The locations with aliases to refuse, and every location name (for `is_alias`)."""
+    locs = locations(server)
+    names = frozenset(loc.name for loc in locs)
+    case = not server.backend_case_sensitive
+    return tuple(loc for loc in locs if (case and _has_letter(loc.name)) or _slash_alias_allowed(loc, names)), names
+
+
+def alias_regex(location: Location, names: frozenset[str], case_sensitive: bool) -> str:
+    """A PCRE over `$uri` matching exactly the paths `is_alias` holds for `location`."""
+    name = pcre_literal(location.name)
+    folded = name if case_sensitive else f"(?i:{name})"
+    slash = "/?" if _slash_alias_allowed(location, names) else ""
+    if location.exact:
+        return f"(?!{name}$){folded}{slash}$"
+    return f"(?!{name}){folded}"
 
 
 def _has_letter(s: str) -> bool:

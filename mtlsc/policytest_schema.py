@@ -269,8 +269,14 @@ def _file_client(ctx: Ctx, node: yaml.Node, found: dict[str, yaml.Node]) -> Clie
         return None
     start, end = (getattr(cert, f"{n}_utc", None) or getattr(cert, n).replace(tzinfo=timezone.utc)
                   for n in ("not_valid_before", "not_valid_after"))
+    try:  # names cryptography refuses to decode (cryptography 51: a T61String `é`) are not usable here
+        subject_dn, issuer_dn, _ = dn.nginx_dn_of(cert.subject), dn.nginx_dn_of(cert.issuer), cert.subject
+    except (ValueError, KeyError) as exc:
+        ctx.error(UNUSABLE_CLIENT, found["cert"], f"cannot read the names of `{cert_path}`: {exc}",
+                  "re-issue the certificate with UTF8String names")
+        return None
     issued_by, index, valid = _verify(ctx, cert, start <= ctx.now <= end)
-    info = CertFile(cert_path, key_path, dn.nginx_dn_of(cert.subject), dn.nginx_dn_of(cert.issuer),
+    info = CertFile(cert_path, key_path, subject_dn, issuer_dn,
                     dn.nginx_serial(cert.serial_number), cert.fingerprint(hashes.SHA1()).hex(), issued_by, index,
                     valid, cert.subject, cert.serial_number, start, end)
     return ClientSpec("file", f"`{paths[0]}`", file=info)

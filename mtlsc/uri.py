@@ -124,12 +124,12 @@ _ESCAPED = frozenset(b" #%?\x7f") | frozenset(range(0x20)) | frozenset(range(0x8
 def forwarded_target(raw: str) -> str:
     """The request target the backend receives through `proxy_pass http://b/p/;` in `location ^~
     /p/` (or `= /p`): the normalised path, re-escaped only when the client's path held a `%`
-    escape (nginx's quoted_uri), then `?` and the query exactly as sent (when not empty).
+    escape (nginx's quoted_uri), then `?` and the query as sent up to any `#` (when not empty).
     Raises ValueError where nginx answers 400 itself."""
     path = normalise_path(raw)
     end = min((i for i in (raw.find("?"), raw.find("#")) if i >= 0), default=len(raw))
     if "%" in raw[:end]:
         data = path.encode("utf-8", "surrogateescape")
         path = "".join(f"%{b:02X}" if b in _ESCAPED else chr(b) for b in data)
-    query = raw[end + 1:] if end < len(raw) and raw[end] == "?" else ""
+    query = raw[end + 1:].split("#", 1)[0] if end < len(raw) and raw[end] == "?" else ""
     return path + ("?" + query if query else "")

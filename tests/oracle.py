@@ -199,6 +199,13 @@ def non_canonical(raw: str, path: str, server: ServerSpec) -> bool:
         return True
     if ";" in part and not server.literal_semicolons:
         return True
+    # An exact route's path plus `/` that no route claims: Express's non-strict routing would
+    # serve it with that exact route's handler (letter case folded unless case_sensitive).
+    fold = (lambda x: x) if server.case_sensitive else ascii_lower
+    claimed = {_location_name(r) for r in server.routes}
+    if any(r.exact and r.path != "/" and r.path + "/" not in claimed and fold(path) == fold(r.path) + "/"
+           for r in server.routes):
+        return True
     if server.case_sensitive:
         return False
     low = ascii_lower(path)

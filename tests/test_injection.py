@@ -184,7 +184,7 @@ def compare(benign: list[dict], hostile_: list[dict], subst: list[tuple[str, str
     return user_args + sum(1 for d in benign if key(d) and _expected(nginx_value(d["args"][0]), subst) != nginx_value(d["args"][0]))
 
 
-# The map key of mtlsc's case-variant gate (mtlsc/emit/nginx.py `_case_variant_regex`).
+# The map key of mtlsc's path-alias gate (mtlsc/locations.py `alias_regex`).
 CASE_GATE = "~^(?:(?!"
 
 
@@ -201,7 +201,7 @@ def check_arg(directive: str, b: str, h: str, subst, regex, where: str) -> int:
     if b == regex[0]:
         assert h == regex[1], f"regex changed at {where}: {h!r} != {regex[1]!r}"
         return 1
-    if b.startswith(CASE_GATE):  # route paths as PCRE literals inside the case-variant gate
+    if b.startswith(CASE_GATE):  # route paths as PCRE literals inside the path-alias gate
         want = _expected(b, [(dn.pcre_literal(p), dn.pcre_literal(v)) for p, v in subst])
         assert h == want, f"case-variant gate changed at {where}: {h!r} != {want!r}"
         return int(want != b)

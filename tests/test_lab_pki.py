@@ -174,7 +174,7 @@ def test_layout(lab):
     names = sorted(str(p.relative_to(pki.out_dir)) for p in pki.out_dir.rglob("*") if p.is_file())
     assert names == sorted([
         *(f"clients/acme/{n}.{e}" for n in ("client", "expired", "revoked", "id-alice", "id-ops", "id-pinned",
-                                            "near-alice-1", "near-alice-2", "near-ops-1", "near-ops-2")
+                                            "near-alice-1", "near-alice-2", *(f"near-ops-{n}" for n in range(1, 11)))
           for e in ("crt", "key")),
         *(f"clients/other/{n}.{e}" for n in ("client", "expired") for e in ("crt", "key")),
         "clients/untrusted/client.crt", "clients/untrusted/client.key",

@@ -45,7 +45,7 @@ def test_semicolons_pass_when_the_backend_reads_them_literally():
 @pytest.mark.parametrize("target, received", [
     ("/partner/x", "/partner/x"), ("/partner//x", "/partner/x"), ("/%70artner/x?q=%2e", "/partner/x?q=%2e"),
     ("/x%20y/%C3%A9", "/x%20y/%C3%A9"), ("/x/%41", "/x/A"), ("/p%23q", "/p%23q"), ("/%7e", "/~"),
-    ("/x/ab%3Fc", "/x/ab%3Fc"), ("/x?", "/x"), ("/a//b?c//d", "/a/b?c//d"),
+    ("/x/ab%3Fc", "/x/ab%3Fc"), ("/x?", "/x"), ("/a//b?c//d", "/a/b?c//d"), ("/?a=1#f", "/?a=1"),
 ])
 def test_forwarded_target_is_what_nginx_sent_to_the_echo_backend(target, received):
     # Each pair was sent through nginx 1.22.1 with `proxy_pass http://b/;` in `location ^~ /`.
@@ -103,6 +103,21 @@ def test_case_variants_of_a_route_path_are_refused_unless_the_backend_is_case_se
     assert evaluate(server, "/other", None).reason == "ok"
     sensitive = dataclasses.replace(server, backend_case_sensitive=True)
     assert evaluate(sensitive, "/PARTNER/x", None).reason == "ok"
+
+
+def test_an_exact_path_with_a_trailing_slash_is_refused_unless_a_location_claims_it():
+    """Express's non-strict routing serves `/admin/` with the handler of `/admin`."""
+    import dataclasses
+    server = _server(("=", "/admin"), ("", "/"))
+    for path in ("/admin/", "/ADMIN/", "/Admin"):
+        assert evaluate(server, path, None).reason == "bad_target", path
+    assert evaluate(server, "/admin", None).reason == "ok"
+    assert evaluate(server, "/admin/x", None).reason == "ok"  # below it: the catch-all's, for any backend
+    sensitive = dataclasses.replace(server, backend_case_sensitive=True)
+    assert evaluate(sensitive, "/admin/", None).reason == "bad_target"  # case has nothing to do with it
+    assert evaluate(sensitive, "/ADMIN", None).reason == "ok"
+    claimed = _server(("=", "/admin"), ("", "/admin/"), ("", "/"))
+    assert evaluate(claimed, "/admin/", None).reason == "ok"
 
 
 def test_a_route_path_over_the_limit_is_refused(tmp_path):

@@ -8,7 +8,7 @@ from mtlsc import dn, ir
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.emit import nginx as emit_nginx
 from mtlsc.emit import quote
-from mtlsc.locations import is_segment
+from mtlsc.locations import is_segment, locations
 from mtlsc.nginx_facts import FORWARD_FIELDS
 
 
@@ -139,12 +139,12 @@ def identity_header_not_set_or_cleared(ctx):
     """
     for server, view in _views(ctx):
         expected = _expected_headers(server)
-        for route, loc in zip(server.routes, view.locations):
+        for route, loc in zip([loc.route for loc in locations(server)], view.locations):
             want = dict(expected)
             want.update({f.header.lower(): f"${FORWARD_FIELDS[f.field].variable}" for f in route.forward})
             got = {str(name).lower(): str(value) for name, value in loc.headers}
             wrong = sorted(h for h in want if got.get(h) != want[h])
-            if wrong or len(view.locations) != len(server.routes):
+            if wrong or len(view.locations) != len(locations(server)):
                 yield Finding(
                     route.span,
                     f"the emitted location for `{route.path}` does not set or clear {', '.join(f'`{h}`' for h in wrong) or 'its headers'}: "
@@ -179,7 +179,7 @@ def route_accepts_another_ca(ctx):
         for i, ca in enumerate(server.cas):
             facts = ctx.pki.ca(ca.name)
             mine = {str(quote.map_key(c.subject)) for c in facts.certs} if facts else set()
-            for route, loc in zip(server.routes, view.locations):
+            for route, loc in zip([loc.route for loc in locations(server)], view.locations):
                 if route.ca is None or route.ca.name != ca.name:
                     continue
                 if not any(_binds(maps.get(str(g.var)), f"ca{i}") for g in loc.gates) or tags.get(f"ca{i}") != mine:

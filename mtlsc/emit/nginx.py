@@ -10,11 +10,10 @@ import itertools
 from dataclasses import dataclass, field
 
 from mtlsc import dn, ir
-from mtlsc.dn_regex import pcre_literal
 from mtlsc.emit import quote, render
 from mtlsc.emit.quote import Safe
 from mtlsc.evaluate import BAD_TARGET, identity_headers
-from mtlsc.locations import Location, case_gated, locations
+from mtlsc.locations import alias_gated, alias_regex, locations
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.pki import Pki, crl_file_pem, trust_file_pem
 from mtlsc.uri import NONCANONICAL
@@ -216,10 +215,11 @@ def _target_gates(server: ir.Server, prefix: str, maps: list[MapView]) -> list[G
                      [MapEntry(quote.map_regex(r.pattern), 1, quote.comment(r.why)) for r in rules])
     maps.append(target)
     gates = [Gate(target.var, response, Safe("raw target not canonical"))]
-    alternatives = [_case_variant_regex(loc) for loc in case_gated(server)]
+    gated, names = alias_gated(server)
+    alternatives = [alias_regex(loc, names, server.backend_case_sensitive) for loc in gated]
     if alternatives:
-        case = MapView(Safe("1 when the path differs only in letter case from a path a location covers"),
-                       Safe("$uri"), quote.nginx_var(prefix + "case_variant"), 0)
+        case = MapView(Safe("1 when a backend may serve the path as another location's: a letter-case variant, "
+                            "or an exact path plus `/`"), Safe("$uri"), quote.nginx_var(prefix + "path_alias"), 0)
         chunk: list[str] = []
         for alt in alternatives + [None]:
             if chunk and (alt is None or sum(map(len, chunk)) + len(alt) > _CASE_CHUNK):
@@ -228,15 +228,8 @@ def _target_gates(server: ir.Server, prefix: str, maps: list[MapView]) -> list[G
             if alt is not None:
                 chunk.append(alt)
         maps.append(case)
-        gates.append(Gate(case.var, response, Safe("case variant of a route path")))
+        gates.append(Gate(case.var, response, Safe("alias of another location's path")))
     return gates
-
-
-def _case_variant_regex(loc: Location) -> str:
-    """Matches a path that `loc` covers when letter case is ignored, and does not cover as is."""
-    name = pcre_literal(loc.name)
-    end = "$" if loc.exact else ""
-    return f"(?!{name}{end})(?i:{name}){end}"
 
 
 def _ca_binding_maps(server, pki, prefix, ca_index) -> list[MapView]:
