@@ -236,7 +236,8 @@ def depth_change(server: str, old_srv: ir.Server, new_srv: ir.Server) -> list[Ch
 
 
 _PATH_WORDS = (("case_sensitive", "backend_case_sensitive", "differ from a route only in letter case"),
-               ("literal_semicolons", "backend_literal_semicolons", "hold a `;`"))
+               ("literal_semicolons", "backend_literal_semicolons", "hold a `;`"),
+               ("strict_slashes", "backend_strict_slashes", "add a `/` to an exact route's path"))
 
 
 def backend_paths_change(server: str, old_srv: ir.Server, new_srv: ir.Server) -> list[Change]:

@@ -111,7 +111,8 @@ def is_path_alias(server: ir.Server, path: str) -> bool:
     """Refused before routing: a backend may serve `path` as another location's path (a case
     variant, or an exact path with a trailing `/`: docs/language.md "Paths")."""
     gated, names = _index(server).aliases
-    return any(is_alias(loc, path, names, server.backend_case_sensitive) for loc in gated)
+    return any(is_alias(loc, path, names, server.backend_case_sensitive, server.backend_strict_slashes)
+               for loc in gated)
 
 
 def identity_matches(identity: ir.Identity, client: Client) -> bool:

@@ -146,6 +146,7 @@ class Server:
     # reads `;` as an ordinary character, so mtlsc need not refuse paths that differ only so.
     backend_case_sensitive: bool = False
     backend_literal_semicolons: bool = False
+    backend_strict_slashes: bool = False  # the backend tells `/p` from `/p/` (no Express-style non-strict routing)
     backend_paths_span: Span | None = span_field()  # None when the server has no `backend_paths`
     # Every header name any server compiled together forwards, the well-known client-certificate
     # headers and `clear_headers`, sorted case-insensitively: each proxied location sets or clears

@@ -90,13 +90,14 @@ def _fold(s: str, case_sensitive: bool) -> str:
     return s if case_sensitive else ascii_lower(s)
 
 
-def _slash_alias_allowed(location: Location, names: frozenset[str]) -> bool:
+def _slash_alias_allowed(location: Location, names: frozenset[str], strict_slashes: bool = False) -> bool:
     """An exact location `/p` whose `/p/` no location claims: Express's default (non-strict)
     routing serves `/p/` with the handler of `/p`, while nginx routes it elsewhere."""
-    return location.exact and location.name != "/" and location.name + "/" not in names
+    return not strict_slashes and location.exact and location.name != "/" and location.name + "/" not in names
 
 
-def is_alias(location: Location, path: str, names: frozenset[str], case_sensitive: bool) -> bool:
+def is_alias(location: Location, path: str, names: frozenset[str], case_sensitive: bool,
+             strict_slashes: bool = False) -> bool:
     """`path` is one a backend may serve as `location`'s path while nginx routed it elsewhere:
     it differs only in ASCII letter case from a path `location` covers (unless the backend is
     case-sensitive), or it is an exact location's path with a trailing `/` added."""
@@ -106,7 +107,7 @@ def is_alias(location: Location, path: str, names: frozenset[str], case_sensitiv
     if location.exact:
         if lower == name:
             return True
-        return _slash_alias_allowed(location, names) and lower == name + "/"
+        return _slash_alias_allowed(location, names, strict_slashes) and lower == name + "/"
     return lower.startswith(name)
 
 
@@ -115,17 +116,29 @@ def alias_gated(server: ir.Server) -> tuple[tuple[Location, ...], frozenset[str]
     locs = locations(server)
     names = frozenset(loc.name for loc in locs)
     case = not server.backend_case_sensitive
-    return tuple(loc for loc in locs if (case and _has_letter(loc.name)) or _slash_alias_allowed(loc, names)), names
+    slashes = server.backend_strict_slashes
+    return tuple(loc for loc in locs if (case and _has_letter(loc.name))
+                 or _slash_alias_allowed(loc, names, slashes)), names
 
 
-def alias_regex(location: Location, names: frozenset[str], case_sensitive: bool) -> str:
+def alias_regex(location: Location, names: frozenset[str], case_sensitive: bool, strict_slashes: bool = False) -> str:
     """A PCRE over `$uri` matching exactly the paths `is_alias` holds for `location`."""
     name = pcre_literal(location.name)
     folded = name if case_sensitive else f"(?i:{name})"
-    slash = "/?" if _slash_alias_allowed(location, names) else ""
+    slash = "/?" if _slash_alias_allowed(location, names, strict_slashes) else ""
     if location.exact:
         return f"(?!{name}$){folded}{slash}$"
     return f"(?!{name}){folded}"
+
+
+def slash_twins(server: ir.Server) -> list[tuple[Location, Location]]:
+    """Pairs of locations of different routes named `/p` and `/p/`: one path to a backend with
+    non-strict routing (Express's default), two to nginx."""
+    by_name = {}
+    for loc in locations(server):
+        by_name.setdefault(loc.name, loc)
+    return [(loc, by_name[loc.name + "/"]) for loc in by_name.values()
+            if loc.name + "/" in by_name and by_name[loc.name + "/"].route is not loc.route]
 
 
 def _has_letter(s: str) -> bool:

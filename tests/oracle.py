@@ -71,6 +71,7 @@ class ServerSpec:
     rejections: tuple[tuple[str, int, str | None], ...] = ()  # (reason, status, body or None)
     case_sensitive: bool = False
     literal_semicolons: bool = False
+    strict_slashes: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,8 @@ def non_canonical(raw: str, path: str, server: ServerSpec) -> bool:
     # serve it with that exact route's handler (letter case folded unless case_sensitive).
     fold = (lambda x: x) if server.case_sensitive else ascii_lower
     claimed = {_location_name(r) for r in server.routes}
-    if any(r.exact and r.path != "/" and r.path + "/" not in claimed and fold(path) == fold(r.path) + "/"
-           for r in server.routes):
+    if not server.strict_slashes and any(r.exact and r.path != "/" and r.path + "/" not in claimed
+                                         and fold(path) == fold(r.path) + "/" for r in server.routes):
         return True
     if server.case_sensitive:
         return False

@@ -169,7 +169,8 @@ def lab_server(draw, i: int, shared: bool, used: list[str], idents: list[Identit
                        for reason in ("no_cert", "bad_cert", "forbidden") if draw(st.integers(0, 3)) == 0)
     names = (SERVER_NAMES[i],) + ((ALIASES[i],) if draw(st.integers(0, 3)) == 0 else ())
     return ServerSpec(names, group, tuple(routes), handshake, rejections,
-                      case_sensitive=draw(st.integers(0, 4)) == 0, literal_semicolons=draw(st.integers(0, 4)) == 0)
+                      case_sensitive=draw(st.integers(0, 4)) == 0, literal_semicolons=draw(st.integers(0, 4)) == 0,
+                      strict_slashes=draw(st.integers(0, 4)) == 0)
 
 
 @st.composite
@@ -225,7 +226,8 @@ def render(spec: PolicySpec, where: Deployment = Deployment({})) -> str:
                   f'  certificate "{where.cert_dir}/{server.names[0]}_{port}.crt" key "{where.cert_dir}/{server.names[0]}_{port}.key"',
                   f"  backend {_q(backend)}"]
         lines += [f"  install {_q(where.install_dir)}"] if where.install_dir else []
-        words = ["case_sensitive"] * server.case_sensitive + ["literal_semicolons"] * server.literal_semicolons
+        words = (["case_sensitive"] * server.case_sensitive + ["literal_semicolons"] * server.literal_semicolons
+                 + ["strict_slashes"] * server.strict_slashes)
         lines += [f"  backend_paths {' '.join(words)}"] if words else []
         lines += ["  handshake require"] if server.handshake else []
         lines += [f"  reject {r} {s}{'' if b is None else ' ' + _q(b)}" for r, s, b in server.rejections]

@@ -560,3 +560,31 @@ def test_emitted_config_never_uses_optional_no_ca_or_trusted_certificate(policy,
         assert ("ssl_trusted_certificate" not in {n for n, _ in seen}), rel
         assert all("optional_no_ca" not in args for n, args in seen if n == "ssl_verify_client"), rel
         assert not any("optional_no_ca" in a for _, args in seen for a in args), rel
+
+
+# ---- MTLS236 slash-twins-with-different-gates -------------------------------------------------
+
+def test_mtls236_triggers_on_an_exact_route_and_its_slashed_prefix_with_other_gates(tmp_path):
+    r = check(tmp_path, HEAD + """\
+  route = /admin { public }
+  route /admin/ { require internal  allow billing }
+}
+""")
+    [d] = [d for d in r.diagnostics if d.code == "MTLS236"]
+    assert (d.span.line, d.span.col) == (6, 3)
+    assert "`/admin` and `/admin/` differ only by a trailing slash but have different gates" in d.message
+
+
+def test_mtls236_clean_with_the_same_gate_or_strict_slashes(tmp_path):
+    same = check(tmp_path, HEAD + """\
+  route = /admin { require internal  allow billing }
+  route /admin/ { require internal  allow billing }
+}
+""")
+    assert "MTLS236" not in codes(same)
+    strict = check(tmp_path, HEAD.replace('backend "', 'backend_paths strict_slashes\n  backend "', 1) + """\
+  route = /admin { public }
+  route /admin/ { require internal  allow billing }
+}
+""", name="strict.mtls")
+    assert "MTLS236" not in codes(strict)

@@ -92,10 +92,10 @@ class Lab:
 
 
 def _real_spec(spec: PolicySpec, backend: str) -> PolicySpec:
-    """Express matches paths case-insensitively: a server behind it may not claim otherwise."""
+    """Express matches paths case-insensitively and `/p` as `/p/`: a server behind it may not claim otherwise."""
     if backend != "express":
         return spec
-    return replace(spec, servers=tuple(replace(s, case_sensitive=False) for s in spec.servers))
+    return replace(spec, servers=tuple(replace(s, case_sensitive=False, strict_slashes=False) for s in spec.servers))
 
 
 @contextmanager

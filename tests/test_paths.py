@@ -118,6 +118,8 @@ def test_an_exact_path_with_a_trailing_slash_is_refused_unless_a_location_claims
     assert evaluate(sensitive, "/ADMIN", None).reason == "ok"
     claimed = _server(("=", "/admin"), ("", "/admin/"), ("", "/"))
     assert evaluate(claimed, "/admin/", None).reason == "ok"
+    strict = dataclasses.replace(server, backend_strict_slashes=True)
+    assert evaluate(strict, "/admin/", None).reason == "ok"
 
 
 def test_a_route_path_over_the_limit_is_refused(tmp_path):

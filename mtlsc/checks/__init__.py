@@ -68,6 +68,7 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS233", WARNING, chains.verify_depth_larger_than_needed),
     Check("MTLS234", WARNING, chains.several_roots_in_one_ca),
     Check("MTLS235", ERROR, overtrust.segment_route_overlaps_prefix),
+    Check("MTLS236", ERROR, overtrust.slash_twins_with_different_gates),
     Check("MTLS306", ERROR, trust_files.crl_expired),
     Check("MTLS307", ERROR, trust_files.crl_not_yet_valid),
     Check("MTLS308", WARNING, trust_files.crl_expiring_soon),

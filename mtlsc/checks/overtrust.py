@@ -8,7 +8,7 @@ from mtlsc import dn, ir
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.emit import nginx as emit_nginx
 from mtlsc.emit import quote
-from mtlsc.locations import is_segment, locations
+from mtlsc.locations import is_segment, locations, slash_twins
 from mtlsc.nginx_facts import FORWARD_FIELDS
 
 
@@ -249,6 +249,39 @@ def segment_route_overlaps_prefix(ctx):
                     f"route `{route.path}` covers `{route.path}/...`, which route `{other.path}` also declares",
                     f"keep one of them; for `{route.path}` alone write `route = {route.path}`",
                     label="overlaps another route", related=[Related(other.span, "the other route")],
+                )
+
+
+def _gate(route: ir.Route) -> tuple:
+    return route.mode, route.ca.name if route.ca else None, tuple(sorted(i.name for i in route.allow)), route.allow_any
+
+
+def slash_twins_with_different_gates(ctx):
+    """What it catches: two routes of one server whose paths differ only by a trailing slash
+    (`route = /admin` and `route /admin/`, or `route /p` and `route = /p/`) with different gates,
+    on a server that does not declare `backend_paths strict_slashes`.
+
+    Why: nginx matches `/admin` and `/admin/` as two paths, but Express's default (non-strict)
+    routing, and others like it, serve both with whichever handler was registered first: the
+    backend may run the handler of the route nginx did not judge (nginx-facts §F2;
+    docs/language.md "Paths").
+
+    Example: `route = /admin { public }` beside `route /admin/ { require internal allow ops }`.
+
+    Fix: give both routes the same gate, or declare `backend_paths strict_slashes` if the backend
+    tells `/admin` from `/admin/`.
+    """
+    for server in ctx.policy.servers:
+        if server.backend_strict_slashes:
+            continue
+        for short, slashed in slash_twins(server):
+            if _gate(short.route) != _gate(slashed.route):
+                yield Finding(
+                    slashed.route.span,
+                    f"`{short.name}` and `{slashed.name}` differ only by a trailing slash but have different gates: "
+                    "a backend with non-strict routing serves both with one handler",
+                    "give both routes the same gate, or declare `backend_paths strict_slashes` if the backend tells them apart",
+                    label="trailing-slash twin", related=[Related(short.route.span, "the other route")],
                 )
 
 

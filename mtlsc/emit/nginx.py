@@ -216,7 +216,8 @@ def _target_gates(server: ir.Server, prefix: str, maps: list[MapView]) -> list[G
     maps.append(target)
     gates = [Gate(target.var, response, Safe("raw target not canonical"))]
     gated, names = alias_gated(server)
-    alternatives = [alias_regex(loc, names, server.backend_case_sensitive) for loc in gated]
+    alternatives = [alias_regex(loc, names, server.backend_case_sensitive, server.backend_strict_slashes)
+                    for loc in gated]
     if alternatives:
         case = MapView(Safe("1 when a backend may serve the path as another location's: a letter-case variant, "
                             "or an exact path plus `/`"), Safe("$uri"), quote.nginx_var(prefix + "path_alias"), 0)

@@ -56,8 +56,8 @@ def _merge_group(ctx: Ctx, group: list[ir.Server]) -> ir.Server:
     )
 
 
-def _paths_words(s: ir.Server) -> tuple[bool, bool]:
-    return s.backend_case_sensitive, s.backend_literal_semicolons
+def _paths_words(s: ir.Server) -> tuple[bool, bool, bool]:
+    return s.backend_case_sensitive, s.backend_literal_semicolons, s.backend_strict_slashes
 
 
 def _backend_paths(ctx: Ctx, group: list[ir.Server]) -> dict:
@@ -69,8 +69,8 @@ def _backend_paths(ctx: Ctx, group: list[ir.Server]) -> dict:
                     f"server `{other.names[0]}` is declared twice with different `backend_paths`",
                     "blocks naming the same server are merged; make them agree or move the declaration into one file",
                     related=[Related(stated[0].backend_paths_span, "the other declaration")])
-    case, semicolons = _paths_words(stated[0]) if stated else (False, False)
-    return {"backend_case_sensitive": case, "backend_literal_semicolons": semicolons,
+    case, semicolons, slashes = _paths_words(stated[0]) if stated else (False, False, False)
+    return {"backend_case_sensitive": case, "backend_literal_semicolons": semicolons, "backend_strict_slashes": slashes,
             "backend_paths_span": stated[0].backend_paths_span if stated else None}
 
 

@@ -69,11 +69,12 @@ def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Serv
         handshake_span=handshake.span if handshake else None,
         backend_case_sensitive="case_sensitive" in words,
         backend_literal_semicolons="literal_semicolons" in words,
+        backend_strict_slashes="strict_slashes" in words,
         backend_paths_span=paths.span if paths else None,
     )
 
 
-BACKEND_PATH_WORDS = ("case_sensitive", "literal_semicolons")
+BACKEND_PATH_WORDS = ("case_sensitive", "literal_semicolons", "strict_slashes")
 
 
 def _backend_paths(ctx: Ctx, stmt: ast.BackendPaths) -> set[str]:
@@ -86,7 +87,7 @@ def _backend_paths(ctx: Ctx, stmt: ast.BackendPaths) -> set[str]:
             out.add(w.value)
         else:
             ctx.err("MTLS012", w.span, f"`{w.value}` is not a `backend_paths` word",
-                    suggest(w.value, BACKEND_PATH_WORDS) or "use `case_sensitive` and/or `literal_semicolons`",
+                    suggest(w.value, BACKEND_PATH_WORDS) or "use `case_sensitive`, `literal_semicolons` or `strict_slashes`",
                     label="unknown word")
     return out
 
