@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtlsc import ir
-from mtlsc.lab.nginx import free_port
+from mtlsc.lab.nginx import _port_open, free_port
 
 BACKENDS = Path(__file__).parent / "backends"
 EXPRESS_DIR = BACKENDS / "express"
@@ -106,14 +106,6 @@ def _command(framework: str, port: int, specs: Sequence[str]) -> list[str]:
         ensure_express()
         return ["node", str(EXPRESS_DIR / "app.js"), str(port), routes]
     raise ValueError(f"unknown framework {framework!r}")
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _stop(proc: subprocess.Popen) -> None:
