@@ -25,7 +25,7 @@ from typing import NamedTuple
 from lark import Lark, Token
 from lark.exceptions import UnexpectedInput
 
-from mtlsc import ast
+from mtlsc import ast, files
 from mtlsc.diagnostics import Diagnostic, error
 from mtlsc.parse import parse, unescape
 from mtlsc.render import render
@@ -343,7 +343,7 @@ def format_paths(paths, check: bool = False, diff: bool = False, write: bool | N
     out, diags, sources, changed, broken = [], [], {}, 0, False
     for path in policy_files(paths):
         try:
-            raw = Path(path).read_bytes().decode("utf-8")
+            raw = files.read_text(path)
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             diags.append(error("MTLS900", point(path), f"cannot read the policy file: {reason}",

@@ -11,6 +11,7 @@ blocks in the user's files never reach nginx.
 
 from __future__ import annotations
 
+import errno
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -23,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from mtlsc import der, dn, ir
+from mtlsc import der, dn, files, ir
 from mtlsc.diagnostics import Diagnostic, error, warning
 from mtlsc.source import Span, point
 
@@ -420,7 +421,7 @@ def _read_crls(path: str, data: bytes) -> tuple[list[tuple[x509.CertificateRevoc
 def _read(path: str, cache: dict[str, bytes | OSError]) -> bytes | OSError:
     if path not in cache:
         try:
-            cache[path] = Path(path).read_bytes()
+            cache[path] = files.read_bytes(path)
         except OSError as exc:
             cache[path] = exc
     return cache[path]
@@ -428,8 +429,11 @@ def _read(path: str, cache: dict[str, bytes | OSError]) -> bytes | OSError:
 
 def _unreadable(path: str, exc: OSError, what: str) -> _Issue:
     reason = exc.strerror or str(exc)
-    return _Issue("MTLS901", error, f"cannot read {what} `{path}`: {reason}",
-                  "check the path (relative paths start at the policy file's directory) and the file's permissions")
+    if exc.errno in (errno.EINVAL, errno.EFBIG):  # refused by mtlsc.files: a device, FIFO, directory, huge file
+        fix = f"name a regular PEM file (mtlsc reads regular files up to {files.MAX_BYTES // 2**20} MiB)"
+    else:
+        fix = "check the path (relative paths start at the policy file's directory) and the file's permissions"
+    return _Issue("MTLS901", error, f"cannot read {what} `{path}`: {reason}", fix)
 
 
 def _signer(crl: x509.CertificateRevocationList, certs: list[tuple[x509.Certificate, CertInfo]]) -> str | None:

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
-from mtlsc import cast, dn, ir
+from mtlsc import cast, dn, files, ir
 from mtlsc.diagnostics import Diagnostic, error
 from mtlsc.pki import load_pki
 from mtlsc.source import Source, Span
@@ -254,12 +254,12 @@ def _file_client(ctx: Ctx, node: yaml.Node, found: dict[str, yaml.Node]) -> Clie
         return None
     cert_path, key_path = (str(base / p) for p in paths)
     try:
-        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        cert = x509.load_pem_x509_certificate(files.read_bytes(cert_path))
     except (OSError, ValueError) as exc:
         ctx.error(UNUSABLE_CLIENT, found["cert"], f"cannot read a PEM certificate from `{cert_path}`: {exc}")
         return None
     try:
-        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+        key = serialization.load_pem_private_key(files.read_bytes(key_path), password=None)
     except (OSError, ValueError, TypeError) as exc:
         ctx.error(UNUSABLE_CLIENT, found["key"], f"cannot read an unencrypted PEM key from `{key_path}`: {exc}")
         return None

@@ -6,6 +6,8 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtlsc import files
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -48,8 +50,7 @@ def span_field():
 
 def read_source(path: str | Path) -> Source:
     """Read a policy file as UTF-8. Raises OSError / UnicodeDecodeError for the caller to report."""
-    p = Path(path)
-    return Source(str(path), p.read_text(encoding="utf-8"))
+    return Source(str(path), files.read_text(path))  # the same limits as for the files a policy names
 
 
 def point(path: str, line: int = 1, col: int = 1) -> Span:

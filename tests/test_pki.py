@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from mtlsc import dn, ir
+from mtlsc import dn, files, ir
 from mtlsc.diagnostics import Severity
 from mtlsc.lab.pki import issue_client, make_chain, make_crl, make_root, write_pem
 from mtlsc.pki import crl_file_pem, load_pki, trust_file_pem
@@ -64,14 +63,14 @@ def test_directory_and_missing_crl(tmp_path, chain):
     bundle = write_pem(tmp_path / "ca.pem", chain.root.cert)
     _, diags = _load(_ca("a", [bundle, tmp_path], [tmp_path / "gone.crl"]))
     assert sorted((d.code, d.span.line) for d in diags) == [("MTLS901", 2), ("MTLS901", 11)]
-    assert "Is a directory" in diags[0].message
+    assert "it is a directory, not a regular file" in diags[0].message
 
 
 def test_permission_denied(tmp_path, monkeypatch):
     # Simulated: the suite may run as root, which reads any file whatever its mode.
-    def deny(self):
-        raise PermissionError(13, "Permission denied", str(self))
-    monkeypatch.setattr(Path, "read_bytes", deny)
+    def deny(path, limit=files.MAX_BYTES):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(files, "read_bytes", deny)
     d = _one(_load(_ca("a", [tmp_path / "ca.pem"]))[1], "MTLS901")
     assert "Permission denied" in d.message and "permissions" in d.help
 
@@ -196,8 +195,8 @@ def test_stray_blocks_are_left_out(tmp_path, chain):
 def test_file_read_once(tmp_path, chain, monkeypatch):
     path = write_pem(tmp_path / "ca.pem", chain.root.cert)
     reads = []
-    original = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or original(self))
+    original = files.read_bytes
+    monkeypatch.setattr(files, "read_bytes", lambda path, limit=files.MAX_BYTES: reads.append(path) or original(path, limit))
     facts, diags = _load(_ca("a", [path]), _ca("b", [path]))
     assert len(reads) == 1 and diags == [] and len(facts.cas) == 2
 
