@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -128,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # cryptography warns about certificates nginx loads (a public root's non-positive serial):
+    # what matters to users is reported as findings, so its deprecation notes stay off stderr.
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
     try:
         if args.command == "demo-pki":
             from mtlsc.demo import demo_pki

@@ -148,7 +148,17 @@ def _self_signed(cert: x509.Certificate) -> bool:
         cert.verify_directly_issued_by(cert)
         return True
     except Exception:  # name mismatch, bad signature, key type cryptography cannot verify
+        return cert.subject == cert.issuer and _legacy_signature(cert)
+
+
+def _legacy_signature(cert: x509.Certificate) -> bool:
+    """cryptography no longer verifies SHA-1 or MD5 signatures; OpenSSL never checks a trust
+    anchor's own signature, so to nginx a self-named root signed that way is a root (ACCVRAIZ1)."""
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except Exception:
         return False
+    return algorithm is not None and algorithm.name in ("sha1", "md5")
 
 
 def _cert_info(cert: x509.Certificate, path: str, index: int) -> CertInfo:

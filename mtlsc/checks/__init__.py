@@ -86,9 +86,28 @@ def run_checks(ctx: CheckContext, checks: tuple[Check, ...] = CHECKS) -> list[Di
     """Run every check; apply `waive` statements (the finding stays visible, marked waived)."""
     out = []
     for check in checks:
-        for f in check.find(ctx):
+        for f in _summarised(list(check.find(ctx))):
             d = Diagnostic(check.code, check.severity, f.span, f.message, f.help, f.label, f.related)
             out.append(_apply_waivers(d, ctx.policy.waivers))
+    return out
+
+
+SUMMARY_AFTER = 3  # findings of one check at one place (a bundle string) listed before they are summed up
+
+
+def _summarised(findings: list[Finding]) -> list[Finding]:
+    """One check's findings, with more than SUMMARY_AFTER at one place (a system trust store named
+    as a bundle: 144 public roots) summed up in one finding that counts the rest."""
+    by_place: dict = {}
+    for f in findings:
+        by_place.setdefault(f.span, []).append(f)
+    out = []
+    for f in findings:
+        group = by_place[f.span]
+        if len(group) <= SUMMARY_AFTER:
+            out.append(f)
+        elif f is group[0]:
+            out.append(replace(f, message=f"{f.message} (and {len(group) - 1} more certificates of this file alike)"))
     return out
 
 
