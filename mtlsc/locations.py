@@ -73,11 +73,6 @@ def covers_text(route: ir.Route) -> str:
     return f"{route.path}... ({route.path[:-1]} is redirected)"
 
 
-def route_covers(route: ir.Route, path: str) -> bool:
-    """Whether `route`'s own locations cover `path` (ignoring other routes)."""
-    return any(path == name if exact else path.startswith(name) for exact, name in _names(route))
-
-
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
