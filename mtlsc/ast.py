@@ -168,6 +168,16 @@ class BackendPaths:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTls:
+    """`backend_ca "F"`, `backend_name "H"`, `backend_client_certificate "C" key "K"` or
+    `backend_verify WORD`: how nginx checks an `https://` backend and what it presents to it."""
+
+    keyword: str
+    values: tuple  # Str... or one Word
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class Handshake:
     mode: Word
     span: Span = span_field()

@@ -240,6 +240,20 @@ _PATH_WORDS = (("case_sensitive", "backend_case_sensitive", "differ from a route
                ("strict_slashes", "backend_strict_slashes", "add a `/` to an exact route's path"))
 
 
+def backend_tls_change(server: str, old_srv: ir.Server, new_srv: ir.Server) -> list[Change]:
+    """How nginx checks an `https://` backend: turning verification off widens (anyone on that hop
+    receives the identities); other changes (CA, name, nginx's certificate) are reported as neutral."""
+    old, new = old_srv.backend_tls or ir.BackendTls(), new_srv.backend_tls or ir.BackendTls()
+    if old == new:
+        return []
+    if old.verify != new.verify:
+        kind, what = (WIDENING, "no longer verified") if old.verify else (NARROWING, "verified again")
+        return [Change(kind, server, None, "backend_verify", f"the `https://` backend is {what}",
+                       "on" if old.verify else "off", "on" if new.verify else "off")]
+    return [Change(NEUTRAL, server, None, "backend TLS", "how nginx verifies the `https://` backend changed "
+                   "(backend_ca, backend_name or backend_client_certificate)", None, None)]
+
+
 def backend_paths_change(server: str, old_srv: ir.Server, new_srv: ir.Server) -> list[Change]:
     """A `backend_paths` word lets through paths mtlsc refuses by default (the evaluator does not
     model that refusal per word): adding one widens, removing one narrows."""

@@ -1,11 +1,11 @@
 """`mtlsc fmt`: one canonical layout for `.mtls` files (docs/language.md, "Formatting").
 
-The AST gives the structure; a second pass of the same contextual lexer gives every token with
-its position, comments included. The printer walks the AST in source order and consumes that
-token stream with a cursor, so each comment lands in the gap where the user wrote it. Nothing is
-ever reordered. Before anything is written, the output is lexed and parsed again and must give
-the same tokens (strings compared by value) and the same comments, hence the same AST (black's
-safety check): a formatter bug can never change a policy, it is reported instead.
+The AST gives the structure; a second pass of the same contextual lexer gives every token with its
+position, comments included. The printer walks the AST in source order and consumes that token stream
+with a cursor, so each comment lands in the gap where the user wrote it. Nothing is ever reordered.
+Before anything is written, the output is lexed and parsed again and must give the same tokens (strings
+compared by value) and the same comments, hence the same AST (black's safety check): a formatter bug
+can never change a policy, it is reported instead.
 """
 
 from __future__ import annotations
@@ -83,10 +83,6 @@ def _opt(prefix: str, s: ast.Str | None) -> str:
     return f" {prefix}{quote(s.value)}" if s is not None else ""
 
 
-def _field(f: ast.Field) -> str:
-    return f.name.value + _opt("as ", f.header)
-
-
 def _list(node) -> tuple[str, list[tuple[str, object]]] | None:
     """A list statement as (keyword, [(item text, item node)]); None for other statements."""
     match node:
@@ -95,7 +91,7 @@ def _list(node) -> tuple[str, list[tuple[str, object]]] | None:
         case ast.Allow(items) | ast.BackendPaths(items):
             return _LIST_WORDS[type(node)], [(w.value, w) for w in items]
         case ast.Forward(fields):
-            return "forward", [(_field(f), f) for f in fields]
+            return "forward", [(f.name.value + _opt("as ", f.header), f) for f in fields]
     return None
 
 
@@ -129,6 +125,8 @@ def _flat(node) -> str:
             return f"certificate {quote(cert.value)} key {quote(key.value)}"
         case ast.Backend(url):
             return f"backend {quote(url.value)}"
+        case ast.BackendTls(keyword, values):  # `backend_client_certificate "C" key "K"`: two values
+            return f"{keyword} " + " key ".join(quote(v.value) if isinstance(v, ast.Str) else v.value for v in values)
         case ast.Handshake(mode):
             return f"handshake {mode.value}"
         case ast.Install(directory):

@@ -113,6 +113,18 @@ class Listen:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTls:
+    """How nginx checks an `https://` backend (docs/language.md "Backends over TLS")."""
+
+    verify: bool = True  # `backend_verify off`: an explicit, warned choice (MTLS237)
+    ca: str | None = None  # nginx path of the CAs trusted for the backend; None: the system store
+    name: str | None = None  # name verified and sent as SNI; None: the host of the backend URL
+    certificate: str | None = None  # nginx's own client certificate toward the backend
+    key: str | None = None
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     match: PathMatch
     path: str
@@ -147,7 +159,8 @@ class Server:
     backend_case_sensitive: bool = False
     backend_literal_semicolons: bool = False
     backend_strict_slashes: bool = False  # the backend tells `/p` from `/p/` (no Express-style non-strict routing)
-    backend_paths_span: Span | None = span_field()  # None when the server has no `backend_paths`
+    backend_paths_span: Span | None = span_field()
+    backend_tls: BackendTls | None = None  # None: no `backend_*` TLS statement (verification still on)  # None when the server has no `backend_paths`
     # Every header name any server compiled together forwards, the well-known client-certificate
     # headers and `clear_headers`, sorted case-insensitively: each proxied location sets or clears
     # all of them, so no server lets a client's own value through (lower/headers.py).

@@ -226,6 +226,18 @@ class _ToAst(Transformer):
     def backend_paths(self, meta, c):
         return ast.BackendPaths(tuple(c), self._span(meta))
 
+    def backend_ca(self, meta, c):
+        return ast.BackendTls("backend_ca", tuple(c), self._span(meta))
+
+    def backend_name(self, meta, c):
+        return ast.BackendTls("backend_name", tuple(c), self._span(meta))
+
+    def backend_client_certificate(self, meta, c):
+        return ast.BackendTls("backend_client_certificate", tuple(c), self._span(meta))
+
+    def backend_verify(self, meta, c):
+        return ast.BackendTls("backend_verify", tuple(c), self._span(meta))
+
     def handshake(self, meta, c):
         return ast.Handshake(c[0], self._span(meta))
 

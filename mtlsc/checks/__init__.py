@@ -69,6 +69,7 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS234", WARNING, chains.several_roots_in_one_ca),
     Check("MTLS235", ERROR, overtrust.segment_route_overlaps_prefix),
     Check("MTLS236", ERROR, overtrust.slash_twins_with_different_gates),
+    Check("MTLS237", WARNING, overtrust.unverified_https_backend),
     Check("MTLS306", ERROR, trust_files.crl_expired),
     Check("MTLS307", ERROR, trust_files.crl_not_yet_valid),
     Check("MTLS308", WARNING, trust_files.crl_expiring_soon),

@@ -285,6 +285,29 @@ def slash_twins_with_different_gates(ctx):
                 )
 
 
+def unverified_https_backend(ctx):
+    """What it catches: `backend_verify off` on a server whose routes proxy to an `https://`
+    backend.
+
+    Why: nginx does not verify a TLS backend unless told to (`proxy_ssl_verify` is off by
+    default, nginx-facts §F3 on what the backend trusts): whoever can answer on that hop gets the
+    client's identity headers and can answer as the backend. mtlsc verifies by default; this
+    says a policy turned it off.
+
+    Example: `backend "https://ledger.internal:8443"` with `backend_verify off`.
+
+    Fix: name the backend's CA with `backend_ca "FILE"` (and `backend_name` if the URL holds an
+    address) and drop `backend_verify off`.
+    """
+    for server in ctx.policy.servers:
+        tls = server.backend_tls
+        if tls is not None and not tls.verify and any(r.backend.startswith("https://") for r in server.routes):
+            yield Finding(tls.span, f"server `{server.names[0]}` sends client identities to an `https://` backend "
+                          "whose certificate nginx does not verify",
+                          "name the backend's CA with `backend_ca \"FILE\"` and remove `backend_verify off`",
+                          label="unverified backend")
+
+
 def _views(ctx):
     """(server, emitted view model) pairs: what the nginx templates render, so assertion
     checks see the config as it will be written."""

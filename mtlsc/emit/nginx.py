@@ -138,6 +138,34 @@ class ServerView:
     locations: list[LocationView]
     catch_all: bool
     cas_note: list[Safe]
+    upstream_tls: "UpstreamTls | None" = None
+
+
+# The system trust store of Debian and Ubuntu: what `https://` backends are verified against when the
+# policy names no `backend_ca` (other systems: name it).
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@dataclass
+class UpstreamTls:
+    verify: bool
+    ca: Safe
+    name: Safe | None
+    certificate: Safe | None
+    key: Safe | None
+
+
+def _upstream_tls(server: ir.Server) -> UpstreamTls | None:
+    """proxy_ssl_* for a server with an `https://` backend: verified unless the policy says not."""
+    if not any(r.backend.startswith("https://") for r in server.routes):
+        return None
+    tls = server.backend_tls or ir.BackendTls()
+    return UpstreamTls(
+        verify=tls.verify, ca=quote.nginx_text(tls.ca or SYSTEM_CA_FILE),
+        name=quote.nginx_text(tls.name) if tls.name else None,
+        certificate=quote.nginx_text(tls.certificate) if tls.certificate else None,
+        key=quote.nginx_text(tls.key) if tls.key else None,
+    )
 
 
 def _response(r: ir.Response) -> tuple[int, Safe]:
@@ -197,6 +225,7 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         locations=views,
         catch_all=not any(not loc.exact and loc.name == "/" for loc in locations(server)),
         cas_note=[quote.comment(f"ca {c.name}: depth {c.depth}, {len(c.crls)} CRL file(s)") for c in cas],
+        upstream_tls=_upstream_tls(server),
     )
 
 

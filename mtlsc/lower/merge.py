@@ -15,7 +15,7 @@ from mtlsc.diagnostics import Related
 from mtlsc.lower.common import Ctx
 from mtlsc.lower.server import DEFAULT_INSTALL_DIR, DEFAULT_REJECTIONS
 
-_SCALARS = ("certificate", "key", "backend", "handshake_require", "install_dir", "rejections")
+_SCALARS = ("certificate", "key", "backend", "handshake_require", "install_dir", "rejections", "backend_tls")
 
 
 def _key(s: ir.Server):
@@ -86,7 +86,7 @@ def _with_backend(ctx: Ctx, route: ir.Route, server_backend: str) -> ir.Route:
 
 def _unset(name: str, value) -> bool:
     """Defaults do not conflict with an explicit value in another block."""
-    return value in ("", False) or (name == "install_dir" and value == DEFAULT_INSTALL_DIR) or (
+    return value in ("", False, None) or (name == "install_dir" and value == DEFAULT_INSTALL_DIR) or (
         name == "rejections" and value == DEFAULT_REJECTIONS)
 
 

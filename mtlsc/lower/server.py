@@ -5,6 +5,7 @@ from __future__ import annotations
 from mtlsc import ast, ir, values
 from mtlsc.diagnostics import Related
 from mtlsc.emit import quote
+from mtlsc.lower.backend_tls import lower_backend_tls
 from mtlsc.lower.common import Ctx, nginx_string, once, resolve, suggest
 from mtlsc.lower.headers import usable_header
 from mtlsc.nginx_facts import FORWARD_FIELDS
@@ -71,6 +72,7 @@ def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Serv
         backend_literal_semicolons="literal_semicolons" in words,
         backend_strict_slashes="strict_slashes" in words,
         backend_paths_span=paths.span if paths else None,
+        backend_tls=lower_backend_tls(ctx, node.body),
     )
 
 
