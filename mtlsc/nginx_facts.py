@@ -131,6 +131,30 @@ FEATURE_SINCE = {
 }
 
 # nginx 1.22's built-in statuses when a certificate fails before any location runs (§1, §E1).
+# CVE-2025-23419, fixed in 1.26.3 and 1.27.4 (distributions backport it: Debian 1.22.1-9+deb12u*):
+# a session made with one server of an address can be resumed under another server's name,
+# skipping that server's client-certificate check (docs/nginx-facts.md §F8).
+def resumption_cve_possible(target: tuple[int, int, int]) -> bool:
+    """Whether the policy's target range (`nginx ">= X"`) includes builds without the fix."""
+    return target < (1, 26, 3) or (1, 27, 0) <= target < (1, 27, 4)
+
+
+def client_auth(server) -> tuple:
+    """What a server checks of client certificates, for comparing servers that share an address."""
+    return server.handshake_require, tuple(sorted(c.name for c in server.cas))
+
+
+def cross_resumption_servers(policy) -> set[str]:
+    """Slugs of servers sharing a listen address with a server that checks clients differently:
+    where CVE-2025-23419 would let a session of one skip the other's check."""
+    by_address: dict[str, list] = {}
+    for server in policy.servers:
+        for listen in server.listens:
+            by_address.setdefault(str(listen), []).append(server)
+    return {s.slug for group in by_address.values() for s in group
+            if len({client_auth(t) for t in group}) > 1}
+
+
 STATUS_BAD_CERT = 495
 STATUS_NO_CERT = 496
 

@@ -70,6 +70,7 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS235", ERROR, overtrust.segment_route_overlaps_prefix),
     Check("MTLS236", ERROR, overtrust.slash_twins_with_different_gates),
     Check("MTLS237", WARNING, overtrust.unverified_https_backend),
+    Check("MTLS238", NOTE, overtrust.session_tickets_off_for_cve),
     Check("MTLS306", ERROR, trust_files.crl_expired),
     Check("MTLS307", ERROR, trust_files.crl_not_yet_valid),
     Check("MTLS308", WARNING, trust_files.crl_expiring_soon),

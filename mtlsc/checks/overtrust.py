@@ -9,7 +9,7 @@ from mtlsc.diagnostics import Finding, Related
 from mtlsc.emit import nginx as emit_nginx
 from mtlsc.emit import quote
 from mtlsc.locations import is_segment, locations, slash_twins
-from mtlsc.nginx_facts import FORWARD_FIELDS
+from mtlsc.nginx_facts import FORWARD_FIELDS, cross_resumption_servers, resumption_cve_possible
 
 
 def _routes_allowing(policy, identity):
@@ -306,6 +306,34 @@ def unverified_https_backend(ctx):
                           "whose certificate nginx does not verify",
                           "name the backend's CA with `backend_ca \"FILE\"` and remove `backend_verify off`",
                           label="unverified backend")
+
+
+def session_tickets_off_for_cve(ctx):
+    """What it catches: servers that share a listen address with servers checking clients
+    differently (another CA, or `handshake require` on one only), while `nginx ">= X"` includes
+    builds without the CVE-2025-23419 fix (before 1.26.3, and 1.27.0 to 1.27.3).
+
+    Why: on such builds a TLS session made with one server of the address can be resumed under
+    another server's name, skipping that server's client-certificate check (nginx-facts §F8).
+    mtlsc then turns session tickets off on those servers (the session cache is always off), so
+    no session is resumed: every new connection costs a full handshake.
+
+    Example: `nginx ">= 1.22"` with `api.example.com` (CA partners) and `admin.example.com`
+    (CA staff) both on port 443.
+
+    Fix: nothing, if the cost is acceptable; if every build you deploy to carries the fix, say so
+    with `nginx ">= 1.26.3"` (resumption comes back), or give the servers their own addresses.
+    """
+    if not resumption_cve_possible(ctx.policy.nginx_version):
+        return
+    affected = cross_resumption_servers(ctx.policy)
+    for server in ctx.policy.servers:
+        if server.slug in affected:
+            yield Finding(server.span, f"session tickets are off on `{server.names[0]}`: it shares an address with "
+                          "servers that check clients differently, and the target nginx range includes builds "
+                          "without the CVE-2025-23419 fix; every new connection is a full handshake",
+                          'if every build you deploy to carries the fix, write `nginx ">= 1.26.3"`',
+                          label="no session resumption")
 
 
 def _views(ctx):

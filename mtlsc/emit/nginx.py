@@ -7,14 +7,14 @@ comments live in the templates beside this file.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mtlsc import dn, ir
 from mtlsc.emit import quote, render
 from mtlsc.emit.quote import Safe
 from mtlsc.evaluate import BAD_TARGET, identity_headers
 from mtlsc.locations import alias_gated, alias_regex, locations
-from mtlsc.nginx_facts import FORWARD_FIELDS
+from mtlsc.nginx_facts import FORWARD_FIELDS, cross_resumption_servers, resumption_cve_possible
 from mtlsc.pki import Pki, crl_file_pem, trust_file_pem
 from mtlsc.uri import NONCANONICAL
 
@@ -64,7 +64,9 @@ def server_views(policy: ir.Policy, pki: Pki) -> list["ServerView"]:
     if _LAST_VIEWS and _LAST_VIEWS[0] is policy and _LAST_VIEWS[1] is pki:
         return _LAST_VIEWS[2]
     prefixes = variable_prefixes(policy)
-    views = [_server_view(policy, s, pki, prefixes[s.slug]) for s in policy.servers]
+    no_tickets = cross_resumption_servers(policy) if resumption_cve_possible(policy.nginx_version) else set()
+    views = [replace(_server_view(policy, s, pki, prefixes[s.slug]), tickets=s.slug not in no_tickets)
+             for s in policy.servers]
     _LAST_VIEWS = (policy, pki, views)
     return views
 
@@ -139,6 +141,7 @@ class ServerView:
     catch_all: bool
     cas_note: list[Safe]
     upstream_tls: "UpstreamTls | None" = None
+    tickets: bool = True  # off where CVE-2025-23419 could let a session skip a client check
 
 
 # The system trust store of Debian and Ubuntu: what `https://` backends are verified against when the
