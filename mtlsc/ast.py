@@ -160,7 +160,7 @@ class Backend:
 
 @dataclass(frozen=True, slots=True)
 class BackendPaths:
-    """`backend_paths WORD...`: how the backend reads paths (case, `;`), so mtlsc need not refuse them."""
+    """`backend_paths WORD...`: how the backend reads paths (case, `;`, trailing `/`), so mtlsc need not refuse them."""
 
     words: tuple[Word, ...]
     span: Span = span_field()

@@ -6,7 +6,7 @@ case-variant gate) and by the model (`mtlsc.evaluate`), so the two cannot drift 
 - `route = /p`  -> `location = /p`: exactly `/p`;
 - `route /p/`   -> `location ^~ /p/`: every path starting with `/p/` (nginx answers `/p` with 301);
 - `route /p`    -> `location = /p` and `location ^~ /p/`: the path *segment* `/p` and everything
-  below it, never `/p-admin` or `/pX` (docs/language.md "Routes"). A string prefix would let
+  below it, never `/p-admin` or `/pX` (docs/language.md "route [=] PATH"). A string prefix would let
   `route /static { public }` make `/static-admin/export` public (docs/nginx-facts.md §F5).
 """
 

@@ -168,7 +168,7 @@ class ReservedHeaders:
 
 # Names `forward ... as` and `clear_headers` refuse (MTLS032): each means something to nginx, to
 # HTTP or to the backend's framework, so a certificate field there breaks the request instead of
-# describing the client (docs/language.md, "Header names").
+# describing the client (docs/language.md, "Identity headers").
 RESERVED_HEADERS: tuple[ReservedHeaders, ...] = (
     # Hop-by-hop (RFC 9110 §7.6.1): they govern one connection; nginx consumes and rewrites them.
     ReservedHeaders(

@@ -81,7 +81,7 @@ BACKEND_PATH_WORDS = ("case_sensitive", "literal_semicolons", "strict_slashes")
 
 def _backend_paths(ctx: Ctx, stmt: ast.BackendPaths) -> set[str]:
     """The words of `backend_paths`: how the backend reads a path, so mtlsc need not refuse what it
-    would read the same way nginx does (docs/language.md, "Paths the backend reads")."""
+    would read the same way nginx does (docs/language.md, "Paths")."""
     _no_duplicates(ctx, stmt.words, "`backend_paths` word")
     out = set()
     for w in stmt.words:
