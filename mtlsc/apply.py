@@ -8,7 +8,7 @@ locking anyone out.
 
 Layout (docs/apply.md): the compiled `nginx/*.conf` go into `--nginx-conf-dir DIR` (the directory
 the user's nginx.conf includes, e.g. /etc/nginx/conf.d); each server's trust and CRL files
-(`mtls/<server>.ca.pem`, `.crl.pem`) go into that server's `install` directory, where the
+(`mtls/<server>.ca.pem`, `.crl.pem`, and the njs key check `.keys.js`) go into that server's `install` directory, where the
 compiled config reads them. mtlsc only replaces or removes files it installed itself
 (DIR/.mtlsc/installed.json) and refuses to overwrite anyone else's. State, lock and history
 live in DIR/.mtlsc (see `mtlsc.apply_history`).
@@ -245,7 +245,7 @@ def _plan(policy_paths: Sequence[str], conf_dir: Path, conf_prefix: Callable[[],
         if rel.startswith("nginx/"):
             plan.files[str(conf_dir / rel.removeprefix("nginx/"))] = text.encode("utf-8")
     for server in result.policy.servers:
-        for suffix in (".ca.pem", ".crl.pem"):
+        for suffix in (".ca.pem", ".crl.pem", ".keys.js"):
             rel = f"mtls/{server.slug}{suffix}"
             if rel in outputs:
                 plan.files[str(_install_dir(server, conf_prefix) / f"{server.slug}{suffix}")] = outputs[rel].encode()

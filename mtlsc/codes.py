@@ -48,6 +48,7 @@ _OTHER: dict[str, tuple[str, str, Severity]] = {
     "MTLS031": ("nginx-too-old", "the target nginx predates what mtlsc needs", Severity.ERROR),
     "MTLS032": ("reserved-header-name", "a header name HTTP, nginx or mtlsc already gives a meaning", Severity.ERROR),
     "MTLS035": ("name-cryptography-refuses", "a certificate nginx reads whose name strings mtlsc's X.509 library refuses", Severity.ERROR),
+    "MTLS036": ("reserved-route-path", "a route path under `/.mtlsc/`, where mtlsc keeps its internal locations", Severity.ERROR),
     "MTLS301": ("bundle-without-certificate", "a CA bundle gives nginx no certificate", Severity.ERROR),
     "MTLS302": ("crl-file-without-crl", "a CRL file gives nginx no CRL", Severity.ERROR),
     "MTLS303": ("private-key-in-file", "a private key inside a CA or CRL file", Severity.WARNING),

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from mtlsc import ir
 from mtlsc.dn_regex import pcre_literal
 
+# mtlsc's own internal locations (the key check of several CAs on one server) live under this
+# prefix; routes may not use it (MTLS036).
+INTERNAL_PREFIX = "/.mtlsc/"
+
 
 @dataclass(frozen=True, slots=True)
 class Location:

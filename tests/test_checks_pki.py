@@ -15,7 +15,7 @@ import certifi
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from mtlsc import pipeline
@@ -350,7 +350,8 @@ def test_mtls232_triggers_for_a_root_that_can_mint_a_lookalike(tmp_path):
     found = _found(diags, "MTLS232")
     mine = [d for d in found if "of ca `c` can sign" in d.message]
     assert len(mine) == 1 and _where(mine[0]) == _pos(text, '"r.pem"')
-    assert "can sign a sub-CA named `CN=other,O=mtlsc lab`" in mine[0].message and mine[0].severity is Severity.WARNING
+    assert "can sign a sub-CA named `CN=other,O=mtlsc lab`" in mine[0].message and mine[0].severity is Severity.NOTE
+    assert "routes of ca `d` on server `a.test` are bound by key" in mine[0].message
     # ca d's root can also add a level within the server's depth (1, the largest of its CAs).
     assert [_where(d) for d in found if "of ca `d` can sign" in d.message] == [_pos(text, '"o.pem"')]
 
@@ -374,6 +375,33 @@ def test_mtls232_clean_when_pathlen_and_name_constraints_rule_it_out(tmp_path):
     _write(tmp_path, "o.pem", make_root("other", now=NOW, path_length=0).cert)
     _, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"', TWO_CAS, Q_ROUTE))
     assert not _found(diags, "MTLS232"), [d.message for d in diags]
+
+
+def _ed25519_root(cn: str) -> x509.Certificate:
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(NOW - timedelta(days=1))
+            .not_valid_after(NOW + timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, None))
+
+
+def test_mtls239_triggers_for_an_ed25519_ca_another_ca_could_copy(tmp_path):
+    _write(tmp_path, "r.pem", _ed25519_root("ed root"))
+    _write(tmp_path, "o.pem", make_root("other", now=NOW).cert)
+    # d's root can sign a sub-CA named like c's root within depth 1: c's routes need the key check
+    text, diags = _run(tmp_path, _policy('  bundle "r.pem"\n  depth 1', TWO_CAS, Q_ROUTE))
+    d = _one(diags, "MTLS239")
+    assert _where(d) == _pos(text, '"r.pem"') and d.severity is Severity.ERROR
+    assert "of ca `c` has a key the njs check cannot verify with" in d.message and "own server name" in d.help
+
+
+def test_mtls239_clean_when_no_other_ca_could_copy_the_name(tmp_path):
+    _write(tmp_path, "r.pem", _ed25519_root("ed root"))
+    _write(tmp_path, "o.pem", make_root("other", now=NOW, path_length=0).cert)  # d cannot sign a sub-CA
+    _, diags = _run(tmp_path, _policy('  bundle "r.pem"\n  depth 0', TWO_CAS, Q_ROUTE))
+    assert not _found(diags, "MTLS239") and not _found(diags, "MTLS232"), [d.message for d in diags]
 
 
 # ----- MTLS230 / MTLS231: the public web PKI ---------------------------------------------------------

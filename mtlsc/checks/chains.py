@@ -10,77 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cryptography import x509
 
 from mtlsc import ir
-from mtlsc.checks.trust_files import bundle_span, ca_files, crl_span, in_system_trust_dir, parsed, public_match
+from mtlsc.ca_binding import impersonations, key_bound
+from mtlsc.chain_paths import ca_certs, intermediates, needed_depth, root_path
+from mtlsc.checks.trust_files import bundle_span, ca_files, crl_span, in_system_trust_dir, public_match
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.pki import CertInfo, CrlInfo, describe
-
-
-# ----- chains -------------------------------------------------------------------------------------
-
-def _issues(parent: CertInfo, child: CertInfo) -> bool:
-    """Whether `parent` is the issuer OpenSSL would pick for `child`: name, then key identifier."""
-    if parent.fingerprint == child.fingerprint or parent.subject.lower() != child.issuer.lower():
-        return False
-    return child.aki is None or parent.ski is None or child.aki == parent.ski
-
-
-_ISSUERS: dict[int, tuple[tuple, dict[str, list[CertInfo]]]] = {}  # id(pool) -> (pool, index)
-
-
-def _by_subject(pool) -> dict[str, list[CertInfo]]:
-    """The distinct certificates of `pool` by lowercased subject. Built once per bundle (tuples are
-    immutable, and the entry holds the tuple so its id cannot be reused): `root_path` runs for
-    every CA certificate, and scanning the whole pool each time is quadratic in a bundle of
-    thousands of certificates."""
-    if isinstance(pool, tuple) and (hit := _ISSUERS.get(id(pool))) is not None and hit[0] is pool:
-        return hit[1]
-    index: dict[str, list[CertInfo]] = {}
-    seen: set[str] = set()
-    for c in pool:
-        if c.fingerprint not in seen:
-            seen.add(c.fingerprint)
-            index.setdefault(c.subject.lower(), []).append(c)
-    if isinstance(pool, tuple):
-        if len(_ISSUERS) >= 8:
-            _ISSUERS.clear()
-        _ISSUERS[id(pool)] = (pool, index)
-    return index
-
-
-def root_path(cert: CertInfo, pool) -> list[CertInfo] | None:
-    """The shortest path [cert, issuer, ..., self-signed root] inside `pool`, or None."""
-    index = _by_subject(pool)
-    paths, seen = [[cert]], {cert.fingerprint}
-    while paths:
-        nxt = []
-        for path in paths:
-            if path[-1].self_signed:
-                return path
-            for parent in index.get(path[-1].issuer.lower(), ()):
-                if parent.fingerprint not in seen and _issues(parent, path[-1]):
-                    seen.add(parent.fingerprint)
-                    nxt.append([*path, parent])
-        paths = nxt
-    return None
-
-
-def ca_certs(certs) -> list[CertInfo]:
-    return [c for c in certs if c.is_ca]
-
-
-def intermediates(path: list[CertInfo]) -> int:
-    """Intermediates between a leaf issued by path[0] and the root, as nginx counts depth (§3).
-    Self-issued certificates (key rollover) do not count, as in OpenSSL."""
-    return sum(1 for c in path[:-1] if c.subject.lower() != c.issuer.lower())
-
-
-def needed_depth(certs) -> tuple[int, CertInfo] | None:
-    """(depth the deepest CA certificate needs, that certificate), or None without any chain."""
-    found = [(intermediates(p), c) for c in ca_certs(certs) if (p := root_path(c, certs))]
-    return max(found, key=lambda x: x[0]) if found else None
 
 
 def servers_of(ctx) -> Iterator[tuple[ir.Server, list[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, ...]]]]]:
@@ -274,74 +210,61 @@ def bundle_in_system_trust_store(ctx):
                               label="system trust store")
 
 
-def _chain_allows_sub_ca(path: list[CertInfo]) -> bool:
-    """Whether the pathLen constraints of `path` ([cert, ..., root]) let path[0] sign one more CA."""
-    for k, cert in enumerate(path):
-        below = intermediates(path[:k + 1]) + 1  # the existing ones, plus the new sub-CA
-        if cert.path_length is not None and below > cert.path_length:
-            return False
-    return path[0].key_cert_sign
-
-
-def _in_subtree(name: x509.Name, subtree: x509.Name) -> bool:
-    head = [r.rfc4514_string().lower() for r in subtree.rdns]
-    return [r.rfc4514_string().lower() for r in name.rdns[:len(head)]] == head
-
-
-def _names_allow(path: list[CertInfo], name: x509.Name) -> bool:
-    """Whether the name constraints along `path` let a sub-CA carry the subject `name`."""
-    for cert in path:
-        try:
-            nc = parsed(cert.pem).extensions.get_extension_for_class(x509.NameConstraints).value
-        except x509.ExtensionNotFound:
-            continue
-        permitted = [g.value for g in nc.permitted_subtrees or () if isinstance(g, x509.DirectoryName)]
-        excluded = [g.value for g in nc.excluded_subtrees or () if isinstance(g, x509.DirectoryName)]
-        if permitted and not any(_in_subtree(name, s) for s in permitted):
-            return False
-        if any(_in_subtree(name, s) for s in excluded):
-            return False
-    return True
-
-
 def ca_can_mint_lookalike_issuer(ctx):
-    """What it catches: on a server with several CAs, a CA whose certificates could sign a sub-CA
-    carrying another CA's name, within the server's verify depth, with no pathLen or name
-    constraint to stop it.
+    """What it catches: on a server with several CAs, a CA certificate that could sign a sub-CA
+    carrying the name of another CA's certificate, with the copy's clients still within the
+    server's verify depth, and no pathLen or name constraint to stop it.
 
-    Why: a route is bound to its CA by `$ssl_client_i_dn` alone; a sub-CA under another trusted
-    CA that copies the DN passes that binding with a byte-identical `i_dn` and `s_dn` (nginx-facts
-    §E2, over-trust trap 9). A route is only as safe as every CA in its server's trust file.
+    Why: nginx shows a route only names, so a look-alike sub-CA would pass the issuer-DN binding
+    with a byte-identical `i_dn` and `s_dn` (nginx-facts §E2, over-trust trap 9). mtlsc therefore binds that CA's
+    routes by key as well: the client certificate's signature must verify under a public key of
+    the route's CA (njs, docs/language.md "Several CAs on one server"). The emitted config needs
+    the njs module, and each request to those routes costs one signature check.
 
-    Example: `ca a { bundle "a-root.pem" depth 1 }` and `ca b { ... }` on one server, a-root without pathLen.
+    Example: `ca a { bundle "a-root.pem" "a-issuing.pem" }` and `ca b { ... }` on one server,
+    b-root without pathLen.
 
-    Fix: serve each CA set on its own server name or port; or use CAs whose pathLen (0 on the
-    issuing CA, and a root that cannot add levels within the depth) or name constraints rule it out.
+    Fix: nothing, if njs is loaded (Debian: libnginx-mod-http-js); to need neither njs nor the
+    check, serve each CA on its own server name or port, or use CAs whose pathLen or name
+    constraints rule the copy out.
     """
-    seen = set()
     for server, cas in servers_of(ctx):
-        if len(cas) < 2:
-            continue
-        depth = max(ca.depth for ca, _, _ in cas)
-        for ca, certs, _ in cas:
-            targets = [(o, c) for o, oc, _ in cas if o.name != ca.name for c in oc]
-            for cert in ca_certs(certs):
-                path = root_path(cert, certs)
-                # The copy's clients sit one level deeper than cert's own: that must fit in the depth.
-                if not path or intermediates(path) + 1 > depth or not _chain_allows_sub_ca(path):
-                    continue
-                hit = next(((o, c) for o, c in targets if _names_allow(path, parsed(c.pem).subject)), None)
-                if hit is None or (ca.name, hit[0].name) in seen:
-                    continue
-                seen.add((ca.name, hit[0].name))
+        seen = set()
+        for imp in impersonations([(ca, certs) for ca, certs, _ in cas]):
+            if (imp.by.name, imp.of.name) in seen:
+                continue
+            seen.add((imp.by.name, imp.of.name))
+            names = ", ".join(f"`{c.subject}`" for c in imp.copied)
+            yield Finding(bundle_span(imp.by, imp.minter),
+                          f"{describe(imp.minter)} of ca `{imp.by.name}` can sign a sub-CA named {names}: routes of "
+                          f"ca `{imp.of.name}` on server `{server.names[0]}` are bound by key as well as by name (njs)",
+                          f"load the njs module (libnginx-mod-http-js); or serve ca `{imp.by.name}` and ca "
+                          f"`{imp.of.name}` on different server names or ports",
+                          label="can mint a look-alike issuer",
+                          related=(Related(imp.of.span, f"the routes of ca `{imp.of.name}` check the key"),))
+
+
+def ca_key_not_bindable(ctx):
+    """What it catches: a CA whose routes must be bound by key (another CA of the server could copy
+    its name: MTLS232) holding a certificate whose key the njs check cannot verify with: Ed25519,
+    Ed448, DSA, or an elliptic curve other than P-256, P-384 and P-521.
+
+    Why: the key check would refuse every client that certificate issued (a lockout), and binding
+    by name alone lets the other CA's look-alike sub-CA in (over-trust; nginx-facts §E2).
+
+    Example: `ca a { bundle "ed25519-root.pem" }` beside `ca b { ... }` on one server.
+
+    Fix: serve the CA on its own server name or port, where no other CA shares its trust file.
+    """
+    for server in ctx.policy.servers:
+        for name, keys in key_bound(server, ctx.pki).items():
+            ca = next(c for c in server.cas if c.name == name)
+            for cert in (k for k in keys if isinstance(k, CertInfo)):
                 yield Finding(bundle_span(ca, cert),
-                              f"{describe(cert)} of ca `{ca.name}` can sign a sub-CA named `{hit[1].subject}`: its "
-                              f"clients would pass the routes of ca `{hit[0].name}` on server `{server.names[0]}`",
-                              f"serve ca `{ca.name}` and ca `{hit[0].name}` on different server names or ports, or use "
-                              "CAs whose pathLen or name constraints rule this out",
-                              label="can mint a look-alike issuer",
-                              related=(Related(hit[0].span, f"the routes of ca `{hit[0].name}` trust this name"),))
-                break
+                              f"{describe(cert)} of ca `{name}` has a key the njs check cannot verify with, and ca "
+                              f"`{name}` shares server `{server.names[0]}` with a CA that could copy its name",
+                              f"serve ca `{name}` on its own server name or port",
+                              label="key not usable for binding")
 
 
 def verify_depth_larger_than_needed(ctx):

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from mtlsc import dn, ir
+from mtlsc.chain_paths import parsed
 from mtlsc.diagnostics import Finding
 from mtlsc.pki import CertInfo, CrlInfo, describe
 from mtlsc.source import Span, point
@@ -48,14 +49,6 @@ def ca_files(ctx) -> Iterator[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, 
         facts = ctx.pki.ca(ca.name)
         if facts is not None:
             yield ca, facts.certs, facts.crls
-
-
-@functools.lru_cache(maxsize=1024)
-def parsed(pem: str) -> x509.Certificate:
-    """The cryptography object of a certificate (CertInfo.pem round-trips exactly)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. a non-positive serial: nginx loads such a certificate
-        return x509.load_pem_x509_certificate(pem.encode())
 
 
 # ----- the public web PKI, as this machine knows it -------------------------------------------------

@@ -7,13 +7,15 @@ comments live in the templates beside this file.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field, replace
 
 from mtlsc import dn, ir
+from mtlsc.ca_binding import KeyEntry, key_bound
 from mtlsc.emit import quote, render
 from mtlsc.emit.quote import Safe
 from mtlsc.evaluate import BAD_TARGET, identity_headers
-from mtlsc.locations import alias_gated, alias_regex, locations
+from mtlsc.locations import INTERNAL_PREFIX, alias_gated, alias_regex, locations
 from mtlsc.nginx_facts import FORWARD_FIELDS, cross_resumption_servers, resumption_cve_possible
 from mtlsc.pki import Pki, crl_file_pem, trust_file_pem
 from mtlsc.uri import NONCANONICAL
@@ -51,6 +53,7 @@ class LocationView:
     gates: list[Gate]
     headers: list[tuple[Safe, Safe]]
     backend: Safe
+    key_check: Safe | None = None  # the internal URI that checks the certificate's signing key
 
 
 _LAST_VIEWS: tuple = ()  # (policy, pki, views) of the last call: two checks and the emitter share it
@@ -80,6 +83,9 @@ def emit(policy: ir.Policy, pki: Pki) -> dict[str, str]:
             out[f"mtls/{server.slug}.ca.pem"] = trust_file_pem(pki, [c.name for c in server.cas])
             if any(c.crls for c in server.cas):
                 out[f"mtls/{server.slug}.crl.pem"] = crl_file_pem(pki, [c.name for c in server.cas])
+        if view.key_binding:
+            out[f"mtls/{server.slug}.keys.js"] = render("keys.js.j2", b=view.key_binding,
+                                                         table=Safe(_js_table(view.key_binding.table)))
     out[HTTP_CONF] = render(
         "nginx_http.conf.j2",
         sources=_sources(policy),
@@ -87,6 +93,11 @@ def emit(policy: ir.Policy, pki: Pki) -> dict[str, str]:
         hash_sizes=_hash_sizes(views),
     )
     return out
+
+
+def _js_table(table: dict[str, list[dict]]) -> str:
+    """The key table as a JS object literal: JSON of base64 and fixed words, sorted for stable output."""
+    return json.dumps(table, indent=4, sort_keys=True)
 
 
 def _sources(policy: ir.Policy) -> list[Safe]:
@@ -141,6 +152,7 @@ class ServerView:
     catch_all: bool
     cas_note: list[Safe]
     upstream_tls: "UpstreamTls | None" = None
+    key_binding: "KeyBinding | None" = None
     tickets: bool = True  # off where CVE-2025-23419 could let a session skip a client check
 
 
@@ -168,6 +180,42 @@ def _upstream_tls(server: ir.Server) -> UpstreamTls | None:
         name=quote.nginx_text(tls.name) if tls.name else None,
         certificate=quote.nginx_text(tls.certificate) if tls.certificate else None,
         key=quote.nginx_text(tls.key) if tls.key else None,
+    )
+
+
+@dataclass
+class KeyCheck:
+    uri: Safe
+    export: Safe  # the njs function, `ca<index>`
+    function: Safe  # `<module>.<export>`, as js_content names it
+    ca: Safe
+
+
+@dataclass
+class KeyBinding:
+    """Routes of CAs another CA of the server could impersonate check the client certificate's
+    signing key in njs (mtlsc.ca_binding); the module lives beside the trust file."""
+
+    module: Safe
+    file: Safe
+    checks: list[KeyCheck]
+    table: dict[str, list[dict]]  # ca0 -> [key entry fields]: the data of the njs module
+
+
+def _key_binding(server: ir.Server, pki: Pki, prefix: str, ca_index: dict[str, int]) -> KeyBinding | None:
+    bound = {name: keys for name, keys in key_bound(server, pki).items()
+             if all(isinstance(k, KeyEntry) for k in keys)}  # else MTLS239 stops the compile
+    if not bound:
+        return None
+    module = prefix.rstrip("_")
+    names = sorted(bound, key=lambda n: ca_index[n])
+    return KeyBinding(
+        module=quote.bare(module),
+        file=quote.nginx_text(f"{server.install_dir.rstrip('/')}/{server.slug}.keys.js"),
+        checks=[KeyCheck(quote.nginx_word(f"{INTERNAL_PREFIX}key/ca{ca_index[n]}"), quote.bare(f"ca{ca_index[n]}"),
+                         quote.bare(f"{module}.ca{ca_index[n]}"), quote.comment(n)) for n in names],
+        table={f"ca{ca_index[n]}": [{"kty": k.kty, "curve": k.curve, "size": k.size, "spki": k.spki}
+                                    for k in bound[n]] for n in names},
     )
 
 
@@ -204,7 +252,9 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         maps += _ca_binding_maps(server, pki, prefix, ca_index)
     target_gates = _target_gates(server, prefix, maps)
     identity_gate = _identity_maps(server, prefix, maps)
-    views = [_location(server, loc, prefix, ca_index, identity_gate) for loc in locations(server)]
+    binding = _key_binding(server, pki, prefix, ca_index) if len(cas) > 1 else None
+    key_checks = {c.ca: c.uri for c in binding.checks} if binding else {}
+    views = [_location(server, loc, prefix, ca_index, identity_gate, key_checks) for loc in locations(server)]
     ocsp = next((c.ocsp for c in cas if c.ocsp), None)
     install = server.install_dir.rstrip("/")
     return ServerView(
@@ -229,6 +279,7 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         catch_all=not any(not loc.exact and loc.name == "/" for loc in locations(server)),
         cas_note=[quote.comment(f"ca {c.name}: depth {c.depth}, {len(c.crls)} CRL file(s)") for c in cas],
         upstream_tls=_upstream_tls(server),
+        key_binding=binding,
     )
 
 
@@ -329,7 +380,7 @@ def _identity_key(ident: ir.Identity) -> Safe:
     return quote.map_key(f"{ident.serial}:{ident.issuer}")
 
 
-def _location(server, loc: Location, prefix, ca_index, identity_gate) -> LocationView:
+def _location(server, loc: Location, prefix, ca_index, identity_gate, key_checks) -> LocationView:
     route = loc.route
     rej = server.rejections
     gates: list[Gate] = []
@@ -353,4 +404,5 @@ def _location(server, loc: Location, prefix, ca_index, identity_gate) -> Locatio
         headers=headers,
         # The URI part makes nginx forward the normalised path it routed on, not the raw target.
         backend=quote.nginx_word(route.backend + loc.name),
+        key_check=key_checks.get(route.ca.name) if route.ca else None,
     )

@@ -8,6 +8,7 @@ from mtlsc.emit import quote
 from mtlsc.lower.backend_tls import lower_backend_tls
 from mtlsc.lower.common import Ctx, nginx_string, once, resolve, suggest
 from mtlsc.lower.headers import usable_header
+from mtlsc.locations import INTERNAL_PREFIX
 from mtlsc.nginx_facts import FORWARD_FIELDS
 
 DEFAULT_INSTALL_DIR = "/etc/nginx/mtls"
@@ -145,6 +146,10 @@ def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_back
     if len(path) > ROUTE_PATH_MAX:
         ctx.err("MTLS020", node.path.span, f"the route path is {len(path)} characters long; mtlsc allows {ROUTE_PATH_MAX}",
                 "shorten the path: the case-variant gate writes it twice, escaped, into one nginx argument (4 KiB)")
+        return None
+    if (path.lower() + "/").startswith(INTERNAL_PREFIX):
+        ctx.err("MTLS036", node.path.span, f"`{path}` is under `{INTERNAL_PREFIX}`, where mtlsc keeps internal locations "
+                "(the key check of several CAs on one server)", "choose another path")
         return None
     where = f"route `{path}`"
     modes = [s for s in node.body if isinstance(s, (ast.Public, ast.Optional, ast.Require))]
