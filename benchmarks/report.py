@@ -15,7 +15,7 @@ from importlib import metadata
 
 from benchmarks.cli_bench import LabTime, Latency
 from benchmarks.compile_bench import ShapeResult, Sweeps
-from benchmarks.runtime import NO_GATE, PROXIED, RuntimeResult
+from benchmarks.runtime import KEY_BOUND, NAME_BOUND, NO_GATE, PROXIED, RuntimeResult
 
 GROWTH_SLACK = 1.1  # 10x work <= 11x time
 PEER_COMPILE = 2.0  # compile <= 2x crossplane parse
@@ -23,6 +23,11 @@ PEER_CHECK = 0.5  # check <= 0.5x gixy
 RUNTIME_RATIO = 0.97
 CLI_TARGET = 0.200
 LAB_TARGET = 10.0
+
+
+# The njs key check (an auth_request subrequest, a fresh njs VM, one signature verification) may cost
+# up to half of a kept-alive proxied request's worker CPU; more would say the check is built wrong.
+KEY_CHECK_RATIO = 0.5
 
 
 @dataclass
@@ -234,6 +239,8 @@ def runtime_ratios(rt: RuntimeResult) -> list[tuple[str, str, float, float, floa
             pairs.append((emitted[0], hand))
         if not suffix:
             pairs += [(n, emitted[0]) for n in emitted[1:]]
+    if KEY_BOUND + PROXIED in rt.samples and NAME_BOUND + PROXIED in rt.samples:
+        pairs.append((KEY_BOUND + PROXIED, NAME_BOUND + PROXIED))
     out = []
     for this, ref in pairs:
         for mode in ("keep-alive", "new connection"):
@@ -291,6 +298,13 @@ def verdicts(sweeps: Sweeps | None, growth_raw, rt: RuntimeResult | None, latenc
             out.append(Verdict(name, figure, not over, "" if not over else _peer_cause(op, peer, over, met)))
     if rt is not None:
         for comparison, mode, rate, cpu, spread in runtime_ratios(rt):
+            if comparison.startswith(KEY_BOUND):
+                # the price of closing the look-alike hole: measured and shown, the bar is that it stays bounded
+                met = cpu >= KEY_CHECK_RATIO
+                out.append(Verdict(f"key binding >= {KEY_CHECK_RATIO}x name binding, worker CPU ({mode})",
+                                   f"{comparison}: worker CPU {cpu:.3f}x (±{spread:.3f}), req/s {rate:.3f}x", met,
+                                   "" if met else "an njs subrequest and a signature check per request"))
+                continue
             target = "emitted >= 0.97x hand-written" if "hand-written" in comparison else "many identities >= 0.97x 10 identities"
             if PROXIED in comparison:
                 target += ", proxied backend"

@@ -75,7 +75,7 @@ def make_pki(work: Path) -> Pki:
     certificate and two client certificates."""
     now = datetime.now(timezone.utc)
     ca_dir = work / "ca"
-    chain = synth.ensure_cas(ca_dir, 1, now)["c0"]
+    chain = synth.ensure_cas(ca_dir, 2, now)["c0"]  # c1: the second CA of the two-CA configs
     labpki.write_pem(work / "trust.pem", chain.root.cert, chain.issuing.cert)
     server_ca = labpki.make_root("bench server CA", now=now)
     labpki.write_pem(work / "server-ca.pem", server_ca.cert)
@@ -167,6 +167,42 @@ def emitted_conf(work: Path, pki: Pki, port: int, identities: int, identity_gate
     return text if identity_gate else _IDENTITY_GATE.sub("", text)
 
 
+KEY_BOUND = "two CAs: key binding (njs)"
+NAME_BOUND = "two CAs: name binding only"
+_KEY_CHECK = re.compile(r"\n[^\n]*(?:auth_request |error_page 403 = @mtlsc_bad_cert)[^\n]*")
+
+
+def two_ca_conf(work: Path, pki: Pki, port: int, backend: int, key_check: bool = True) -> str:
+    """mtlsc's config for a server whose routes name two CAs (root + issuing each, depth 1): each
+    root could sign a look-alike of the other's names, so both CAs' routes are bound by key (njs
+    signature check per request, docs/language.md "Several CAs on one server"). `key_check=False`
+    drops the `auth_request` lines: the same config bound by name only, the baseline. Both proxy to
+    the backend server: a `return` would answer in the rewrite phase, before auth_request runs."""
+    out = work / f"two-cas-{port}"
+    policy = work / f"two-cas-{port}.mtls"
+    policy.write_text(f"""nginx ">= 1.22"
+ca c0 {{ bundle "ca/c0-root.pem" "ca/c0-issuing.pem"  depth 1 }}
+ca c1 {{ bundle "ca/c1-root.pem" "ca/c1-issuing.pem"  depth 1 }}
+identity i0 {{ subject "{synth.subject(0)}" }}
+server {SERVER} {{
+  listen 127.0.0.1:{port}
+  certificate "{pki.server_crt}" key "{pki.server_key}"
+  backend "http://127.0.0.1:8080"
+  install "{out / 'mtls'}"
+  route = /healthz {{ public }}
+  route /partner/ {{ require c0  allow i0  forward subject verify }}
+  route /other/ {{ require c1  allow any }}
+}}
+""")
+    result = pipeline.compile_policy([str(policy)])
+    if result.failed or not any(name.endswith(".keys.js") for name in result.outputs):
+        raise RuntimeError(f"the two-CA policy does not compile to a key check: {[d.message for d in result.diagnostics][:3]}")
+    write_atomic(out, result.outputs)
+    text = "\n".join(_PROXY.sub(lambda m: m[1] + _answer(backend), result.outputs[n]).replace("\nserver {\n", "\nserver {\n    access_log off;\n")
+                     for n in sorted(result.outputs) if n.startswith("nginx/"))
+    return text if key_check else _KEY_CHECK.sub("", text)
+
+
 def _worker_cpu(pids: set[int]) -> float:
     """CPU seconds the processes ran: /proc/PID/schedstat (nanoseconds) where the kernel keeps
     it, else utime + stime of /proc/PID/stat (clock ticks, 10 ms)."""
@@ -191,18 +227,18 @@ def _time_nginx_t(nginx_bin: str, prefix: Path) -> float:
 
 def measure(work: Path, *, identity_counts: list[int], rounds: int, keepalive_requests: int,
             new_conn_requests: int, processes: int = 2, max_seconds: float = 60, reloads: int = 3,
-            diagnostic: bool = True, proxy: bool = True, progress=print) -> RuntimeResult:
+            diagnostic: bool = True, proxy: bool = True, two_cas: bool = True, progress=print) -> RuntimeResult:
     """Build every config, start them all, then `rounds` rounds over configs x modes."""
     nginx_bin = find_nginx()
     work.mkdir(parents=True, exist_ok=True)
     pki = make_pki(work)
     configs = []
 
-    def add(name, build, identities=None, proxied=False):
+    def add(name, build, identities=None, proxied=False, modes=None):
         port = free_port()
         backend = free_port() if proxied else None
         text = build(port, backend) + (backend_conf(backend) if backend else "")
-        modes = ("keep-alive",) if proxied else ("keep-alive", "new connection")
+        modes = modes or (("keep-alive",) if proxied else ("keep-alive", "new connection"))
         configs.append(Config(name + (PROXIED if proxied else ""), text, port, identities, modes, backend))
 
     for proxied in (False, True) if proxy else (False,):
@@ -212,6 +248,10 @@ def measure(work: Path, *, identity_counts: list[int], rounds: int, keepalive_re
             add(f"mtlsc, {n:,} identities", lambda p, b, n=n: emitted_conf(work, pki, p, n, backend=b), n, proxied)
         if diagnostic and identity_counts and not proxied:
             add(NO_GATE, lambda p, b: emitted_conf(work, pki, p, identity_counts[0], identity_gate=False))
+    if two_cas:
+        both = ("keep-alive", "new connection")
+        add(NAME_BOUND, lambda p, b: two_ca_conf(work, pki, p, b, key_check=False), proxied=True, modes=both)
+        add(KEY_BOUND, lambda p, b: two_ca_conf(work, pki, p, b), proxied=True, modes=both)
     result = RuntimeResult()
     with contextlib.ExitStack() as stack:
         running = {}

@@ -28,10 +28,11 @@ UNTRUSTED_DIR = "untrusted"
 @dataclass(frozen=True, slots=True)
 class Member:
     file: str  # path under the clients directory, without .crt/.key
-    kind: str  # identity | near | stranger | revoked | expired | untrusted
+    kind: str  # identity | near | stranger | revoked | expired | untrusted | lookalike
     ca: str | None  # the CA that issues it (None: a CA no server trusts)
     subject: str  # nginx form; for a fingerprint identity, unknown until the user supplies it
     identity: ir.Identity | None = None  # for `near`: the identity it imitates
+    imitates: str | None = None  # for `lookalike`: the CA whose issuing CA's name its sub-CA copies
 
     @property
     def mintable(self) -> bool:
@@ -45,7 +46,7 @@ class Member:
             return Client(self.subject, "", fingerprint=ident.fingerprint, verified_by=verified_by)
         if ident is not None and ident.kind is ir.IdentityKind.SERIAL:
             return Client(self.subject, ident.issuer, serial=ident.serial, verified_by=verified_by)
-        return Client(self.subject, "", verified_by=verified_by)
+        return Client(self.subject, "", verified_by=verified_by, foreign_issuer=self.kind == "lookalike")
 
 
 def identity_subject(identity: ir.Identity) -> str:
@@ -171,6 +172,22 @@ def near_subjects(identity: ir.Identity, allowed: tuple[ir.Identity, ...] | Allo
     return out
 
 
+def _lookalikes(policy: ir.Policy, members: list[Member], stranger: str) -> list[Member]:
+    """Per pair of CAs sharing a server: a client of a sub-CA that ca `by` signed with the name of
+    ca `of`'s issuing CA, holding a subject `of` allows (docs/language.md "Several CAs on one
+    server"). Whether `by` may sign such a sub-CA depends on the CA files: if it may, only the key
+    check refuses it; if not, nginx's own verification does. Either way no CA-bound route takes it."""
+    subjects = {m.ca: m.subject for m in members if m.kind == "identity" and m.mintable}
+    pairs: set[tuple[str, str]] = set()
+    for server in policy.servers:
+        if max((c.depth for c in server.cas), default=0) < 1:
+            continue  # no room for the copy's sub-CA: nginx refuses it in the handshake
+        bound = sorted({r.ca.name for r in server.routes if r.ca is not None})
+        pairs.update((of, by) for of in bound for by in (c.name for c in server.cas) if by != of)
+    return [Member(f"{of}/lookalike-by-{by}", "lookalike", by, subjects.get(of, stranger), imitates=of)
+            for of, by in sorted(pairs)]
+
+
 def stranger_subject(policy: ir.Policy) -> str:
     """A subject no identity of the policy matches (the disallowed client)."""
     idents = policy.identities
@@ -215,6 +232,7 @@ def cast(policy: ir.Policy) -> list[Member]:
             ident = allowed[ca.name][name]
             for n, subject in enumerate(near_subjects(ident, on_ca), 1):
                 members.append(Member(f"{ca.name}/near-{name}-{n}", "near", ca.name, subject, ident))
+    members += _lookalikes(policy, members, stranger)
     first_subject = next((i.subject for i in policy.identities if i.kind is ir.IdentityKind.SUBJECT), None)
     members.append(Member(f"{UNTRUSTED_DIR}/client", "untrusted", None, first_subject or "CN=mtlsc-untrusted,O=mtlsc lab"))
     return members

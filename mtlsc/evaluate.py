@@ -30,6 +30,10 @@ class Client:
     not_before: str = ""  # $ssl_client_v_start: `Nov 27 02:47:00 2026 GMT`
     not_after: str = ""  # $ssl_client_v_end
     days_remaining: str = ""  # $ssl_client_v_remain: whole days
+    # The issuer is not a certificate of the CA that verified the chain but a sub-CA that CA signed
+    # (a look-alike of another CA's issuer, say): a server with several CAs refuses it on every
+    # CA-bound route, by name or by key (docs/language.md "Several CAs on one server").
+    foreign_issuer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +218,7 @@ def _route(server: ir.Server, path: str, client: Client | None, index: AllowInde
         if route.mode is ir.Mode.OPTIONAL:
             return Outcome(200, "ok", route, _headers(route, None))
         return _reject(server, "no_cert", route)
-    if client.verified_by != route.ca.name:
+    if client.verified_by != route.ca.name or (client.foreign_issuer and len(server.cas) > 1):
         return _reject(server, "bad_cert", route)
     if route.allow and not (index or allow_index(route.allow)).matches(client):
         return _reject(server, "forbidden", route)

@@ -89,24 +89,31 @@ def _fold(s: str, case_sensitive: bool) -> str:
     return s if case_sensitive else ascii_lower(s)
 
 
+def _slash_twin(name: str) -> str:
+    """`/p` for `/p/`, `/p/` for `/p`: one path to a backend with non-strict routing."""
+    return name[:-1] if name.endswith("/") else name + "/"
+
+
 def _slash_alias_allowed(location: Location, names: frozenset[str], strict_slashes: bool = False) -> bool:
-    """An exact location `/p` whose `/p/` no location claims: Express's default (non-strict)
-    routing serves `/p/` with the handler of `/p`, while nginx routes it elsewhere."""
-    return not strict_slashes and location.exact and location.name != "/" and location.name + "/" not in names
+    """An exact location `/p` whose `/p/` no location claims, or `/p/` whose `/p`: Express's
+    default (non-strict) routing serves the twin with the handler of the location's path, while
+    nginx routes it elsewhere."""
+    return (not strict_slashes and location.exact and location.name != "/"
+            and _slash_twin(location.name) not in names)
 
 
 def is_alias(location: Location, path: str, names: frozenset[str], case_sensitive: bool,
              strict_slashes: bool = False) -> bool:
     """`path` is one a backend may serve as `location`'s path while nginx routed it elsewhere:
     it differs only in ASCII letter case from a path `location` covers (unless the backend is
-    case-sensitive), or it is an exact location's path with a trailing `/` added."""
+    case-sensitive), or it is an exact location's path with a trailing `/` added or removed."""
     if location.covers(path):
         return False
     lower, name = _fold(path, case_sensitive), _fold(location.name, case_sensitive)
     if location.exact:
         if lower == name:
             return True
-        return _slash_alias_allowed(location, names, strict_slashes) and lower == name + "/"
+        return _slash_alias_allowed(location, names, strict_slashes) and lower == _slash_twin(name)
     return lower.startswith(name)
 
 
@@ -124,9 +131,12 @@ def alias_regex(location: Location, names: frozenset[str], case_sensitive: bool,
     """A PCRE over `$uri` matching exactly the paths `is_alias` holds for `location`."""
     name = pcre_literal(location.name)
     folded = name if case_sensitive else f"(?i:{name})"
-    slash = "/?" if _slash_alias_allowed(location, names, strict_slashes) else ""
+    if location.exact and _slash_alias_allowed(location, names, strict_slashes):
+        stem = pcre_literal(location.name.rstrip("/"))
+        stem = stem if case_sensitive else f"(?i:{stem})"
+        return f"(?!{name}$){stem}/?$"
     if location.exact:
-        return f"(?!{name}$){folded}{slash}$"
+        return f"(?!{name}$){folded}$"
     return f"(?!{name}){folded}"
 
 

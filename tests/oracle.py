@@ -133,6 +133,9 @@ class Presented:
     serial: int
     fingerprint: str  # SHA-1, lower-case hex
     fields: dict = field(default_factory=dict, compare=False)  # forward field -> nginx's value
+    # Issued by a sub-CA that `ca`'s root signed, not by a certificate of `ca`'s bundle (a look-alike
+    # of another CA's issuing CA): one intermediate more than the bundle holds.
+    via_sub_ca: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,13 @@ def non_canonical(raw: str, path: str, server: ServerSpec) -> bool:
     claimed = {_location_name(r) for r in server.routes}
     if not server.strict_slashes and any(r.exact and r.path != "/" and r.path + "/" not in claimed
                                          and fold(path) == fold(r.path) + "/" for r in server.routes):
+        return True
+    # And the other way: an exact route `/p/` whose `/p` no route claims (Express's `/p/` handler
+    # serves `/p` too). `/p` is claimed by `route = /p` and by the segment route `route /p`.
+    owners = {r.path for r in server.routes if r.exact or not r.path.endswith("/")}
+    if not server.strict_slashes and any(r.exact and r.path.endswith("/") and r.path != "/"
+                                         and r.path[:-1] not in owners and fold(path) == fold(r.path[:-1])
+                                         for r in server.routes):
         return True
     if server.case_sensitive:
         return False
@@ -341,9 +351,10 @@ def judge(spec: PolicySpec, server: ServerSpec, raw: str, cert: Presented | None
     if path is None:
         return Expected(400, "nginx 400")
     cas = {r.ca for r in server.routes if r.ca}
+    depth = max((c.size - 1 + c.extra_depth for c in spec.cas if c.name in cas), default=0)
     if not cas:
         cert = None  # no certificate is asked for
-    elif cert is not None and not (cert.valid and cert.ca in cas):
+    elif cert is not None and not (cert.valid and cert.ca in cas and (depth >= 1 or not cert.via_sub_ca)):
         return _reject(server, "bad_cert", None)
     if server.handshake and cert is None:
         return _reject(server, "no_cert", None)
@@ -362,6 +373,10 @@ def judge(spec: PolicySpec, server: ServerSpec, raw: str, cert: Presented | None
     if cert is None:
         return _reject(server, "no_cert", route)
     if cert.ca != route.ca:
+        return _reject(server, "bad_cert", route)
+    if cert.via_sub_ca and len(cas) > 1:
+        # with several CAs, a route takes only certificates that a bundle certificate of its own CA
+        # issued: a sub-CA's copy of a name (or of a key identifier) does not count
         return _reject(server, "bad_cert", route)
     if route.allow and not any(identity_matches(spec.identity(n), cert) for n in route.allow):
         return _reject(server, "forbidden", route)

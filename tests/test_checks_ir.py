@@ -498,6 +498,32 @@ def test_mtls206_triggers_when_the_issuer_map_lists_another_cas_certificate(monk
     assert_finding(pipeline.check(["policies/multi-ca.mtls"]), "MTLS206", 25, 3, "not only `internal`")
 
 
+def test_mtls206_triggers_when_the_emitter_drops_the_key_check(monkeypatch):
+    real = emit_nginx._location
+
+    def unchecked(*args):
+        return dataclasses.replace(real(*args), key_check=None)
+
+    monkeypatch.setattr(emit_nginx, "_location", unchecked)
+    monkeypatch.chdir(REPO)
+    r = pipeline.check(["policies/multi-ca.mtls"])
+    assert_finding(r, "MTLS206", 25, 3, "not only `internal`")
+    assert_finding(r, "MTLS206", 26, 3, "not only `vendors`")
+
+
+def test_mtls206_triggers_when_the_key_table_holds_another_cas_key(monkeypatch):
+    real = emit_nginx._key_binding
+
+    def swapped(*args):
+        b = real(*args)
+        b.table["ca0"] = b.table["ca1"]
+        return b
+
+    monkeypatch.setattr(emit_nginx, "_key_binding", swapped)
+    monkeypatch.chdir(REPO)
+    assert_finding(pipeline.check(["policies/multi-ca.mtls"]), "MTLS206", 25, 3, "not only `internal`")
+
+
 def test_mtls206_clean_multi_ca_policy_refuses_the_other_ca_in_the_model(monkeypatch):
     """Compiled multi-CA policy: no MTLS206, and mtlsc's model of the config answers `bad_cert` to a
     client of the other CA on every gated route, even one whose subject the route allows."""
@@ -512,6 +538,9 @@ def test_mtls206_clean_multi_ca_policy_refuses_the_other_ca_in_the_model(monkeyp
     assert evaluate(server, "/partner/x", Client(supplier, "", verified_by="vendors")).reason == "ok"
     assert evaluate(server, "/partner/x", Client(supplier, "", verified_by="internal")).reason == "bad_cert"
     assert evaluate(server, "/x", Client(staff, "", verified_by="vendors")).reason == "bad_cert"  # optional internal
+    # a look-alike: vendors signed a sub-CA named like internal's issuing CA
+    lookalike = Client(staff, "", verified_by="vendors", foreign_issuer=True)
+    assert {evaluate(server, p, lookalike).reason for p in ("/internal/x", "/partner/x", "/x")} == {"bad_cert"}
 
 
 # ---- MTLS207 require-without-allow -----------------------------------------------------------

@@ -16,6 +16,7 @@ handler that ran. A disagreement fails with the policy, request, client and ever
 
 from __future__ import annotations
 
+
 import os
 import tempfile
 import urllib.parse
@@ -141,7 +142,7 @@ def _nginx_time(t: datetime) -> str:
     return f"{t:%b} {t.day:2d} {t:%H:%M:%S %Y} GMT"  # openssl's ASN1_TIME_print: day padded with a space
 
 
-def _cert(label: str, crt: Path, key: Path, ca: str | None, valid: bool) -> Cert:
+def _cert(label: str, crt: Path, key: Path, ca: str | None, valid: bool, via_sub_ca: bool = False) -> Cert:
     """The certificate as nginx prints it (nginx-facts §7): input facts for both judges."""
     cert = x509.load_pem_x509_certificate(crt.read_bytes())
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
@@ -150,8 +151,9 @@ def _cert(label: str, crt: Path, key: Path, ca: str | None, valid: bool) -> Cert
               "fingerprint": cert.fingerprint(hashes.SHA1()).hex(), "serial": dn.nginx_serial(cert.serial_number),
               "cert": urllib.parse.quote(pem, safe=""), "not_before": _nginx_time(cert.not_valid_before_utc),
               "not_after": _nginx_time(cert.not_valid_after_utc), "days_remaining": str(max(left.days, 0))}
-    presented = Presented(ca, valid, fields["subject"], fields["issuer"], cert.serial_number, fields["fingerprint"], fields)
-    return Cert(label, crt, key, presented, Client(verified_by=ca if valid else None, **fields))
+    presented = Presented(ca, valid, fields["subject"], fields["issuer"], cert.serial_number, fields["fingerprint"], fields,
+                          via_sub_ca)
+    return Cert(label, crt, key, presented, Client(verified_by=ca if valid else None, foreign_issuer=via_sub_ca, **fields))
 
 
 def _satisfying(ident: IdentitySpec) -> list[list[tuple[str, str]]]:
@@ -192,7 +194,7 @@ class Clients:
             pool = [m for m in members if spec[1] == "any" or m.kind == spec[1]] or [m for m in members if m.ca] or members
             m = pool[spec[2] % len(pool)]
             return _cert(f"cast member {m.file} ({m.kind})", *lab.pki.client(m.file), m.ca,
-                         m.kind not in ("expired", "revoked"))
+                         m.kind not in ("expired", "revoked"), m.kind == "lookalike")
         if spec[0] == "like":
             idents = [i for i in lab.spec.identities if i.kind in ("subject", "attrs")]
             if not idents:
@@ -256,7 +258,10 @@ def model_answer(lab: Lab, name: str, target: str, cert: Cert | None) -> Answer:
         path = normalise_path(target)
     except ValueError:
         return Answer(400, "nginx 400")
-    out = evaluate(server, path, cert.client if cert else None, target=target)
+    client = cert.client if cert else None
+    if client is not None and client.foreign_issuer and max((c.depth for c in server.cas), default=0) < 1:
+        client = replace(client, verified_by=None)  # the sub-CA does not fit in the verify depth
+    out = evaluate(server, path, client, target=target)
     if out.reason == "ok":
         handler = f"= {out.route.path}" if out.route.location.startswith("=") else out.route.path
         headers = tuple(sorted((h.lower(), v) for h, v in out.headers))

@@ -174,9 +174,10 @@ def test_layout(lab):
     names = sorted(str(p.relative_to(pki.out_dir)) for p in pki.out_dir.rglob("*") if p.is_file())
     assert names == sorted([
         *(f"clients/acme/{n}.{e}" for n in ("client", "expired", "revoked", "id-alice", "id-ops", "id-pinned",
-                                            "near-alice-1", "near-alice-2", *(f"near-ops-{n}" for n in range(1, 11)))
+                                            "near-alice-1", "near-alice-2", *(f"near-ops-{n}" for n in range(1, 11)),
+                                            "lookalike-by-other")
           for e in ("crt", "key")),
-        *(f"clients/other/{n}.{e}" for n in ("client", "expired") for e in ("crt", "key")),
+        *(f"clients/other/{n}.{e}" for n in ("client", "expired", "lookalike-by-acme") for e in ("crt", "key")),
         "clients/untrusted/client.crt", "clients/untrusted/client.key",
         "server-ca.pem", "server/api.example.com_8443.crt", "server/api.example.com_8443.key",
     ])
@@ -197,6 +198,16 @@ def test_clients_verify_as_intended(lab):
     assert not _verifies(_load(pki.client("untrusted/client")[0]), chain)
     assert _verifies(_load(pki.client("other/client")[0]), pki.chains["other"])
     assert dn.nginx_dn_of(_load(pki.client("untrusted/client")[0]).subject) == "CN=alice,O=Acme"
+
+
+def test_lookalikes_copy_the_issuing_ca_name_under_the_other_root(lab):
+    _, pki = lab
+    leaf, sub = x509.load_pem_x509_certificates(pki.client("acme/lookalike-by-other")[0].read_bytes())
+    acme, other = pki.chains["acme"], pki.chains["other"]
+    assert sub.subject == acme.issuing.cert.subject and sub.issuer == other.root.cert.subject
+    assert sub.public_key() != acme.issuing.cert.public_key() and leaf.issuer == sub.subject
+    sub.verify_directly_issued_by(other.root.cert)
+    leaf.verify_directly_issued_by(sub)
 
 
 def test_identities_are_satisfied(lab):

@@ -123,6 +123,21 @@ def test_an_exact_path_with_a_trailing_slash_is_refused_unless_a_location_claims
     assert evaluate(strict, "/admin/", None).reason == "ok"
 
 
+def test_an_exact_path_ending_in_a_slash_refuses_the_path_without_it():
+    """And the other way round: Express's handler of `/A/` serves `/A` (and `/a`) too, while nginx
+    hands `/a` to `route /` (found by the differential test)."""
+    import dataclasses
+    server = _server(("=", "/A/"), ("", "/"))
+    for path in ("/A", "/a", "/a/"):
+        assert evaluate(server, path, None).reason == "bad_target", path
+    assert evaluate(server, "/A/", None).reason == "ok" and evaluate(server, "/Ab", None).reason == "ok"
+    for claimed in (_server(("=", "/A/"), ("=", "/A"), ("", "/")), _server(("=", "/A/"), ("", "/A"), ("", "/"))):
+        assert evaluate(claimed, "/A", None).reason == "ok"
+    strict = dataclasses.replace(server, backend_strict_slashes=True)
+    assert evaluate(strict, "/A", None).reason == "redirect"  # nginx's auto_redirect to `/A/`
+    assert evaluate(strict, "/a", None).reason == "ok" and evaluate(strict, "/a/", None).reason == "bad_target"
+
+
 def test_a_route_path_over_the_limit_is_refused(tmp_path):
     policy = tmp_path / "p.mtls"
     policy.write_text(f"""server a.example.com {{

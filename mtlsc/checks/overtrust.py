@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from mtlsc import dn, ir
+from mtlsc.ca_binding import KeyEntry, key_bound
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.emit import nginx as emit_nginx
 from mtlsc.emit import quote
@@ -161,7 +162,8 @@ def route_accepts_another_ca(ctx):
     Why: the server's one trust file holds every CA of its routes (`ssl_client_certificate` is per
     server, nginx-facts §2), so `$ssl_client_verify = SUCCESS` holds for any of them; only the
     issuer binding (a map over `$ssl_client_i_dn`, §E2) keeps a partner's certificate out of the
-    employees' route.
+    employees' route, and, where another CA could copy the route's CA's name (MTLS232), the key
+    check (`auth_request` to the njs module holding exactly that CA's public keys).
 
     Example: an emitter change that drops the `not_caN` gate of `route /internal/ { require internal }`
     on a server that also has `route /partner/ { require vendors }`.
@@ -171,6 +173,9 @@ def route_accepts_another_ca(ctx):
     for server, view in _views(ctx):
         if len(server.cas) < 2:
             continue
+        keys = {n: [k.spki for k in ks] for n, ks in key_bound(server, ctx.pki).items()
+                if all(isinstance(k, KeyEntry) for k in ks)}  # else MTLS239
+        checks = {str(c.ca): c for c in view.key_binding.checks} if view.key_binding else {}
         maps = {str(m.var): m for m in view.maps}
         issuer = next((m for m in view.maps if str(m.source) == "$ssl_client_i_dn"), None)
         tags = {}  # ca tag -> quoted subjects mapped to it
@@ -182,7 +187,11 @@ def route_accepts_another_ca(ctx):
             for route, loc in zip([loc.route for loc in locations(server)], view.locations):
                 if route.ca is None or route.ca.name != ca.name:
                     continue
-                if not any(_binds(maps.get(str(g.var)), f"ca{i}") for g in loc.gates) or tags.get(f"ca{i}") != mine:
+                check = checks.get(ca.name)
+                unbound_key = ca.name in keys and (check is None or loc.key_check != check.uri
+                                                   or [k["spki"] for k in view.key_binding.table[str(check.export)]] != keys[ca.name])
+                if (not any(_binds(maps.get(str(g.var)), f"ca{i}") for g in loc.gates) or tags.get(f"ca{i}") != mine
+                        or unbound_key):
                     yield Finding(
                         route.span,
                         f"the emitted location for `{route.path}` would accept certificates of the server's other CAs, "

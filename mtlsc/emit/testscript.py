@@ -49,6 +49,8 @@ def _w(s: str) -> Safe:
 def _member_verified_by(m: Member, server: ir.Server) -> str | None:
     if m.kind in ("untrusted", "revoked", "expired"):
         return None
+    if m.kind == "lookalike" and max((c.depth for c in server.cas), default=0) < 1:
+        return None  # its sub-CA does not fit in the verify depth
     return m.ca if m.ca in {c.name for c in server.cas} else None
 
 
@@ -74,7 +76,7 @@ def _group(server: ir.Server, members: list[Member]) -> _Cast:
     names = {c.name for c in server.cas}
     grouped = _Cast({}, [], {}, {}, {})
     for i, m in enumerate(members):
-        if not (m.ca is None or m.ca in names):
+        if not (m.ca is None or m.ca in names) or (m.imitates is not None and m.imitates not in names):
             continue
         grouped.order[m.file] = i
         if m.kind == "identity":
@@ -143,6 +145,9 @@ def _cases_for_route(server: ir.Server, route: ir.Route, grouped: _Cast) -> list
             add(f"{m.kind} certificate of ca {m.ca}", m)
         elif m.kind == "untrusted":
             add("certificate from a CA no server trusts", m)
+        elif m.kind == "lookalike" and route.ca is not None and route.ca.name in (m.ca, m.imitates):
+            # only CA-bound routes: a look-alike nginx cannot verify is refused on public ones too
+            add(f"look-alike: a sub-CA signed by ca {m.ca}, named like the issuing CA of ca {m.imitates}", m, spoof=True)
     return cases
 
 

@@ -297,6 +297,15 @@ def _write_issued(base: Path, issued: Issued) -> None:
     write_pem(base.with_name(base.name + ".key"), issued.key)
 
 
+def _write_lookalike(base: Path, by: CaChain, of: CaChain, subject: x509.Name, now: datetime) -> None:
+    """A client of a sub-CA that `by`'s root signed with the name of `of`'s issuing CA; the
+    certificate file holds the sub-CA too, as a client sends it (nginx has only the real one)."""
+    sub = make_intermediate(by.root, "", now=now, subject=of.issuing.cert.subject)
+    leaf = issue_client(sub, subject, now=now)
+    write_pem(base.with_name(base.name + ".crt"), leaf.cert, sub.cert)
+    write_pem(base.with_name(base.name + ".key"), leaf.key)
+
+
 def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: Path | None = None,
                   crl_valid: timedelta = timedelta(days=30)) -> LabPki:
     """Make a PKI shaped like `policy` and write it (layout: see `LabPki`).
@@ -319,7 +328,7 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
         for path, issued in zip(ca.bundle, chain.members):
             write_pem(_resolve(path, base_dir), issued.cert)
         revoked: list[int] = []
-        for m in (m for m in members if m.ca == ca.name):
+        for m in (m for m in members if m.ca == ca.name and m.kind != "lookalike"):
             issued = _mint(m, chain, serial_pos, now)
             if issued is None:
                 unsatisfiable.append(m.identity.name)
@@ -330,6 +339,8 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
         for path, issuer in zip(ca.crls, chain.members):
             listed = revoked if issuer is chain.issuing else []
             write_pem(_resolve(path, base_dir), make_crl(issuer, listed, now=now, next_update=crl_valid))
+    for m in (m for m in members if m.kind == "lookalike"):
+        _write_lookalike(clients_dir / m.file, chains[m.ca], chains[m.imitates], _x509_name(m.subject), now)
     outsider = make_root("mtlsc untrusted root", now=now)
     for m in (m for m in members if m.ca is None):
         _write_issued(clients_dir / m.file, issue_client(outsider, _x509_name(m.subject), now=now))

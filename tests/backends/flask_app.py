@@ -57,6 +57,10 @@ def make_app(specs: list[str]) -> Flask:
     names = [canonical(s) for s in specs]
     if "/" not in names:
         names.append(CATCH_ALL)
+    # Most specific first, as developers register them (and as the Express app does): Werkzeug
+    # gives a URL both `= /p/` and `/p/` claim to the handler registered first.
+    names.sort(key=lambda n: (0, -len(n)) if n.startswith("= ") else (3, 0) if n == CATCH_ALL
+               else (2 if n == "/" else 1, -len(n)))
     for i, name in enumerate(names):
         rules = flask_rules("/") if name == CATCH_ALL else flask_rules(name)
         view = (lambda handler=name, **_: _answer(handler))

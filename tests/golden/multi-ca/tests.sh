@@ -25,6 +25,7 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   internal/client
   internal/expired
   internal/id-staff
+  internal/lookalike-by-vendors
   internal/near-staff-1
   internal/near-staff-10
   internal/near-staff-2
@@ -39,6 +40,7 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   vendors/client
   vendors/expired
   vendors/id-supplier
+  vendors/lookalike-by-internal
   vendors/near-supplier-1
   vendors/near-supplier-2
 USAGE
@@ -192,6 +194,8 @@ check 'portal.example.com/internal/ (require internal): near miss of identity st
 check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=mtlsc-near+OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-9 403 'client certificate not allowed here' - all -
 check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=Staff+OU=ZZ) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-10 403 'client certificate not allowed here' - all -
 check 'portal.example.com/internal/ (require internal): certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe vendors/client 403 'client certificate not accepted' - - -
+check 'portal.example.com/internal/ (require internal): look-alike: a sub-CA signed by ca vendors, named like the issuing CA of ca internal -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe internal/lookalike-by-vendors 403 'client certificate not accepted' - all -
+check 'portal.example.com/internal/ (require internal): look-alike: a sub-CA signed by ca internal, named like the issuing CA of ca vendors -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe vendors/lookalike-by-internal 403 'client certificate not accepted' - all -
 check 'portal.example.com/internal/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
 check 'portal.example.com/partner/ (require vendors): no certificate -> 401 no_cert' portal.example.com 443 /partner/mtlsc-probe - 401 'a client certificate is required' - all -
 check 'portal.example.com/partner/ (require vendors): certificate of ca internal -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe internal/client 403 'client certificate not accepted' - - -
@@ -200,12 +204,16 @@ check 'portal.example.com/partner/ (require vendors): expired certificate of ca 
 check 'portal.example.com/partner/ (require vendors): identity supplier -> 200' portal.example.com 443 /partner/mtlsc-probe vendors/id-supplier 200 '' X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Verify=verify all /partner/mtlsc-probe
 check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (OU=x,CN=supplier-portal,O=Initech,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-1 403 'client certificate not allowed here' - all -
 check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (CN=supplier-portal\,O=Initech,O=Other,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-2 403 'client certificate not allowed here' - all -
+check 'portal.example.com/partner/ (require vendors): look-alike: a sub-CA signed by ca vendors, named like the issuing CA of ca internal -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe internal/lookalike-by-vendors 403 'client certificate not accepted' - all -
+check 'portal.example.com/partner/ (require vendors): look-alike: a sub-CA signed by ca internal, named like the issuing CA of ca vendors -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe vendors/lookalike-by-internal 403 'client certificate not accepted' - all -
 check 'portal.example.com/partner/ (require vendors): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
 check 'portal.example.com/ (optional internal): no certificate -> 200' portal.example.com 443 /mtlsc-probe - 200 '' X-Client-Verify=verify all /mtlsc-probe
 check 'portal.example.com/ (optional internal): certificate of the CA -> 200' portal.example.com 443 /mtlsc-probe internal/client 200 '' X-Client-Verify=verify all /mtlsc-probe
 check 'portal.example.com/ (optional internal): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /mtlsc-probe internal/expired 403 'client certificate not accepted' - - -
 check 'portal.example.com/ (optional internal): identity staff -> 200' portal.example.com 443 /mtlsc-probe internal/id-staff 200 '' X-Client-Verify=verify all /mtlsc-probe
 check 'portal.example.com/ (optional internal): certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /mtlsc-probe vendors/client 403 'client certificate not accepted' - - -
+check 'portal.example.com/ (optional internal): look-alike: a sub-CA signed by ca vendors, named like the issuing CA of ca internal -> 403 bad_cert' portal.example.com 443 /mtlsc-probe internal/lookalike-by-vendors 403 'client certificate not accepted' - all -
+check 'portal.example.com/ (optional internal): look-alike: a sub-CA signed by ca internal, named like the issuing CA of ca vendors -> 403 bad_cert' portal.example.com 443 /mtlsc-probe vendors/lookalike-by-internal 403 'client certificate not accepted' - all -
 check 'portal.example.com/ (optional internal): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
 check 'portal.example.com/internal/: dot segment /internal/./mtlsc-probe -> 400 bad_target' portal.example.com 443 /internal/./mtlsc-probe - 400 'request target not canonical' - all -
 check 'portal.example.com/internal/: climb out and back /internal/../internal/mtlsc-probe -> 400 bad_target' portal.example.com 443 /internal/../internal/mtlsc-probe - 400 'request target not canonical' - all -
