@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from mtlsc import ir
+from mtlsc import der, ir
 from mtlsc.chain_paths import ca_certs, chain_allows_sub_ca, intermediates, names_allow, parsed, root_path
 from mtlsc.pki import CertInfo
 
@@ -44,6 +44,7 @@ class KeyEntry:
     curve: str  # WebCrypto namedCurve, "" for RSA
     size: int  # bytes of r and s in an ECDSA signature, 0 for RSA
     spki: str  # base64 DER SubjectPublicKeyInfo
+    subject: str  # base64 DER of the certificate's subject: a client certificate naming it as issuer tries this key first
 
 
 def impersonations(cas: list[tuple[ir.Ca, tuple[CertInfo, ...]]]) -> list[Impersonation]:
@@ -72,14 +73,18 @@ def impersonations(cas: list[tuple[ir.Ca, tuple[CertInfo, ...]]]) -> list[Impers
 def key_entry(cert: CertInfo) -> KeyEntry | None:
     """The certificate's public key for the njs check, or None when njs cannot verify with it
     (Ed25519, Ed448, DSA, another curve)."""
-    key = parsed(cert.pem).public_key()
+    x = parsed(cert.pem)
+    key = x.public_key()
+    raw = x.public_bytes(serialization.Encoding.DER)
+    _, (start, end) = der.cert_names(raw)  # the bytes as signed: what a client certificate's issuer repeats
+    subject = base64.b64encode(raw[start:end]).decode()
     spki = base64.b64encode(key.public_bytes(serialization.Encoding.DER,
                                              serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
     if isinstance(key, rsa.RSAPublicKey):
-        return KeyEntry("RSA", "", 0, spki)
+        return KeyEntry("RSA", "", 0, spki, subject)
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _CURVES:
         curve, size = _CURVES[key.curve.name]
-        return KeyEntry("EC", curve, size, spki)
+        return KeyEntry("EC", curve, size, spki, subject)
     return None
 
 

@@ -18,6 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from mtlsc import pipeline
@@ -225,6 +226,33 @@ def test_every_key_type_njs_checks_lets_real_clients_in(tmp_path, kind):
         with running_nginx(f"include {d}/out/nginx/*.conf;", d / "nginx", ports=[port]):
             assert _get(port, "/a/x", good)[0] == 200
             assert _get(port, "/a/x", bad) == REFUSED
+
+
+def test_an_issuer_name_encoded_unlike_the_ca_subject_still_passes(tmp_path):
+    """The key check tries the key whose certificate's subject DER equals the client certificate's
+    issuer DER first; OpenSSL matches names after canonicalising them, so a client whose issuer
+    is the same name in another string type verifies too, and the check must not lock it out."""
+    d = tmp_path
+    a_root = _cert(_name("a root"), None, ca=True)
+    a_issuing = _cert(_name("a issuing"), a_root, ca=True)
+    b_root = _cert(_name("b root"), None, ca=True)
+    for f, c in (("a-root", a_root), ("a-issuing", a_issuing), ("b-root", b_root)):
+        write_pem(d / f"{f}.pem", c.cert)
+    printable = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mtlsc lab", _type=_ASN1Type.PrintableString),
+                           x509.NameAttribute(NameOID.COMMON_NAME, "A ISSUING", _type=_ASN1Type.PrintableString)])
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(STAFF).issuer_name(printable).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(NOW - timedelta(hours=1))
+            .not_valid_after(NOW + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier(a_issuing.ski, None, None), critical=False)
+            .sign(a_issuing.key, hashes.SHA256()))
+    assert leaf.issuer.public_bytes() != a_issuing.cert.subject.public_bytes()
+    client = _write_client(d, "odd", Cert(leaf, key))
+    with running_echo_backend() as echo:
+        port = _serve(d, echo.port)
+        with running_nginx(f"include {d}/out/nginx/*.conf;", d / "nginx", ports=[port]) as nginx:
+            assert _get(port, "/a/x", client)[0] == 200, nginx.error_log()
 
 
 def _openssl(*args: str, cwd: Path) -> None:

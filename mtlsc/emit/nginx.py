@@ -214,7 +214,7 @@ def _key_binding(server: ir.Server, pki: Pki, prefix: str, ca_index: dict[str, i
         file=quote.nginx_text(f"{server.install_dir.rstrip('/')}/{server.slug}.keys.js"),
         checks=[KeyCheck(quote.nginx_word(f"{INTERNAL_PREFIX}key/ca{ca_index[n]}"), quote.bare(f"ca{ca_index[n]}"),
                          quote.bare(f"{module}.ca{ca_index[n]}"), quote.comment(n)) for n in names],
-        table={f"ca{ca_index[n]}": [{"kty": k.kty, "curve": k.curve, "size": k.size, "spki": k.spki}
+        table={f"ca{ca_index[n]}": [{"kty": k.kty, "curve": k.curve, "size": k.size, "spki": k.spki, "subject": k.subject}
                                     for k in bound[n]] for n in names},
     )
 

@@ -7,20 +7,23 @@
 // identifiers can be copied, keys cannot. Called through auth_request: 204 allows, 403 refuses.
 // Written for njs 0.7.9 (Debian 12): no destructuring, no for...of.
 
-// Public keys of each CA's bundle certificates (SubjectPublicKeyInfo, base64).
+// Public keys of each CA's bundle certificates (SubjectPublicKeyInfo, base64), with the subject
+// (DER, base64) of the certificate that holds each.
 const CAS = {
     "ca0": [
         {
             "curve": "P-256",
             "kty": "EC",
             "size": 32,
-            "spki": "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEC59R01ZfNcB27hQfhwuPLZskKL6tMUkZ412dw2ihleFr5HO1CJ6Ne6qE6cCvyI2gHF2wTxLe65ul8H3WCKATLg=="
+            "spki": "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEC59R01ZfNcB27hQfhwuPLZskKL6tMUkZ412dw2ihleFr5HO1CJ6Ne6qE6cCvyI2gHF2wTxLe65ul8H3WCKATLg==",
+            "subject": "MCwxEjAQBgNVBAoMCW10bHNjIGxhYjEWMBQGA1UEAwwNaW50ZXJuYWwgcm9vdA=="
         },
         {
             "curve": "P-256",
             "kty": "EC",
             "size": 32,
-            "spki": "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEdiKnanqWjdfL7Q5SoWqFS65fMHsq/lUD6GkVZcin7peQqnMIHdYoI+ASgKqSRbxDY+o6LjptnEGV4WHEzQBl6w=="
+            "spki": "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEdiKnanqWjdfL7Q5SoWqFS65fMHsq/lUD6GkVZcin7peQqnMIHdYoI+ASgKqSRbxDY+o6LjptnEGV4WHEzQBl6w==",
+            "subject": "MDYxEjAQBgNVBAoMCW10bHNjIGxhYjEgMB4GA1UEAwwXaW50ZXJuYWwgaW50ZXJtZWRpYXRlIDE="
         }
     ],
     "ca1": [
@@ -28,7 +31,8 @@ const CAS = {
             "curve": "P-256",
             "kty": "EC",
             "size": 32,
-            "spki": "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE0jghoqFJ7j4AG8JKLbOW9FCnaNf1X2vROi9NP57TFHETkosLcIk592g4bcV5Z9AlDKq2x8b2qhY7OrSw2jQjcw=="
+            "spki": "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE0jghoqFJ7j4AG8JKLbOW9FCnaNf1X2vROi9NP57TFHETkosLcIk592g4bcV5Z9AlDKq2x8b2qhY7OrSw2jQjcw==",
+            "subject": "MCsxEjAQBgNVBAoMCW10bHNjIGxhYjEVMBMGA1UEAwwMdmVuZG9ycyByb290"
         }
     ]
 };
@@ -98,12 +102,15 @@ function pssParams(der, alg, oid) {
     return [hash, salt];
 }
 
-// A certificate's signed part, signature algorithm and signature.
+// A certificate's signed part, issuer (DER, base64), signature algorithm and signature.
 function parse(pem) {
     var b64 = pem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, "");
     var der = new Uint8Array(Buffer.from(b64, "base64"));
     var cert = element(der, 0, 0x30);
     var tbs = element(der, cert.body, 0x30);
+    var at = der[tbs.body] === 0xa0 ? element(der, tbs.body, 0xa0).end : tbs.body;  // [0] version
+    var serial = element(der, at, 0x02);
+    var issuer = element(der, element(der, serial.end, 0x30).end, 0x30);
     var alg = element(der, tbs.end, 0x30);
     var oid = element(der, alg.body, 0x06);
     var sig = element(der, alg.end, 0x03);
@@ -111,7 +118,8 @@ function parse(pem) {
     var scheme = SCHEMES[hex(der.slice(oid.body, oid.end))];
     if (!scheme) throw new Error("unsupported signature algorithm");
     var pss = scheme[0] === "RSA-PSS" ? pssParams(der, alg, oid) : null;
-    return {tbs: der.slice(tbs.start, tbs.end), name: scheme[0], hash: pss ? pss[0] : scheme[1],
+    return {tbs: der.slice(tbs.start, tbs.end), issuer: Buffer.from(der.slice(issuer.start, issuer.end)).toString("base64"),
+            name: scheme[0], hash: pss ? pss[0] : scheme[1],
             salt: pss ? pss[1] : 0, sig: der.slice(sig.body + 1, sig.end)};
 }
 
@@ -145,9 +153,14 @@ async function check(r, ca) {
     if (r.variables.ssl_client_verify !== "SUCCESS") return r.return(204);
     try {
         var cert = parse(r.variables.ssl_client_raw_cert);
-        var keys = CAS[ca];
-        for (var i = 0; i < keys.length; i++) {
-            if (await signedBy(cert, keys[i])) return r.return(204);
+        // The key of the certificate the client certificate names as its issuer first: one
+        // signature check for a real client. The others only when none carries that exact name
+        // (an equivalent but differently encoded name, which OpenSSL also accepts).
+        var keys = CAS[ca], named = [], others = [];
+        for (var i = 0; i < keys.length; i++) (keys[i].subject === cert.issuer ? named : others).push(keys[i]);
+        var order = named.length ? named : others;
+        for (var k = 0; k < order.length; k++) {
+            if (await signedBy(cert, order[k])) return r.return(204);
         }
         r.warn("mtlsc: client certificate not signed by a key of " + ca + " (look-alike issuer?)");
     } catch (e) {
