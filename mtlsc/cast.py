@@ -28,7 +28,7 @@ UNTRUSTED_DIR = "untrusted"
 @dataclass(frozen=True, slots=True)
 class Member:
     file: str  # path under the clients directory, without .crt/.key
-    kind: str  # identity | near | stranger | revoked | expired | untrusted
+    kind: str  # identity | near | stranger | revoked | ocsp-down | expired | untrusted
     ca: str | None  # the CA that issues it (None: a CA no server trusts)
     subject: str  # nginx form; for a fingerprint identity, unknown until the user supplies it
     identity: ir.Identity | None = None  # for `near`: the identity it imitates
@@ -205,8 +205,10 @@ def cast(policy: ir.Policy) -> list[Member]:
             continue
         members.append(Member(f"{ca.name}/client", "stranger", ca.name, stranger))
         members.append(Member(f"{ca.name}/expired", "expired", ca.name, stranger))
-        if ca.crls:
+        if ca.crls or ca.ocsp:
             members.append(Member(f"{ca.name}/revoked", "revoked", ca.name, stranger))
+        if ca.ocsp:  # its OCSP lookup gets no answer: refused like a revoked one
+            members.append(Member(f"{ca.name}/ocsp-down", "ocsp-down", ca.name, stranger))
         for name in sorted(sampled[ca.name]):
             ident = allowed[ca.name][name]
             members.append(Member(f"{ca.name}/id-{name}", "identity", ca.name, identity_subject(ident), ident))

@@ -47,9 +47,14 @@ def _w(s: str) -> Safe:
 
 
 def _member_verified_by(m: Member, server: ir.Server) -> str | None:
-    if m.kind in ("untrusted", "revoked", "expired"):
+    if m.kind in ("untrusted", "revoked", "ocsp-down", "expired"):
         return None
     return m.ca if m.ca in {c.name for c in server.cas} else None
+
+
+# Certificates of a trusted CA that nginx refuses in the handshake, and how a case names them.
+_REFUSED = {"revoked": "revoked certificate of ca {ca}", "expired": "expired certificate of ca {ca}",
+            "ocsp-down": "certificate of ca {ca} whose OCSP responder does not answer"}
 
 
 def _fields(route: ir.Route, with_cert: bool) -> str:
@@ -139,8 +144,8 @@ def _cases_for_route(server: ir.Server, route: ir.Route, grouped: _Cast) -> list
                 add(f"certificate of ca {m.ca}", m)
             else:
                 add("certificate of the CA on no allow list" if route.allow else "certificate of the CA", m, spoof=True)
-        elif m.kind in ("revoked", "expired") and (route.ca is None or m.ca == route.ca.name):
-            add(f"{m.kind} certificate of ca {m.ca}", m)
+        elif m.kind in _REFUSED and (route.ca is None or m.ca == route.ca.name):
+            add(_REFUSED[m.kind].format(ca=m.ca), m)
         elif m.kind == "untrusted":
             add("certificate from a CA no server trusts", m)
     return cases
