@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from mtlsc import ir, pipeline
@@ -144,14 +144,16 @@ def _teach_responder(ocsp: OcspResponder, pki: LabPki, now: datetime) -> None:
 @contextmanager
 def running_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = None,
                 now: datetime | None = None, progress: Progress = _quiet,
-                tamper: Callable[[Path], None] | None = None) -> Iterator[Lab]:
+                tamper: Callable[[Path], None] | None = None,
+                ocsp_next_update: timedelta | None = timedelta(hours=1)) -> Iterator[Lab]:
     """Build the lab in `workdir` and keep nginx and the backend running for the `with` body.
 
     `tamper(out_dir)` runs after compiling and before nginx starts: tests use it to show that a
-    hand-edited config is caught."""
+    hand-edited config is caught. `ocsp_next_update`: how long the lab responder's answers say
+    they are current (nginx keeps them that long)."""
     now = now or datetime.now(timezone.utc)
     binary = find_nginx(nginx_bin)
-    with (running_echo_backend() as echo, running_ocsp_responder() as ocsp,
+    with (running_echo_backend() as echo, running_ocsp_responder(ocsp_next_update) as ocsp,
           running_dns_server({LAB_OCSP_HOST: "127.0.0.1"}) as dns):
         result, pki, ports = prepare(policy_paths, workdir, echo.url, now, progress, ocsp, dns)
         out = workdir / "out"
