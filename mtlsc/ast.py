@@ -46,6 +46,15 @@ class ClearHeaders:
 
 
 @dataclass(frozen=True, slots=True)
+class Resolver:
+    """`resolver "10.0.0.2" ... [timeout 5s]`: DNS servers for host names in OCSP URLs."""
+
+    addresses: tuple[Str, ...]
+    timeout: Word | None = None
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class Waive:
     code: Word
     reason: Str
@@ -75,6 +84,7 @@ class Crl:
 class Ocsp:
     mode: Word
     responder: Str | None
+    cache: Word | None = None  # `cache 10m` / `cache off`
     span: Span = span_field()
 
 

@@ -28,7 +28,7 @@ UNTRUSTED_DIR = "untrusted"
 @dataclass(frozen=True, slots=True)
 class Member:
     file: str  # path under the clients directory, without .crt/.key
-    kind: str  # identity | near | stranger | revoked | expired | untrusted | lookalike
+    kind: str  # identity | near | stranger | revoked | ocsp-down | expired | untrusted | lookalike
     ca: str | None  # the CA that issues it (None: a CA no server trusts)
     subject: str  # nginx form; for a fingerprint identity, unknown until the user supplies it
     identity: ir.Identity | None = None  # for `near`: the identity it imitates
@@ -172,6 +172,14 @@ def near_subjects(identity: ir.Identity, allowed: tuple[ir.Identity, ...] | Allo
     return out
 
 
+def lookalike_verifies(server: ir.Server) -> bool:
+    """Whether nginx verifies a look-alike's chain on `server` (when its sub-CA's signer may sign
+    one): there must be room for the sub-CA in the verify depth, and no CRL or OCSP check, which
+    would ask about the sub-CA (or its client) and find nothing."""
+    return (max((c.depth for c in server.cas), default=0) >= 1
+            and not any(c.crls or c.ocsp for c in server.cas))
+
+
 def _lookalikes(policy: ir.Policy, members: list[Member], stranger: str) -> list[Member]:
     """Per pair of CAs sharing a server: a client of a sub-CA that ca `by` signed with the name of
     ca `of`'s issuing CA, holding a subject `of` allows (docs/language.md "Several CAs on one
@@ -222,8 +230,10 @@ def cast(policy: ir.Policy) -> list[Member]:
             continue
         members.append(Member(f"{ca.name}/client", "stranger", ca.name, stranger))
         members.append(Member(f"{ca.name}/expired", "expired", ca.name, stranger))
-        if ca.crls:
+        if ca.crls or ca.ocsp:
             members.append(Member(f"{ca.name}/revoked", "revoked", ca.name, stranger))
+        if ca.ocsp:  # its OCSP lookup gets no answer: refused like a revoked one
+            members.append(Member(f"{ca.name}/ocsp-down", "ocsp-down", ca.name, stranger))
         for name in sorted(sampled[ca.name]):
             ident = allowed[ca.name][name]
             members.append(Member(f"{ca.name}/id-{name}", "identity", ca.name, identity_subject(ident), ident))

@@ -150,7 +150,10 @@ def _revocations(subject: str, name: str, issuer: str, o: CrlInfo, n: CrlInfo) -
 
 
 def _ocsp_word(o: ir.Ocsp | None) -> str:
-    return "off" if o is None else f"{o.mode}" + (f" via {o.responder}" if o.responder else "")
+    if o is None:
+        return "off"
+    return (f"{o.mode}" + (f" via {o.responder}" if o.responder else "")
+            + (f", cache {o.cache}" if o.cache != ir.DEFAULT_OCSP_CACHE else ""))
 
 
 def _ocsp_changes(name: str, old: ir.Ocsp | None, new: ir.Ocsp | None) -> list[Change]:
@@ -168,7 +171,10 @@ def _ocsp_changes(name: str, old: ir.Ocsp | None, new: ir.Ocsp | None) -> list[C
         return [Change(WIDENING if weaker else NARROWING, None, None, subject,
                        f"OCSP of CA `{name}` {old.mode} -> {new.mode}: intermediates are "
                        + ("no longer checked" if weaker else "now checked too"), was, now)]
-    return [Change(NEUTRAL, None, None, subject, f"OCSP responder of CA `{name}` changed", was, now)]
+    if old.responder != new.responder:
+        return [Change(NEUTRAL, None, None, subject, f"OCSP responder of CA `{name}` changed", was, now)]
+    return [Change(NEUTRAL, None, None, subject, f"OCSP answer cache of CA `{name}`: {old.cache} -> {new.cache} "
+                   "(how long a revocation can go unseen, and how many clients a responder outage refuses)", was, now)]
 
 
 def ca_changes(old: Side, new: Side, renames: dict[str, str]) -> list[Change]:

@@ -107,8 +107,10 @@ def _flat(node) -> str:
             return f"waive {code.value} {quote(reason.value)}"
         case ast.Depth(value):
             return f"depth {value.value}"
-        case ast.Ocsp(mode, responder):
-            return f"ocsp {mode.value}" + _opt("responder ", responder)
+        case ast.Ocsp(mode, responder, cache):
+            return f"ocsp {mode.value}" + _opt("responder ", responder) + (f" cache {cache.value}" if cache else "")
+        case ast.Resolver(addresses, timeout):
+            return "resolver " + " ".join(quote(a.value) for a in addresses) + (f" timeout {timeout.value}" if timeout else "")
         case ast.Subject(dn) | ast.Issuer(dn):
             return f"{'subject' if isinstance(node, ast.Subject) else 'issuer'} {quote(dn.value)}"
         case ast.AttrEq(attr, value):

@@ -23,10 +23,24 @@ class PathMatch(enum.Enum):
     PREFIX = "prefix"  # `route /p/`  -> location ^~ /p/
 
 
+DEFAULT_OCSP_CACHE = "10m"  # about 40,000 answers (docs/language.md "OCSP")
+DEFAULT_RESOLVER_TIMEOUT = "5s"  # nginx's own default, 30 s, holds every new handshake that long while DNS is down
+
+
 @dataclass(frozen=True, slots=True)
 class Ocsp:
     mode: str  # "on" (leaf and intermediates) or "leaf"
     responder: str | None  # http://IP[:port]/path, or None: the URL in each certificate
+    cache: str = DEFAULT_OCSP_CACHE  # size of the server's shared answer cache (`10m`), or "off"
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Resolver:
+    """The DNS servers nginx asks, at handshake time, for host names in OCSP URLs."""
+
+    addresses: tuple[str, ...]  # `IP`, `IP:port`, `[IPv6]:port`, as nginx's `resolver` takes them
+    timeout: str = DEFAULT_RESOLVER_TIMEOUT  # nginx time, `5s` / `500ms`
     span: Span = span_field()
 
 
@@ -201,3 +215,4 @@ class Policy:
     servers: tuple[Server, ...]
     waivers: tuple[Waiver, ...] = ()
     cleared_headers: tuple[str, ...] = ()  # `clear_headers` names, as first written, in order
+    resolver: Resolver | None = None  # `resolver`: None, nginx cannot look up host names in OCSP URLs

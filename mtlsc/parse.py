@@ -26,6 +26,7 @@ FRIENDLY_TERMINALS = {
     "HOSTNAME": "a host name",
     "LISTEN": "a port or `address:port`",
     "INT": "a number",
+    "QUANTITY": "a number with a unit, such as `10m` or `5s`",
     "CODE": "a check code such as `MTLS201`",
     "EXACT": "`=`",
     "$END": "the end of the file",
@@ -181,9 +182,19 @@ class _ToAst(Transformer):
         return ast.Crl(tuple(c), self._span(meta))
 
     def ocsp(self, meta, c):
-        return ast.Ocsp(c[0], c[1], self._span(meta))
+        return ast.Ocsp(c[0], c[1], c[2], self._span(meta))
 
     def responder(self, meta, c):
+        return c[0]
+
+    def ocsp_cache(self, meta, c):
+        return c[0]
+
+    def resolver(self, meta, c):
+        *addresses, timeout = c
+        return ast.Resolver(tuple(addresses), timeout, self._span(meta))
+
+    def resolver_timeout(self, meta, c):
         return c[0]
 
     def identity(self, meta, c):

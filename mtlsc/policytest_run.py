@@ -186,7 +186,9 @@ def lab_certificate(lab: Lab, spec: ClientSpec, name: str, now: datetime, cache:
     subject = f.subject_name if f else dn.x509_name(dn.parse_dn(spec.subject))
     # A file nginx would refuse (expired, revoked, too deep) is re-issued expired: refused the same way.
     dates = {"not_before": now - timedelta(days=30), "days": 1} if spec.expired or (f and not f.valid) else {}
-    issued = issue_client(issuer, subject, now=now, serial=f.serial_number if f else None, **dates)
+    # A CA with `ocsp`: the lab's responder answers `good` for it (the cast's URL in its AIA).
+    ocsp_url = pki.ocsp_urls.get(f.issued_by if f else spec.ca)
+    issued = issue_client(issuer, subject, now=now, serial=f.serial_number if f else None, ocsp_url=ocsp_url, **dates)
     return _write(pki.out_dir / "policytest", name, issued)
 
 

@@ -219,9 +219,9 @@ def client_spec(ctx: Ctx, node: yaml.Node, server: ir.Server, route: ir.Route | 
         ctx.error(UNUSABLE_CLIENT, node, "cannot tell which CA issues this client's certificate for this path",
                   "add `ca:` to the client")
         return None
-    if revoked and (kinds or not any(c.name == ca and c.crls for c in policy.cas)):
-        ctx.error(INVALID, found["revoked"], "`revoked` needs a CA with a CRL and no identity or subject: the lab "
-                  "revokes one certificate per CA", "write `client: {ca: NAME, revoked: true}`")
+    if revoked and (kinds or not any(c.name == ca and (c.crls or c.ocsp) for c in policy.cas)):
+        ctx.error(INVALID, found["revoked"], "`revoked` needs a CA with a CRL or OCSP and no identity or subject: "
+                  "the lab revokes one certificate per CA", "write `client: {ca: NAME, revoked: true}`")
         return None
     try:
         if identity is not None:

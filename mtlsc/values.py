@@ -86,6 +86,67 @@ def ocsp_responder(text: str) -> str:
     return text
 
 
+_QUANTITY = re.compile(r"([0-9]{1,9})([A-Za-z]*)")
+OCSP_CACHE_MIN = 32 * 1024  # nginx refuses a cache under 8 memory pages ("is too small"): 32k with 4 KiB pages
+OCSP_CACHE_MAX = 1024 * 1024 * 1024
+
+
+def ocsp_cache(text: str) -> str:
+    """`off`, or the size of nginx's shared OCSP cache: `10m`, `512k` (bytes without a unit);
+    returned lower-cased, as nginx takes it."""
+    if text == "off":
+        return text
+    m = _QUANTITY.fullmatch(text)
+    unit = m[2].lower() if m else ""
+    if not m or unit not in ("", "k", "m"):
+        raise ValueProblem(f"`{text}` is not a cache size", "write a size such as `10m` or `512k`, or `off`")
+    size = int(m[1]) * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
+    if not OCSP_CACHE_MIN <= size <= OCSP_CACHE_MAX:
+        raise ValueProblem(f"an OCSP cache of `{text}` is outside what nginx takes",
+                           "give at least `32k` (nginx's minimum, 8 memory pages) and at most `1024m`; "
+                           "`10m` holds about 40,000 answers")
+    return f"{int(m[1])}{unit}"
+
+
+RESOLVER_TIMEOUT_MAX_MS = 60_000
+
+
+def resolver_timeout(text: str) -> str:
+    """How long nginx waits for DNS: `5s` or `500ms`, more than 0 and at most 60 s."""
+    m = _QUANTITY.fullmatch(text)
+    unit = m[2] if m else ""
+    if not m or unit not in ("ms", "s"):
+        raise ValueProblem(f"`{text}` is not a timeout", "write seconds or milliseconds, such as `5s` or `500ms`")
+    ms = int(m[1]) * (1000 if unit == "s" else 1)
+    if not 0 < ms <= RESOLVER_TIMEOUT_MAX_MS:
+        raise ValueProblem(f"a DNS timeout of `{text}` is out of range",
+                           "every handshake that needs a lookup waits this long when DNS is down: give 1s to 60s")
+    return f"{int(m[1])}{unit}"
+
+
+def resolver_address(text: str) -> str:
+    """A DNS server as nginx's `resolver` takes it: `IP`, `IP:port`, `[IPv6]` or `[IPv6]:port`
+    (a bare IPv6 address gets its brackets)."""
+    host, port = text, None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            host = ""
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueProblem(f"`{text}` is not a DNS server address",
+                           "write an IP address, optionally with a port: `10.0.0.2`, `10.0.0.2:53`, `[2001:db8::53]`; "
+                           "a host name would itself need resolving") from None
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueProblem(f"`{port}` is not a port", "use a port from 1 to 65535, or leave it out for 53")
+    shown = f"[{ip.compressed}]" if ip.version == 6 else str(ip)
+    return shown + (f":{int(port)}" if port is not None else "")
+
+
 # What may appear in a route path: RFC 3986 pchar minus `%` (nginx matches the decoded path,
 # so a percent sign in a location would never match what the user meant, §2).
 _PATH_BAD = re.compile(r"[^A-Za-z0-9._~!&'()*+,=:@/-]")

@@ -352,9 +352,11 @@ def judge(spec: PolicySpec, server: ServerSpec, raw: str, cert: Presented | None
         return Expected(400, "nginx 400")
     cas = {r.ca for r in server.routes if r.ca}
     depth = max((c.size - 1 + c.extra_depth for c in spec.cas if c.name in cas), default=0)
+    # a chain through a sub-CA no bundle holds needs one more level, and has no CRL of its own
+    sub_ca_verifies = depth >= 1 and not any(c.crls for c in spec.cas if c.name in cas)
     if not cas:
         cert = None  # no certificate is asked for
-    elif cert is not None and not (cert.valid and cert.ca in cas and (depth >= 1 or not cert.via_sub_ca)):
+    elif cert is not None and not (cert.valid and cert.ca in cas and (not cert.via_sub_ca or sub_ca_verifies)):
         return _reject(server, "bad_cert", None)
     if server.handshake and cert is None:
         return _reject(server, "no_cert", None)

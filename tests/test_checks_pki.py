@@ -307,6 +307,61 @@ def test_mtls115_clean_for_an_ip_responder(tmp_path):
     assert not _found(diags, "MTLS115")
 
 
+def test_mtls115_says_a_resolver_looks_the_name_up_again(tmp_path):
+    _chain(tmp_path, crls=False)
+    _, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  ocsp leaf responder "http://ocsp.example.test/"',
+                                      'resolver "127.0.0.1"\n'))
+    d = _one(diags, "MTLS115")
+    assert "again through `resolver` for every lookup" in d.message
+    assert not _found(diags, "MTLS119")  # a responder by name is resolved at load time: no resolver needed
+
+
+def _named_aia_chain(tmp_path, url: str = "http://ocsp.example.test/"):
+    root = make_root("t root", now=NOW)
+    _write(tmp_path, "r.pem", root.cert)
+    _write(tmp_path, "i1.pem", _custom("t issuing", issuer=root, ocsp_url=url).cert)
+
+
+def test_mtls119_triggers_for_ocsp_leaf_with_host_name_urls_and_no_resolver(tmp_path):
+    _named_aia_chain(tmp_path)
+    text, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  ocsp leaf'))
+    d = _one(diags, "MTLS119")
+    assert _where(d) == _pos(text, '"i1.pem"') and d.severity is Severity.ERROR
+    assert "`ocsp.example.test`" in d.message and "client certificates of ca `c` most likely name" in d.message
+    assert "no resolver defined to resolve ocsp.example.test" in d.message and "`resolver" in d.help
+    assert d.related[0].span.line == _pos(text, "ocsp leaf")[0]
+    assert not _found(diags, "MTLS113")  # the CA does write OCSP URLs
+
+
+def test_mtls119_triggers_for_ocsp_on_asking_about_the_intermediate(tmp_path):
+    _named_aia_chain(tmp_path)
+    _, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  ocsp on'))
+    assert "nginx asks about it at a host too" in _one(diags, "MTLS119").message
+
+
+def test_mtls119_clean_with_a_resolver(tmp_path):
+    _named_aia_chain(tmp_path)
+    _, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  ocsp leaf', 'resolver "10.0.0.2" timeout 2s\n'))
+    assert not _found(diags, "MTLS119")
+
+
+def test_mtls119_clean_with_a_responder_or_ip_urls(tmp_path):
+    _named_aia_chain(tmp_path)
+    _, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  ocsp leaf responder "http://10.0.0.5/"'))
+    assert not _found(diags, "MTLS119")
+    _named_aia_chain(tmp_path, "http://10.0.0.1:8080/")
+    _, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  ocsp leaf'))
+    assert not _found(diags, "MTLS119") and not _found(diags, "MTLS113")
+
+
+def test_mtls113_says_host_names_need_a_resolver(tmp_path):
+    _chain(tmp_path, crls=False)
+    _, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  ocsp leaf'))
+    assert "with no `resolver`, a URL that names a host fails too" in _one(diags, "MTLS113").message
+    _, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  ocsp leaf', 'resolver "10.0.0.2"\n'))
+    assert "resolver" not in _one(diags, "MTLS113").message
+
+
 def test_mtls116_triggers_for_ocsp_on_with_intermediates(tmp_path):
     _chain(tmp_path, crls=False)
     text, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"\n  ocsp on responder "http://127.0.0.1:8888/"'))
@@ -733,3 +788,12 @@ def test_mtls117_clean_when_every_ca_says_the_same(tmp_path):
     _, diags = _run(tmp_path, f'nginx ">= 1.22"\n\nca c {{\n  bundle "r.pem" "i1.pem"\n{line}\n}}\n'
                     + TWO_CA_SERVER.format(d_ocsp=line))
     assert not _found(diags, "MTLS117")
+
+
+def test_mtls117_triggers_when_cas_of_one_server_differ_in_cache(tmp_path):
+    _chain(tmp_path, crls=False)
+    line = '  ocsp leaf responder "http://127.0.0.1:8888/"'
+    text, diags = _run(tmp_path, f'nginx ">= 1.22"\n\nca c {{\n  bundle "r.pem" "i1.pem"\n{line}\n}}\n'
+                       + TWO_CA_SERVER.format(d_ocsp=line + " cache 1m"))
+    d = _one(diags, "MTLS117")
+    assert "cache `1m`" in d.message and "taken from ca `c`" in d.message

@@ -43,6 +43,7 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
     "crl_added": [(N, "CRL checking turned on for CA `partners`")],
     "ocsp_added": [(N, "OCSP checking turned on for CA `partners`")],
     "ocsp_on_to_leaf": [(W, "OCSP of CA `partners` on -> leaf: intermediates are no longer checked")],
+    "ocsp_cache_off": [(O, "OCSP answer cache of CA `partners`: 10m -> off")],
     "depth_decreased": [(N, "verify depth 2 -> 1 (ssl_verify_depth, CA partners): clients behind two "
                             "intermediates are locked out")],
     "depth_increased": [(W, "verify depth 1 -> 3")],

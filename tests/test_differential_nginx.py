@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 import oracle
 from mtlsc import dn, pipeline
-from mtlsc.cast import cast
+from mtlsc.cast import cast, lookalike_verifies
 from mtlsc.evaluate import Client, evaluate
 from mtlsc.lab.client import request
 from mtlsc.lab.echo import running_echo_backend
@@ -259,8 +259,8 @@ def model_answer(lab: Lab, name: str, target: str, cert: Cert | None) -> Answer:
     except ValueError:
         return Answer(400, "nginx 400")
     client = cert.client if cert else None
-    if client is not None and client.foreign_issuer and max((c.depth for c in server.cas), default=0) < 1:
-        client = replace(client, verified_by=None)  # the sub-CA does not fit in the verify depth
+    if client is not None and client.foreign_issuer and not lookalike_verifies(server):
+        client = replace(client, verified_by=None)  # no room for the sub-CA, or no CRL for it
     out = evaluate(server, path, client, target=target)
     if out.reason == "ok":
         handler = f"= {out.route.path}" if out.route.location.startswith("=") else out.route.path

@@ -315,7 +315,8 @@ def statement(draw, kind: str) -> str:
     many = lambda f, lo=1: " ".join(f() for _ in range(draw(st.integers(lo, 6))))  # noqa: E731
     choices = {
         "ca": [lambda: f"bundle {many(s)}", lambda: f"depth {draw(st.integers(0, 12))}", lambda: f"crl {many(s)}",
-               lambda: f"ocsp {n()}" + (f" responder {s()}" if draw(st.booleans()) else "")],
+               lambda: f"ocsp {n()}" + (f" responder {s()}" if draw(st.booleans()) else "")
+               + (f" cache {draw(st.sampled_from(['10m', 'off', '32k', '1x', 'on']))}" if draw(st.booleans()) else "")],
         "identity": [lambda: f"subject {s()}", lambda: f"{n()} {s()}", lambda: f"{n()} ~ {s()}",
                      lambda: f"fingerprint {s()}", lambda: f"serial {s()}", lambda: f"issuer {s()}",
                      lambda: f"san {n()} {s()}"],
@@ -336,9 +337,12 @@ def statement(draw, kind: str) -> str:
 def any_policy(draw) -> str:
     items = []
     for _ in range(draw(st.integers(0, 6))):
-        kind = draw(st.sampled_from(["nginx", "waive", "clear_headers", "ca", "identity", "server"]))
+        kind = draw(st.sampled_from(["nginx", "waive", "clear_headers", "resolver", "ca", "identity", "server"]))
         if kind == "nginx":
             items.append(f"nginx {_s(draw)}")
+        elif kind == "resolver":
+            timeout = f" timeout {draw(st.sampled_from(['5s', '500ms', '0', '9x']))}" if draw(st.booleans()) else ""
+            items.append("resolver " + " ".join(_s(draw) for _ in range(draw(st.integers(1, 4)))) + timeout)
         elif kind == "clear_headers":
             items.append("clear_headers " + " ".join(_s(draw) for _ in range(draw(st.integers(1, 6)))))
         elif kind == "waive":

@@ -54,6 +54,7 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS116", NOTE, ocsp.ocsp_checks_intermediates),
     Check("MTLS117", ERROR, ocsp.ocsp_settings_differ_within_server),
     Check("MTLS118", ERROR, lockout.routes_differ_only_in_case),
+    Check("MTLS119", ERROR, ocsp.ocsp_host_name_without_resolver),
     Check("MTLS149", WARNING, lockout.unused_waiver),
     Check("MTLS201", ERROR, chains.issuer_dn_shared_between_cas),
     Check("MTLS202", WARNING, overtrust.over_broad_identity_pattern),

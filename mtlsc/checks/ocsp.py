@@ -34,7 +34,7 @@ def ocsp_without_responder_url(ctx):
     Example: `ca a { bundle "root.pem"  ocsp leaf }`.
 
     Fix: give a `responder "http://IP:PORT/"`, or make sure the CA puts an OCSP URL in every client
-    certificate and waive this warning saying so.
+    certificate and waive this warning saying so (with a `resolver` if those URLs name hosts).
     """
     seen = set()
     for server, cas in servers_of(ctx):
@@ -47,10 +47,12 @@ def ocsp_without_responder_url(ctx):
                 continue
             seen.add(ca.name)
             other = "" if ca is owner else f" (server `{server.names[0]}` checks OCSP for every CA it trusts)"
+            dns = "" if ctx.policy.resolver else "; with no `resolver`, a URL that names a host fails too"
             yield Finding(ca.ocsp.span if ca is owner else ca.span,
                           f"`ocsp {ocsp.mode}` without `responder`: every client certificate of ca `{ca.name}` must "
-                          f"carry an OCSP URL, or nginx rejects it{other}",
-                          "add `responder \"http://IP:PORT/\"`, or waive this if the CA writes an OCSP URL in every certificate",
+                          f"carry an OCSP URL, or nginx rejects it{other}{dns}",
+                          "add `responder \"http://IP:PORT/\"`, or waive this if the CA writes an OCSP URL in every "
+                          "certificate" + ("" if ctx.policy.resolver else " (and add a `resolver` if those URLs name hosts)"),
                           related=() if ca is owner else (Related(ocsp.span, "OCSP is turned on here"),))
 
 
@@ -85,28 +87,83 @@ def ocsp_intermediate_without_url(ctx):
                                   related=(Related(found[1].span, "`ocsp on` here"),))
 
 
+def _host_name(url: str) -> str | None:
+    """The host of a URL when it is a name, not an IP address."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
+
 def ocsp_responder_host_name(ctx):
     """What it catches: an OCSP `responder` given by host name rather than an IP address.
 
-    Why: nginx resolves the name once, when it loads the configuration: `nginx -t` and every
-    reload fail with `host not found in OCSP responder` if it does not resolve then, and a changed
-    address is not seen until the next reload (nginx-facts §10, lockout trap 11).
+    Why: nginx resolves the name when it loads the configuration: `nginx -t` and every reload
+    fail with `host not found in OCSP responder` if it does not resolve then. Without a
+    `resolver`, nginx keeps that address until the next reload (and logs `no resolver defined`
+    on every lookup); with one, it looks the name up again through the resolver for every
+    lookup, so the name must resolve there too (nginx-facts §10, lockout trap 11).
 
     Example: `ocsp leaf responder "http://ocsp.example.com/"`.
 
-    Fix: give the responder's IP address, or make sure the name resolves wherever nginx loads.
+    Fix: give the responder's IP address, or make sure the name resolves wherever nginx loads
+    (and through the `resolver`, when there is one).
     """
     for ca in ctx.policy.cas:
         if ca.ocsp is None or not ca.ocsp.responder:
             continue
-        host = urlsplit(ca.ocsp.responder).hostname or ""
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            yield Finding(ca.ocsp.span,
-                          f"OCSP responder host `{host}` is a name: nginx resolves it at load time, and `nginx -t` "
-                          "fails if it does not resolve then",
-                          "write the responder's IP address, or make sure the name resolves wherever nginx loads")
+        host = _host_name(ca.ocsp.responder)
+        if host is None:
+            continue
+        later = (f"and again through `resolver` for every lookup, so it must resolve there too" if ctx.policy.resolver
+                 else "and keeps that address until the next reload")
+        yield Finding(ca.ocsp.span,
+                      f"OCSP responder host `{host}` is a name: nginx resolves it at load time (`nginx -t` fails "
+                      f"if it does not resolve then) {later}",
+                      "write the responder's IP address, or make sure the name resolves wherever nginx loads")
+
+
+def ocsp_host_name_without_resolver(ctx):
+    """What it catches: a server that checks OCSP without `responder`, where a certificate of
+    its CAs names its OCSP responder by host name (AIA), and the policy has no `resolver`.
+
+    Why: without `responder` nginx asks at the URL each certificate carries, and it looks a host
+    name up, at handshake time, only through `resolver`: without one every lookup fails (`no
+    resolver defined to resolve HOST`), `$ssl_client_verify` is `FAILED:certificate status
+    request failed` and every client is refused (nginx-facts §10). With `ocsp on` nginx asks at
+    the intermediate's own URL; with `ocsp leaf` a CA that names its responder by host name in its certificates
+    does so in its client certificates too. A `responder` by host name is resolved when nginx
+    loads instead, and needs no resolver (MTLS115).
+
+    Example: `ca a { bundle "root.pem" "issuing.pem"  ocsp leaf }`, issuing.pem with the OCSP
+    URL `http://ocsp.example.com/`, and no `resolver` in the policy.
+
+    Fix: add `resolver "IP"` with the DNS servers nginx should ask, or a `responder` given by IP
+    address.
+    """
+    if ctx.policy.resolver is not None:
+        return
+    seen = set()
+    for server, cas in servers_of(ctx):
+        found = _server_ocsp(cas)
+        if found is None or found[1].responder:
+            continue
+        for ca, certs, _ in cas:
+            for cert in certs:
+                hosts = sorted({h for u in cert.ocsp_urls if (h := _host_name(u))})
+                if not hosts or (ca.name, cert.fingerprint) in seen:
+                    continue
+                seen.add((ca.name, cert.fingerprint))
+                asked = ("nginx asks about it at" if found[1].mode == "on" and not cert.self_signed
+                         else "so the client certificates of ca `" + ca.name + "` most likely name")
+                yield Finding(bundle_span(ca, cert),
+                              f"{describe(cert)} names its OCSP responder by host name (`{hosts[0]}`), {asked} "
+                              f"a host too, and with no `resolver` nginx cannot look it up: every OCSP lookup fails "
+                              f"(`no resolver defined to resolve {hosts[0]}`) and every client is refused",
+                              "add `resolver \"IP\"` (the DNS servers nginx should ask), or a `responder` by IP address",
+                              related=(Related(found[1].span, f"`ocsp {found[1].mode}` here, without `responder`"),))
 
 
 def ocsp_checks_intermediates(ctx):
@@ -137,10 +194,10 @@ def ocsp_checks_intermediates(ctx):
 
 
 def ocsp_settings_differ_within_server(ctx):
-    """What it catches: CAs of one server whose `ocsp` lines differ (one has none, or another mode
-    or responder).
+    """What it catches: CAs of one server whose `ocsp` lines differ (one has none, or another mode,
+    responder or cache).
 
-    Why: `ssl_ocsp` and `ssl_ocsp_responder` are per server in nginx: one setting applies to every
+    Why: `ssl_ocsp`, `ssl_ocsp_responder` and `ssl_ocsp_cache` are per server in nginx: one setting applies to every
     client certificate of the server, whatever CA issued it. A CA without OCSP would have its
     clients checked anyway (and refused when they carry no OCSP URL), or a CA's responder asked
     about another CA's certificates (nginx-facts §10).
@@ -150,14 +207,15 @@ def ocsp_settings_differ_within_server(ctx):
     Fix: give every CA of the server the same `ocsp` line, or serve the CAs on different servers.
     """
     for server, cas in servers_of(ctx):
-        settings = {(ca.ocsp.mode, ca.ocsp.responder) if ca.ocsp else None: ca for ca, _, _ in cas}
+        settings = {(ca.ocsp.mode, ca.ocsp.responder, ca.ocsp.cache) if ca.ocsp else None: ca for ca, _, _ in cas}
         if len(settings) < 2:
             continue
         first = _server_ocsp(cas)
         for key, ca in settings.items():
             if first is None or ca is first[0]:
                 continue
-            said = f"`ocsp {key[0]}`" + (f" with responder `{key[1]}`" if key and key[1] else "") if key else "no `ocsp`"
+            said = (f"`ocsp {key[0]}`" + (f" with responder `{key[1]}`" if key[1] else "")
+                    + (f", cache `{key[2]}`" if key[2] != first[1].cache else "")) if key else "no `ocsp`"
             yield Finding(ca.ocsp.span if ca.ocsp else ca.span,
                           f"ca `{ca.name}` has {said}, but server `{server.names[0]}` applies one OCSP setting "
                           f"to all its CAs, taken from ca `{first[0].name}`",

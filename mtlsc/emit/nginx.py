@@ -144,6 +144,9 @@ class ServerView:
     ocsp: ir.Ocsp | None
     ocsp_mode: Safe | None
     ocsp_responder: Safe | None
+    ocsp_cache: Safe | None  # `shared:<zone>:<size>`, or `off`
+    resolver: list[Safe]  # DNS servers for host names in OCSP URLs; empty: none
+    resolver_timeout: Safe | None
     no_cert: tuple[int, Safe]
     bad_cert: tuple[int, Safe]
     maps: list[MapView]
@@ -271,6 +274,9 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         ocsp=ocsp,
         ocsp_mode=quote.bare(ocsp.mode) if ocsp else None,
         ocsp_responder=quote.nginx_text(ocsp.responder) if ocsp and ocsp.responder else None,
+        ocsp_cache=_ocsp_cache(ocsp, prefix) if ocsp else None,
+        resolver=[quote.bare(a) for a in policy.resolver.addresses] if ocsp and policy.resolver else [],
+        resolver_timeout=quote.bare(policy.resolver.timeout) if ocsp and policy.resolver else None,
         no_cert=_response(server.rejections.no_cert),
         bad_cert=_response(server.rejections.bad_cert),
         maps=maps,
@@ -281,6 +287,12 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         upstream_tls=_upstream_tls(server),
         key_binding=binding,
     )
+
+
+def _ocsp_cache(ocsp: ir.Ocsp, prefix: str) -> Safe:
+    """A shared zone per server, named after its variable prefix: nginx refuses one zone name
+    declared with two sizes, and servers of a policy may size their caches differently."""
+    return Safe("off") if ocsp.cache == "off" else quote.bare(f"shared:{prefix}ocsp:{ocsp.cache}")
 
 
 # A map regex is one nginx argument (under 4 KiB): the case-variant alternatives go in chunks.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import ir
-from mtlsc.cast import Member, cast, sample_names
+from mtlsc.cast import Member, cast, lookalike_verifies, sample_names
 from mtlsc.emit import quote, render
 from mtlsc.emit.quote import Safe
 from mtlsc.evaluate import allow_index, evaluate, identity_headers, probe_path
@@ -47,11 +47,16 @@ def _w(s: str) -> Safe:
 
 
 def _member_verified_by(m: Member, server: ir.Server) -> str | None:
-    if m.kind in ("untrusted", "revoked", "expired"):
+    if m.kind in ("untrusted", "revoked", "ocsp-down", "expired"):
         return None
-    if m.kind == "lookalike" and max((c.depth for c in server.cas), default=0) < 1:
-        return None  # its sub-CA does not fit in the verify depth
+    if m.kind == "lookalike" and not lookalike_verifies(server):
+        return None
     return m.ca if m.ca in {c.name for c in server.cas} else None
+
+
+# Certificates of a trusted CA that nginx refuses in the handshake, and how a case names them.
+_REFUSED = {"revoked": "revoked certificate of ca {ca}", "expired": "expired certificate of ca {ca}",
+            "ocsp-down": "certificate of ca {ca} whose OCSP responder does not answer"}
 
 
 def _fields(route: ir.Route, with_cert: bool) -> str:
@@ -141,8 +146,8 @@ def _cases_for_route(server: ir.Server, route: ir.Route, grouped: _Cast) -> list
                 add(f"certificate of ca {m.ca}", m)
             else:
                 add("certificate of the CA on no allow list" if route.allow else "certificate of the CA", m, spoof=True)
-        elif m.kind in ("revoked", "expired") and (route.ca is None or m.ca == route.ca.name):
-            add(f"{m.kind} certificate of ca {m.ca}", m)
+        elif m.kind in _REFUSED and (route.ca is None or m.ca == route.ca.name):
+            add(_REFUSED[m.kind].format(ca=m.ca), m)
         elif m.kind == "untrusted":
             add("certificate from a CA no server trusts", m)
         elif m.kind == "lookalike" and route.ca is not None and route.ca.name in (m.ca, m.imitates):

@@ -27,6 +27,7 @@ class ServerTable:
     rows: list[VariableRow]
     cleared: Safe
     public: Safe
+    ocsp: Safe | None = None  # how the server checks OCSP; None: it does not
 
 
 _md = quote.markdown_cell
@@ -79,8 +80,21 @@ def _table(server: ir.Server) -> ServerTable:
         rows=rows,
         cleared=_md(", ".join(f"`{h}`" for h in all_headers)),
         public=_md(", ".join(f"`{p}`" for p in public) or "none"),
+        ocsp=_ocsp_line(server),
     )
 
 
+def _ocsp_line(server: ir.Server) -> Safe | None:
+    """The server's OCSP setting in words: nginx takes the first `ocsp` of its CAs for all of them."""
+    ocsp = next((c.ocsp for c in server.cas if c.ocsp), None)
+    if ocsp is None:
+        return None
+    scope = "the client certificate and of each intermediate" if ocsp.mode == "on" else "the client certificate"
+    where = f"the responder `{ocsp.responder}`" if ocsp.responder else "the responder each certificate names (AIA)"
+    kept = "no answer is kept (`cache off`)" if ocsp.cache == "off" else f"answers are kept in a `{ocsp.cache}` cache"
+    return _md(f"OCSP (`ocsp {ocsp.mode}`): the status of {scope} is asked of {where}; {kept}.")
+
+
 def emit(policy: ir.Policy, pki) -> dict[str, str]:
-    return {"variables.md": render("variables.md.j2", servers=[_table(s) for s in policy.servers])}
+    tables = [_table(s) for s in policy.servers]
+    return {"variables.md": render("variables.md.j2", servers=tables, ocsp=any(t.ocsp for t in tables))}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -106,12 +106,19 @@ def _leaf_usage() -> x509.KeyUsage:
                          crl_sign=False, encipher_only=False, decipher_only=False)
 
 
+def _aia(ocsp_url: str) -> x509.AuthorityInformationAccess:
+    return x509.AuthorityInformationAccess(
+        [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))])
+
+
 def _make_ca(issuer: Issued | None, subject: x509.Name, now: datetime, days: int,
-             path_length: int | None) -> Issued:
+             path_length: int | None, ocsp_url: str | None = None) -> Issued:
     key = _new_key()
     b = (_base(subject, issuer, key, now - BACKDATE, now + timedelta(days=days), None)
          .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
          .add_extension(_ca_usage(), critical=True))
+    if ocsp_url:
+        b = b.add_extension(_aia(ocsp_url), critical=False)
     return Issued(b.sign(issuer.key if issuer else key, hashes.SHA256()), key)
 
 
@@ -122,23 +129,26 @@ def make_root(cn: str, *, now: datetime, org: str = LAB_ORG, days: int = 3650,
 
 
 def make_intermediate(issuer: Issued, cn: str, *, now: datetime, org: str = LAB_ORG, days: int = 3650,
-                      path_length: int | None = None, subject: x509.Name | None = None) -> Issued:
-    """A CA signed by `issuer`. `subject` overrides `cn`/`org`."""
-    return _make_ca(issuer, subject or _name(cn, org), now, days, path_length)
+                      path_length: int | None = None, subject: x509.Name | None = None,
+                      ocsp_url: str | None = None) -> Issued:
+    """A CA signed by `issuer`. `subject` overrides `cn`/`org`; `ocsp_url` goes in its AIA."""
+    return _make_ca(issuer, subject or _name(cn, org), now, days, path_length, ocsp_url)
 
 
 def make_chain(prefix: str, intermediates: int, *, now: datetime,
-               subjects: Mapping[int, x509.Name] | None = None) -> CaChain:
+               subjects: Mapping[int, x509.Name] | None = None, ocsp_url: str | None = None) -> CaChain:
     """A root `<prefix> root` and `intermediates` CAs below it, each signed by the previous one.
 
     `subjects` optionally replaces the DN of member i (0 = root), e.g. so that a certificate
-    pinned by serial and issuer DN can be minted.
+    pinned by serial and issuer DN can be minted. `ocsp_url` goes in each intermediate's AIA
+    (`ocsp on` asks about intermediates too).
     """
     subjects = subjects or {}
     root = make_root(f"{prefix} root", now=now, subject=subjects.get(0))
     chain = [root]
     for i in range(1, intermediates + 1):
-        chain.append(make_intermediate(chain[-1], f"{prefix} intermediate {i}", now=now, subject=subjects.get(i)))
+        chain.append(make_intermediate(chain[-1], f"{prefix} intermediate {i}", now=now, subject=subjects.get(i),
+                                       ocsp_url=ocsp_url))
     return CaChain(root, tuple(chain[1:]))
 
 
@@ -156,8 +166,21 @@ def issue_client(issuer: Issued, subject: x509.Name, *, now: datetime, days: int
          .add_extension(_leaf_usage(), critical=True)
          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
     if ocsp_url:
-        aia = x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))
-        b = b.add_extension(x509.AuthorityInformationAccess([aia]), critical=False)
+        b = b.add_extension(_aia(ocsp_url), critical=False)
+    return Issued(b.sign(issuer.key, hashes.SHA256()), key)
+
+
+def issue_ocsp_signer(issuer: Issued, *, now: datetime, days: int = 365) -> Issued:
+    """A delegated OCSP responder certificate of `issuer` (RFC 6960 §4.2.2.2): it signs the
+    answers about certificates `issuer` issued, as production responders do, so the CA key
+    never has to sit on the responder."""
+    key = _new_key()
+    cn = f"OCSP responder of {issuer.cert.subject.rfc4514_string()}"
+    b = (_base(_name(cn, LAB_ORG), issuer, key, now - BACKDATE, now + timedelta(days=days), None)
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(_leaf_usage(), critical=True)
+         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+         .add_extension(x509.OCSPNoCheck(), critical=False))
     return Issued(b.sign(issuer.key, hashes.SHA256()), key)
 
 
@@ -236,6 +259,9 @@ class LabPki:
     clients_dir: Path
     server_ca: Path  # PEM of the CA that issued the lab server certificates
     unsatisfiable: tuple[str, ...]  # identities no fresh certificate can satisfy (fingerprint pins)
+    # What the lab's OCSP responder must answer other than `good`: (issuer, serial, status).
+    ocsp_status: tuple[tuple[x509.Certificate, int, str], ...] = ()
+    ocsp_urls: Mapping[str, str] = field(default_factory=dict)  # ca with `ocsp` -> OCSP URL of its certificates
 
     def client(self, name: str) -> tuple[Path, Path]:
         """(certificate, key) of a cast member, e.g. `client("partners/id-acme")`."""
@@ -275,11 +301,14 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
     return p if p.is_absolute() or base_dir is None else base_dir / p
 
 
-def _mint(m: Member, chain: CaChain, serial_pos: dict[str, int], now: datetime) -> Issued | None:
-    """The certificate of one cast member of a trusted CA, or None when it cannot be minted."""
+def _mint(m: Member, chain: CaChain, serial_pos: dict[str, int], now: datetime,
+          ocsp_url: str | None = None) -> Issued | None:
+    """The certificate of one cast member of a trusted CA, or None when it cannot be minted.
+    `ocsp_url` goes in its AIA."""
     subject = _x509_name(m.subject)
     if m.kind == "expired":
-        return issue_client(chain.issuing, subject, now=now, not_before=now - timedelta(days=30), days=1)
+        return issue_client(chain.issuing, subject, now=now, not_before=now - timedelta(days=30), days=1,
+                            ocsp_url=ocsp_url)
     ident = m.identity
     if ident is not None and ident.kind is ir.IdentityKind.FINGERPRINT:
         return None
@@ -288,8 +317,8 @@ def _mint(m: Member, chain: CaChain, serial_pos: dict[str, int], now: datetime) 
         serial = int(ident.serial or "0", 16)
         if pos is None or not 0 < serial <= MAX_SERIAL:
             return None
-        return issue_client(chain.members[pos], subject, now=now, serial=serial)
-    return issue_client(chain.issuing, subject, now=now)
+        return issue_client(chain.members[pos], subject, now=now, serial=serial, ocsp_url=ocsp_url)
+    return issue_client(chain.issuing, subject, now=now, ocsp_url=ocsp_url)
 
 
 def _write_issued(base: Path, issued: Issued) -> None:
@@ -306,8 +335,14 @@ def _write_lookalike(base: Path, by: CaChain, of: CaChain, subject: x509.Name, n
     write_pem(base.with_name(base.name + ".key"), leaf.key)
 
 
+# An OCSP URL nothing answers at: port 1 on loopback (tcpmux), which no lab process can bind.
+DEAD_OCSP_URL = "http://127.0.0.1:1/"
+# What the lab responder answers for a cast member other than `good` (mtlsc.lab.ocsp statuses).
+_OCSP_ANSWER = {"revoked": "revoked", "ocsp-down": "unavailable"}
+
+
 def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: Path | None = None,
-                  crl_valid: timedelta = timedelta(days=30)) -> LabPki:
+                  crl_valid: timedelta = timedelta(days=30), ocsp_url: str | None = None) -> LabPki:
     """Make a PKI shaped like `policy` and write it (layout: see `LabPki`).
 
     Each CA gets a chain with one certificate per `bundle` file (root first), written to those
@@ -315,26 +350,38 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
     certificates keeps that gap: it is the policy's mistake for the checks to report. Relative
     policy paths are taken from `base_dir` (default: the current directory). CRLs are current for
     `crl_valid` (the committed demo PKI uses years, so the examples keep compiling).
+
+    For a CA with `ocsp`, the intermediates and the client certificates name `ocsp_url` as their
+    OCSP responder (AIA), except `<ca>/ocsp-down`, which names `DEAD_OCSP_URL`; `ocsp_status`
+    says which certificates the responder must call revoked (`<ca>/revoked`) or not answer for
+    (`<ca>/ocsp-down`, for a policy whose `responder` sends every question to the lab's).
     """
     out_dir = Path(out_dir)
     clients_dir = out_dir / "clients"
     members = cast(policy)
     chains: dict[str, CaChain] = {}
     unsatisfiable: list[str] = []
+    statuses: list[tuple[x509.Certificate, int, str]] = []
+    urls: dict[str, str] = {}
     for ca in policy.cas:
+        aia = ocsp_url if ca.ocsp else None
+        if aia:
+            urls[ca.name] = aia
         subjects, serial_pos = _serial_issuers(ca, members)
-        chain = make_chain(ca.name, max(len(ca.bundle) - 1, 0), now=now, subjects=subjects)
+        chain = make_chain(ca.name, max(len(ca.bundle) - 1, 0), now=now, subjects=subjects, ocsp_url=aia)
         chains[ca.name] = chain
         for path, issued in zip(ca.bundle, chain.members):
             write_pem(_resolve(path, base_dir), issued.cert)
         revoked: list[int] = []
         for m in (m for m in members if m.ca == ca.name and m.kind != "lookalike"):
-            issued = _mint(m, chain, serial_pos, now)
+            issued = _mint(m, chain, serial_pos, now, DEAD_OCSP_URL if m.kind == "ocsp-down" and aia else aia)
             if issued is None:
                 unsatisfiable.append(m.identity.name)
                 continue
             if m.kind == "revoked":
                 revoked.append(issued.cert.serial_number)
+            if m.kind in _OCSP_ANSWER and aia:
+                statuses.append((chain.issuing.cert, issued.cert.serial_number, _OCSP_ANSWER[m.kind]))
             _write_issued(clients_dir / m.file, issued)
         for path, issuer in zip(ca.crls, chain.members):
             listed = revoked if issuer is chain.issuing else []
@@ -349,4 +396,5 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
     for server in policy.servers:
         names = [*server.names, "127.0.0.1", "localhost"]
         _write_issued(out_dir / "server" / server.slug, issue_server(server_ca, names, now=now))
-    return LabPki(out_dir, chains, clients_dir, out_dir / "server-ca.pem", tuple(sorted(set(unsatisfiable))))
+    return LabPki(out_dir, chains, clients_dir, out_dir / "server-ca.pem", tuple(sorted(set(unsatisfiable))),
+                  tuple(statuses), urls)

@@ -23,10 +23,12 @@ def _quoted(value: str) -> str:
 
 
 def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir: str,
-                    backend: str, install_dir: str) -> str:
+                    backend: str, install_dir: str, ocsp_responder: str | None = None,
+                    resolver: str | None = None) -> str:
     """Every `listen X` of server N becomes `listen 127.0.0.1:port_for(N, X)` (X = "443" when the
     server has no listen); certificates become `cert_dir/<N>_<port>.crt|.key`, every backend
-    `backend`, every install dir `install_dir`."""
+    `backend`, every install dir `install_dir`, every OCSP `responder` `ocsp_responder` and the
+    `resolver`'s DNS servers the one `resolver`, when given: the lab asks nothing off loopback."""
     text = source.text
     starts = _line_starts(text)  # once: a policy with a backend per route has thousands of edits
 
@@ -38,6 +40,15 @@ def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir:
     def replace(span: Span, value: str) -> None:
         edits.append((_offset(text, span.line, span.col), _offset(text, span.end_line, span.end_col), value))
 
+    for item in tree.items:
+        if isinstance(item, ast.Resolver) and resolver is not None:
+            first, last = item.addresses[0].span, item.addresses[-1].span
+            edits.append((_offset(text, first.line, first.col), _offset(text, last.end_line, last.end_col),
+                          _quoted(resolver)))
+        elif isinstance(item, ast.Ca) and ocsp_responder is not None:
+            for stmt in item.body:
+                if isinstance(stmt, ast.Ocsp) and stmt.responder is not None:
+                    replace(stmt.responder.span, _quoted(ocsp_responder))
     for server in (i for i in tree.items if isinstance(i, ast.Server)):
         name = server.names[0].value.lower()
         listens = [s for s in server.body if isinstance(s, ast.Listen)]

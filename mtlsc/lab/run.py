@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from mtlsc import ir, pipeline
 from mtlsc.diagnostics import Diagnostic
 from mtlsc.lab.audit import audit
+from mtlsc.lab.dns import DnsServer, running_dns_server
 from mtlsc.lab.echo import EchoBackend, EchoRequest, running_echo_backend
 from mtlsc.lab.nginx import NginxProcess, find_nginx, free_port, nginx_command, running_nginx
+from mtlsc.lab.ocsp import OcspResponder, running_ocsp_responder
 from mtlsc.lab.pki import LabPki, build_lab_pki
 from mtlsc.lab.rewrite import rewrite_for_lab
 from mtlsc.output import write_atomic
@@ -29,6 +31,9 @@ from mtlsc.parse import parse
 from mtlsc.source import read_source
 
 _SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$", re.M)
+# The OCSP URL of lab certificates names this host when the policy has a `resolver`, so the lab
+# proves the resolver path too; the lab's DNS server answers it with 127.0.0.1 (RFC 6761 `.test`).
+LAB_OCSP_HOST = "ocsp.mtlsc-lab.test"
 Progress = Callable[[str], None]
 
 
@@ -55,6 +60,8 @@ class Lab:
     ports: list[int]
     nginx: NginxProcess
     echo: EchoBackend
+    ocsp: OcspResponder | None = None  # answers for every CA with `ocsp`
+    dns: DnsServer | None = None  # the policy's `resolver`, rewritten to loopback
 
 
 @dataclass
@@ -78,8 +85,11 @@ class LabRun:
 
 
 def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime,
-            progress: Progress = _quiet) -> tuple[pipeline.Result, LabPki, list[int]]:
-    """Rewrite, mint and compile into `workdir`; returns the compile result, the PKI and the ports."""
+            progress: Progress = _quiet, ocsp: OcspResponder | None = None,
+            dns: DnsServer | None = None) -> tuple[pipeline.Result, LabPki, list[int]]:
+    """Rewrite, mint and compile into `workdir`; returns the compile result, the PKI and the ports.
+    With `ocsp`, OCSP responders of the policy become that responder, and it learns the lab's
+    CAs and revocations; with `dns`, the policy's `resolver` becomes that server."""
     ports: dict[tuple[str, str], int] = {}
 
     def port_for(name: str, listen: str) -> int:
@@ -94,15 +104,25 @@ def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime,
         target = workdir / "policy" / f"{i:02d}-{Path(path).name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(rewrite_for_lab(source, tree, port_for=port_for, cert_dir=str(workdir / "lab" / "server"),
-                                          backend=backend, install_dir=str(workdir / "out" / "mtls")))
+                                          backend=backend, install_dir=str(workdir / "out" / "mtls"),
+                                          ocsp_responder=ocsp.url if ocsp else None,
+                                          resolver=dns.address if dns else None))
         lab_paths.append(str(target))
     front = pipeline.read_and_lower(lab_paths)
     if front.policy is None:
         raise LabError("the policy has errors", front.diagnostics, front.sources)
     started = time.monotonic()
-    pki = build_lab_pki(front.policy, workdir / "lab", now=now)
+    ocsp_url = None
+    if ocsp is not None:
+        ocsp_url = f"http://{LAB_OCSP_HOST}:{ocsp.port}/" if front.policy.resolver and dns else ocsp.url
+    pki = build_lab_pki(front.policy, workdir / "lab", now=now, ocsp_url=ocsp_url)
     clients = sum(1 for _ in pki.clients_dir.rglob("*.crt"))
     progress(f"pki: {len(pki.chains)} CA(s), {clients} client certificates ({time.monotonic() - started:.1f} s)")
+    if ocsp is not None and pki.ocsp_urls:
+        _teach_responder(ocsp, pki, now)
+        progress(f"ocsp: responder {ocsp.url} for ca {', '.join(sorted(pki.ocsp_urls))}; certificates name "
+                 f"{ocsp_url}; {sum(s == 'revoked' for _, _, s in pki.ocsp_status)} revoked, "
+                 f"{sum(s == 'unavailable' for _, _, s in pki.ocsp_status)} with a dead responder")
     result = pipeline.compile_policy(lab_paths, now=now)
     if result.failed:
         raise LabError("the lab policy does not compile", result.diagnostics, result.sources)
@@ -111,24 +131,37 @@ def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime,
     return result, pki, sorted(set(ports.values()))
 
 
+def _teach_responder(ocsp: OcspResponder, pki: LabPki, now: datetime) -> None:
+    """The responder answers for every certificate of each OCSP CA's chain (intermediates too,
+    for `ocsp on`), `good` unless the cast says revoked or unanswered."""
+    for name in pki.ocsp_urls:
+        for member in pki.chains[name].members:
+            ocsp.answer_for(member, now=now)
+    for issuer, serial, status in pki.ocsp_status:
+        ocsp.set_status(issuer, serial, status)
+
+
 @contextmanager
 def running_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None = None,
                 now: datetime | None = None, progress: Progress = _quiet,
-                tamper: Callable[[Path], None] | None = None) -> Iterator[Lab]:
+                tamper: Callable[[Path], None] | None = None,
+                ocsp_next_update: timedelta | None = timedelta(hours=1)) -> Iterator[Lab]:
     """Build the lab in `workdir` and keep nginx and the backend running for the `with` body.
 
     `tamper(out_dir)` runs after compiling and before nginx starts: tests use it to show that a
-    hand-edited config is caught."""
+    hand-edited config is caught. `ocsp_next_update`: how long the lab responder's answers say
+    they are current (nginx keeps them that long)."""
     now = now or datetime.now(timezone.utc)
     binary = find_nginx(nginx_bin)
-    with running_echo_backend() as echo:
-        result, pki, ports = prepare(policy_paths, workdir, echo.url, now, progress)
+    with (running_echo_backend() as echo, running_ocsp_responder(ocsp_next_update) as ocsp,
+          running_dns_server({LAB_OCSP_HOST: "127.0.0.1"}) as dns):
+        result, pki, ports = prepare(policy_paths, workdir, echo.url, now, progress, ocsp, dns)
         out = workdir / "out"
         if tamper is not None:
             tamper(out)
         with running_nginx(f"include {out}/nginx/*.conf;", workdir / "nginx", ports=ports, nginx_bin=binary) as nginx:
             progress(f"nginx: pid {nginx.pid} on 127.0.0.1:{','.join(map(str, ports))}; backend {echo.url}")
-            yield Lab(result.policy, pki, out, ports, nginx, echo)
+            yield Lab(result.policy, pki, out, ports, nginx, echo, ocsp, dns)
 
 
 def run_tests_script(lab: Lab, timeout: float = 300) -> subprocess.CompletedProcess:

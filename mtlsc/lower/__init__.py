@@ -34,6 +34,7 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
     cleared = cleared_headers(ctx, [i for f in files for i in f.items if isinstance(i, ast.ClearHeaders)])
     merged = with_identity_headers(merged, cleared)
     waivers = tuple(w for f in files for w in _waivers(f.items, Span(f.path, 1, 1, 10**9, 1)))
+    resolver = _lower_resolver(ctx, [i for f in files for i in f.items if isinstance(i, ast.Resolver)])
     if ctx.diags:
         return None, ctx.diags
     policy = ir.Policy(
@@ -43,6 +44,7 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
         tuple(merged),
         waivers,
         cleared,
+        resolver,
     )
     return policy, []
 
@@ -102,6 +104,36 @@ def _lower_target(ctx, targets: list[ast.NginxTarget]) -> tuple[int, int, int]:
     return found[0][0] if found else DEFAULT_NGINX
 
 
+def _lower_resolver(ctx, nodes: list[ast.Resolver]) -> ir.Resolver | None:
+    """One `resolver` for everything compiled together: nginx's DNS servers are the host's."""
+    lowered: list[ir.Resolver] = []
+    for node in nodes:
+        addresses: dict[str, ast.Str] = {}
+        for a in node.addresses:
+            try:
+                address = values.resolver_address(a.value)
+            except values.ValueProblem as p:
+                ctx.err("MTLS012", a.span, p.message, p.help)
+                continue
+            if address in addresses:
+                ctx.err("MTLS013", a.span, f"DNS server `{address}` is listed twice", "list it once",
+                        related=[Related(addresses[address].span, "first listed here")])
+            addresses.setdefault(address, a)
+        timeout = ir.DEFAULT_RESOLVER_TIMEOUT
+        if node.timeout is not None:
+            try:
+                timeout = values.resolver_timeout(node.timeout.value)
+            except values.ValueProblem as p:
+                ctx.err("MTLS012", node.timeout.span, p.message, p.help)
+        lowered.append(ir.Resolver(tuple(addresses), timeout, node.span))
+    for node, r in zip(nodes[1:], lowered[1:]):
+        if r != lowered[0]:
+            ctx.err("MTLS023", node.span, "the policy files name different `resolver`s",
+                    "nginx asks one set of DNS servers: state one `resolver` for everything compiled together",
+                    related=[Related(nodes[0].span, "first `resolver` here")])
+    return lowered[0] if lowered else None
+
+
 def _unique(ctx, kind: str, pairs) -> dict:
     table, first = {}, {}
     for node, lowered in pairs:
@@ -144,7 +176,13 @@ def _lower_ca(ctx, node: ast.Ca, policy_path: str) -> ir.Ca | None:
                 responder = values.ocsp_responder(ocsp.responder.value)
             except values.ValueProblem as p:
                 ctx.err("MTLS012", ocsp.responder.span, p.message, p.help)
-        lowered_ocsp = ir.Ocsp(ocsp.mode.value, responder, ocsp.span)
+        cache = ir.DEFAULT_OCSP_CACHE
+        if ocsp.cache is not None:
+            try:
+                cache = values.ocsp_cache(ocsp.cache.value)
+            except values.ValueProblem as p:
+                ctx.err("MTLS012", ocsp.cache.span, p.message, p.help)
+        lowered_ocsp = ir.Ocsp(ocsp.mode.value, responder, cache, span=ocsp.span)
     crl_files = crl.files if crl else ()
     return ir.Ca(
         name=node.name.value,
