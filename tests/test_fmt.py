@@ -10,10 +10,15 @@ Example counts: each property runs FUZZ_EXAMPLES examples (200 by default; `MTLS
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import re
+import shutil
+import tempfile
+import traceback
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -224,12 +229,56 @@ def test_unwritable_file_exits_2(tmp_path):
     (tmp_path / "p.mtls").write_text(MESSY)
     os.chmod(tmp_path, 0o500)
     try:
-        if os.access(tmp_path, os.W_OK):
-            pytest.skip("running as root: permissions are not enforced")
+        if os.access(tmp_path, os.W_OK):  # root: permissions are not enforced; see the next test
+            return
         code, _, err = format_paths([tmp_path / "p.mtls"])
     finally:
         os.chmod(tmp_path, 0o700)
     assert code == 2 and "MTLS902" in err and (tmp_path / "p.mtls").read_text() == MESSY
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the previous test covers an unprivileged run")
+def test_unwritable_file_exits_2_as_an_unprivileged_user():
+    """CI runs as root, which ignores permissions: fork, drop to `nobody`, format a file in a
+    directory nobody may not write to."""
+    base = Path(tempfile.mkdtemp(prefix="mtlsc-fmt-"))
+    try:
+        os.chmod(base, 0o711)
+        ro = base / "ro"
+        ro.mkdir()
+        (ro / "p.mtls").write_text(MESSY)
+        os.chown(ro / "p.mtls", NOBODY, NOBODY)
+        os.chown(ro, NOBODY, NOBODY)
+        os.chmod(ro, 0o500)  # its owner, nobody, may read and enter it, not write into it
+        warm = base / "warm.mtls"
+        warm.write_text(MESSY)
+        format_paths([warm])  # the parser loads its grammar now: nobody cannot read root's Python tree
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: drop privileges for good, format, report through the pipe
+            try:
+                os.setgroups([])
+                os.setresgid(NOBODY, NOBODY, NOBODY)
+                os.setresuid(NOBODY, NOBODY, NOBODY)
+                result = format_paths([ro / "p.mtls"])
+                os.write(write_end, json.dumps([result[0], result[2]]).encode())
+            except BaseException:
+                os.write(write_end, json.dumps([-1, traceback.format_exc()]).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            data = pipe.read()
+        os.waitpid(pid, 0)
+        code, err = json.loads(data)
+        assert code == 2 and "MTLS902" in err and "Traceback" not in err, err
+        assert (ro / "p.mtls").read_text() == MESSY
+    finally:
+        os.chmod(base / "ro", 0o700)
+        shutil.rmtree(base)
 
 
 def test_cli_fmt_when_wired(tmp_path):
