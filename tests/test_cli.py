@@ -108,3 +108,8 @@ def test_ci_workflow_example_uses_real_commands():
     for command in ("mtlsc fmt --check", "mtlsc check --format sarif", "mtlsc diff --git", "mtlsc explain --format md",
                     "--fail-on widening"):
         assert command in runs
+
+
+def test_lab_without_nginx_says_how_to_install(tmp_path):
+    code, out, err = run_cli("lab", "--nginx", str(tmp_path / "no-nginx"), str(REPO / "policies" / "partner-api.mtls"))
+    assert code == 2 and "apt-get install nginx" in err

@@ -198,3 +198,9 @@ def test_model_and_gate_agree_on_any_text(text, data):
                                           st.sampled_from(["a", "b", ""])), max_size=3))
     constraints = [C(a, op, v if op == "eq" else f"^{v}.*$") for a, op, v in picked]
     both(text, constraints)
+
+
+def test_subjects_of_the_nginx_test_are_written_as_nginx_prints_them():
+    from test_dn_repeated_nginx import SUBJECTS
+    for subject, _ in SUBJECTS:
+        assert dn.format_dn(dn.parse_dn(subject)) == subject

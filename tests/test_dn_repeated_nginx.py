@@ -79,11 +79,6 @@ def _mint(running, tmp: Path, n: int, subject: str, now) -> tuple[Path, Path]:
     return write_pem(f"{base}.crt", issued.cert), write_pem(f"{base}.key", issued.key)
 
 
-def test_subjects_are_written_as_nginx_prints_them():
-    for subject, _ in SUBJECTS:
-        assert dn.format_dn(dn.parse_dn(subject)) == subject
-
-
 def test_gate_refuses_repeated_named_attributes(lab, now):
     running, tmp = lab
     server = running.policy.servers[0]

@@ -77,11 +77,6 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_missing_nginx_says_how_to_install(tmp_path):
-    code, out, err = run_cli("lab", "--nginx", str(tmp_path / "no-nginx"), PARTNER)
-    assert code == 2 and "apt-get install nginx" in err
-
-
 def test_header_audit_catches_spoofed_extra_and_duplicate_headers(tmp_path, nginx_bin):
     run = run_lab([PARTNER], tmp_path, nginx_bin=nginx_bin)
     host = f"api.example.com:{run.ports[0]}"

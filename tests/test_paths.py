@@ -17,6 +17,7 @@ from mtlsc import ir, pipeline
 from mtlsc.evaluate import evaluate, find_route
 from mtlsc.locations import covers_text, locations
 from mtlsc.uri import forwarded_target, normalise_path, target_problem
+import oracle
 from test_properties import _compile_and_nginx_t
 
 CA = Path(__file__).resolve().parent.parent / "policies" / "ca"
@@ -160,3 +161,21 @@ def test_the_longest_route_path_with_every_character_escaped_passes_nginx_t(ngin
 }}
 """
     _compile_and_nginx_t(tmp_path, nginx_bin, text)
+
+
+# The oracle of tests/test_differential_nginx.py and mtlsc agree on nginx's own normalisation examples
+# (sent to nginx there).
+@pytest.mark.parametrize("target, path", [
+    ("/p/x", "/p/x"), ("//p//x", "/p/x"), ("/./p/x", "/p/x"), ("/q/../p/x", "/p/x"), ("/q/%2e%2E/p/x", "/p/x"),
+    ("/%70%2fx", "/p/x"), ("/p/x?a=/../b", "/p/x"), ("/p/x#frag", "/p/x"), ("/p%3Fx", "/p?x"), ("/e%23", "/e#"),
+    ("/%25", "/%"), ("/p/.", "/p/"), ("/p/..", "/"), ("/p/x/..", "/p/"), ("/.", "/"), ("/P/x", "/P/x"),
+    ("/..", None), ("/p/../..", None), ("/%2e%2e/p", None), ("/a%2", None), ("/a%zz", None), ("/p%00", None),
+    ("%2Fp", None),
+])
+def test_nginx_path(target, path):
+    """The oracle's normaliser and mtlsc's agree on nginx's examples."""
+    try:
+        product = normalise_path(target)
+    except ValueError:
+        product = None
+    assert oracle.normalise(target) == path == product
