@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from mtlsc.lab import pki
-from mtlsc.lab.client import request
+from mtlsc.lab.client import plain_request, request
 from mtlsc.lab.nginx import free_port, quote, test_config
 from test_nginx_facts import LOCAL, Creds, answer, serve, subject, tls_server, verifying  # noqa: F401 (serve: a fixture)
 
@@ -175,6 +175,20 @@ def test_a_certificate_in_place_of_a_crl_passes_nginx_t_and_refuses_every_client
         assert request(LOCAL, port).text == "NONE"
         assert request(LOCAL, port, **lab.alice.kw()).status == 400
         assert _verify_error(nginx, "(3:unable to get certificate CRL)")
+
+
+# --- §6: underscores_in_headers -------------------------------------------------------------------
+
+@pytest.mark.parametrize("underscores", ["off", "on"])
+def test_underscored_header_names_pass_only_when_allowed(lab: Lab, serve, echo_backend, underscores) -> None:
+    port = free_port()
+    body = f"""underscores_in_headers {underscores};
+    location / {{ proxy_pass {echo_backend.url}; proxy_set_header X-Client-Verify $ssl_client_verify; }}"""
+    with serve(tls_server(lab, port, body), port):
+        assert request(LOCAL, port, headers=[("X-Client_Verify", "SUCCESS")]).status == 200
+    (got,) = echo_backend.snapshot()
+    assert got.header_values("X-Client-Verify") == ["NONE"]
+    assert got.header_values("X-Client_Verify") == (["SUCCESS"] if underscores == "on" else [])
 
 
 # --- §8: ssl_trusted_certificate verifies clients without being advertised -----------------------
@@ -391,6 +405,25 @@ def test_verification_needs_a_ca_file(lab: Lab, tmp_path: Path, nginx_bin: str) 
     for mode in ("on", "optional"):
         ok, err = _nginx_t(tmp_path, nginx_bin, tls_server(lab, free_port(), f"ssl_verify_client {mode};"))
         assert not ok and "no ssl_client_certificate for ssl_verify_client" in err, (mode, err)
+
+
+def test_client_verification_on_a_plain_listener_enforces_nothing(lab: Lab, serve) -> None:
+    """§13, over-trust trap 12: `ssl_verify_client on` loads beside a listener without `ssl`."""
+    plain, tls = free_port(), free_port()
+    conf = f"""
+server {{
+    listen {LOCAL}:{plain};
+    listen {LOCAL}:{tls} ssl;
+    ssl_certificate {quote(lab.server_cert)};
+    ssl_certificate_key {quote(lab.server_key)};
+    {verifying(lab.ca, "on")}
+    location / {{ return 200 "verify=[$ssl_client_verify]"; }}
+}}
+"""
+    with serve(conf, plain, tls):
+        assert request(LOCAL, tls).status == 400
+        side_door = plain_request(LOCAL, plain)
+    assert (side_door.status, side_door.text) == (200, "verify=[]")
 
 
 # --- §F4: Host and Content-Length set from a value --------------------------------------------
