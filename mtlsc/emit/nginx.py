@@ -109,7 +109,7 @@ def _listen_text(listen: ir.Listen) -> str:
 
 
 def _default_listens(policy: ir.Policy) -> list[Safe]:
-    """Every address mtlsc listens on gets a default server mtlsc owns (nginx-facts §5)."""
+    """Every address mtlsc listens on gets a default server mtlsc owns (docs/nginx-facts.md §5)."""
     return [quote.bare(t) for t in sorted({_listen_text(l) for s in policy.servers for l in s.listens})]
 
 
@@ -329,7 +329,7 @@ def _target_gates(server: ir.Server, prefix: str, maps: list[MapView]) -> list[G
 
 
 def _ca_binding_maps(server, pki, prefix, ca_index) -> list[MapView]:
-    """Several CAs share the trust file: bind each route to its CA by the issuer DN (nginx-facts §E2)."""
+    """Several CAs share the trust file: bind each route to its CA by the issuer DN (docs/nginx-facts.md §E2)."""
     issuer = MapView(Safe("which of this server's CAs issued the client certificate"),
                      Safe("$ssl_client_i_dn"), quote.nginx_var(prefix + "issuer_ca"), Safe('""'))
     for ca in server.cas:
