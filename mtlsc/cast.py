@@ -5,7 +5,7 @@ generator (which mints them), so the two can never disagree about a file name or
 Layout under the clients directory: `<ca>/<member>.crt` + `.key`, and `untrusted/client.*`.
 
 Near misses (`<ca>/near-<identity>-<n>`) are the counter-examples a DN gate gets wrong when it
-compares strings naively: an extra RDN, a `,` smuggled into a value as `\\,` (nginx-facts §7), an
+compares strings naively: an extra RDN, a `,` smuggled into a value as `\\,` (docs/nginx-facts.md §7), an
 attribute set that satisfies every constraint but one, a named attribute held twice (in its own
 RDN first or last, or the good RDN made multi-valued: `CN=mallory+CN=globex-a`). Each is kept only
 if no identity allowed on that CA matches it, so the evaluator refuses it on every allow-list route.

@@ -75,7 +75,7 @@ def ca_certs(certs) -> list[CertInfo]:
 
 
 def intermediates(path: list[CertInfo]) -> int:
-    """Intermediates between a leaf issued by path[0] and the root, as nginx counts depth (§3).
+    """Intermediates between a leaf issued by path[0] and the root, as nginx counts depth (docs/nginx-facts.md §3).
     Self-issued certificates (key rollover) do not count, as in OpenSSL."""
     return sum(1 for c in path[:-1] if c.subject.lower() != c.issuer.lower())
 

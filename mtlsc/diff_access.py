@@ -86,7 +86,7 @@ def probes(old: ir.Policy, new: ir.Policy, renames: dict[str, str], changed: lis
 
 
 def _as_seen_by(probe: Probe, server: ir.Server, ca_name: str | None) -> Client | None:
-    """The probe's certificate on `server`: verified when the server trusts its CA (nginx-facts §1)."""
+    """The probe's certificate on `server`: verified when the server trusts its CA (docs/nginx-facts.md §1)."""
     if probe.client is None:
         return None
     trusted = ca_name is not None and ca_name in {c.name for c in server.cas}

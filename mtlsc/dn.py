@@ -1,4 +1,4 @@
-"""Distinguished names exactly as nginx prints `$ssl_client_s_dn` (nginx-facts.md §7).
+"""Distinguished names exactly as nginx prints `$ssl_client_s_dn` (docs/nginx-facts.md §7).
 
 nginx calls `X509_NAME_print_ex(..., XN_FLAG_RFC2253)`: the most specific RDN first, `,` between
 RDNs and `+` between the AVAs of one RDN (no spaces), `, + " \\ < > ;` escaped with a backslash,

@@ -5,7 +5,7 @@ every AVA (the members of a multi-valued RDN too: `CN=a+CN=b` holds two CNs), an
 occurrence must satisfy every constraint on the attribute; attributes the identity does not name
 may occur any number of times. "Some AVA matches" is not enough: `CN=mallory,CN=globex-a,...`
 would pass `cn ~ "^globex-..."` while a backend reading the first CN sees `mallory`
-(nginx-facts.md §F). `matches_constraints` (the model) and `constraints_regex` (the gate) each
+(docs/nginx-facts.md §F6). `matches_constraints` (the model) and `constraints_regex` (the gate) each
 implement the rule on their own; tests/test_dn_repeated*.py hold them to each other and to nginx.
 
 Imported through mtlsc.dn, which re-exports every public name here; mtlsc.dn's value helpers are
@@ -43,7 +43,7 @@ def _dn():
 
 
 def matches_subject(dn: str, subject: str) -> bool:
-    """Exact subject match: ASCII case-insensitive, like an nginx `map` string key (facts §7)."""
+    """Exact subject match: ASCII case-insensitive, like an nginx `map` string key (docs/nginx-facts.md §7)."""
     return dn.encode("utf-8", "surrogatepass").lower() == subject.encode("utf-8", "surrogatepass").lower()
 
 

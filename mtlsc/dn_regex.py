@@ -1,7 +1,7 @@
 r"""User value patterns, confined to one attribute value of nginx's `$ssl_client_s_dn`.
 
 A pattern is an anchored regex (`^...$`) over one value *as nginx prints it* (escaped, pure
-ASCII; nginx-facts.md §7). It is parsed into a small tree and re-emitted in a canonical syntax
+ASCII; docs/nginx-facts.md §7). It is parsed into a small tree and re-emitted in a canonical syntax
 that PCRE2 (nginx) and Python `re` read the same way, with every element confined to the value:
 
 - a value is a run of tokens `[^,+\\]` or `\\.` (an escape pair: `\,`, `\\`, `\C3`, ...);
@@ -12,7 +12,7 @@ that PCRE2 (nginx) and Python `re` read the same way, with every element confine
 
 So the emitted body only ever matches whole tokens. Started right after `ATTR=`, it can neither
 end inside an escape pair nor run past the unescaped `,`/`+` ending the value: this keeps
-`CN=mallory\,O=Acme,...` from satisfying `O` patterns (nginx-facts.md §7). Lower layer of mtlsc.dn.
+`CN=mallory\,O=Acme,...` from satisfying `O` patterns (docs/nginx-facts.md §7). Lower layer of mtlsc.dn.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def _headers(route: ir.Route, client: Client | None) -> tuple[tuple[str, str], .
     out = []
     for f in route.forward:
         value = verify_value(client) if f.field == "verify" else getattr(client, f.field, "")
-        if value:  # nginx omits a header whose value is empty (nginx-facts §6)
+        if value:  # nginx omits a header whose value is empty (docs/nginx-facts.md §6)
             out.append((f.header, value))
     return tuple(out)
 
@@ -188,7 +188,7 @@ def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIn
     the caller evaluates many clients on one route (it is built here otherwise)."""
     verifies = bool(server.cas)  # ssl_verify_client is off when no route names a CA
     if verifies and client is not None and client.verified_by not in {c.name for c in server.cas}:
-        # nginx rejects a failed verification before any location runs, public ones too (§1)
+        # nginx rejects a failed verification before any location runs, public ones too (docs/nginx-facts.md §1)
         return _reject(server, "bad_cert", find_route(server, path))
     if not verifies:
         client = None  # no certificate is requested, so none is seen

@@ -1,7 +1,7 @@
 """nginx knowledge as data: the `$ssl_client_*` variables, forwardable fields, version gates.
 
-The formats below were measured on nginx 1.22.1 (shared/design/nginx-facts.md §1, §7, §E2) and
-are re-proven by tests/test_nginx_facts.py, tests/test_dn_nginx.py and the example-policy tests.
+The formats below were measured on nginx 1.22.1 (docs/nginx-facts.md §1, §7, §E2), whose
+sections name the real-nginx tests that prove them (tests/test_dn_nginx.py, the differential test).
 The texts are written for backend teams: they reach variables.md as they are.
 """
 
@@ -130,7 +130,6 @@ FEATURE_SINCE = {
     "ssl_ocsp": (1, 19, 0),
 }
 
-# nginx 1.22's built-in statuses when a certificate fails before any location runs (§1, §E1).
 # CVE-2025-23419, fixed in 1.26.3 and 1.27.4 (distributions backport it: Debian 1.22.1-9+deb12u*):
 # a session made with one server of an address can be resumed under another server's name,
 # skipping that server's client-certificate check (docs/nginx-facts.md §F8).
@@ -155,6 +154,8 @@ def cross_resumption_servers(policy) -> set[str]:
             if len({client_auth(t) for t in group}) > 1}
 
 
+# nginx's internal statuses when a certificate fails before any location runs, which
+# `error_page` can answer (docs/nginx-facts.md §1, §E1).
 STATUS_BAD_CERT = 495
 STATUS_NO_CERT = 496
 
@@ -177,7 +178,7 @@ RESERVED_HEADERS: tuple[ReservedHeaders, ...] = (
         ("Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
          "Proxy-Authenticate", "Proxy-Authorization"),
     ),
-    # Framing and body: nginx sends the real body beside a set value (nginx-facts §F4).
+    # Framing and body: nginx sends the real body beside a set value (docs/nginx-facts.md §F4).
     ReservedHeaders(
         "frames the request body: a forged value smuggles requests toward the backend",
         ("Content-Length", "Content-Type", "Content-Encoding", "Content-Range", "Expect"),

@@ -310,7 +310,7 @@ def _der_kind(data: bytes) -> tuple[str, CertInfo | None]:
 
 
 def _no_cert_issue(path: str, data: bytes, others: list[_Block]) -> _Issue:
-    """MTLS301: why a bundle file gives nginx no certificate (nginx-facts §12)."""
+    """MTLS301: why a bundle file gives nginx no certificate (docs/nginx-facts.md §12)."""
     fix = "put the CA's certificates in it, in PEM (`-----BEGIN CERTIFICATE-----`)"
     if not data.strip():
         return _Issue("MTLS301", error, f"`{path}` is empty: nginx -t fails with `no certificate or crl found`", fix)
@@ -334,7 +334,7 @@ def _no_cert_issue(path: str, data: bytes, others: list[_Block]) -> _Issue:
 
 
 def _no_crl_issue(path: str, data: bytes, certs: list[CertInfo], others: list[_Block]) -> _Issue:
-    """MTLS302: why a CRL file gives nginx no CRL (nginx-facts §4, §13)."""
+    """MTLS302: why a CRL file gives nginx no CRL (docs/nginx-facts.md §4, §13)."""
     fix = "put the CA's CRLs in it, in PEM (`-----BEGIN X509 CRL-----`)"
     if not data.strip():
         return _Issue("MTLS302", error, f"`{path}` is empty: nginx -t fails with `no certificate or crl found`", fix)
@@ -417,7 +417,7 @@ def _read_crls(path: str, data: bytes) -> tuple[list[tuple[x509.CertificateRevoc
     add = _lister(issues)
     for c in certs:
         # OpenSSL's X509_load_cert_crl_file, behind ssl_crl, adds such certificates to the trust store
-        # (from the OpenSSL source, not measured in nginx-facts).
+        # (from the OpenSSL source, not measured in docs/nginx-facts.md).
         add("MTLS305", lambda c=c: _Issue("MTLS305", warning, f"`{path}` also holds certificate {describe(c)}",
                                           "the compiled CRL file leaves it out; keep certificates in `bundle`"))
     for b in others:

@@ -53,7 +53,7 @@ def policy_test_path(policy_path: str | Path) -> Path:
     return p.with_name((p.stem if p.suffix == ".mtls" else p.name) + ".mtls-test.yaml")
 
 
-# ---- request paths, as nginx reads them (nginx-facts §2) -------------------------------------
+# ---- request paths, as nginx reads them (docs/nginx-facts.md §2) -------------------------------------
 
 def route_label(server_name: str, route: ir.Route | None) -> str:
     """How reports name a route: `api.example.com route /partner/ (require partners)`."""

@@ -103,7 +103,7 @@ def observe_model(case: Expectation, policy: ir.Policy) -> Observed:
     out = evaluate(server, path, model_client(case.client, server, policy), target=case.path)
     reached = 200 <= out.status < 300
     # Every proxied location sets or clears each identity header, and nginx drops names with `_`
-    # (nginx-facts §6): any other forged header passes unchanged.
+    # (docs/nginx-facts.md §6): any other forged header passes unchanged.
     cleared = {h.lower() for h in identity_headers(server)}
     leaked = tuple(n for n, _ in case.spoof if reached and "_" not in n and n.lower() not in cleared)
     return Observed(out.status, (out.reason,), out.headers if reached else None, leaked,

@@ -81,7 +81,7 @@ def ocsp_responder(text: str) -> str:
     if len(text) > URL_MAX or not _RESPONDER.fullmatch(text):
         raise ValueProblem(
             f"`{text}` is not an OCSP responder nginx accepts",
-            "write `http://HOST[:PORT][/path]`; nginx refuses `https` responders at `nginx -t` (nginx-facts §10)",
+            "write `http://HOST[:PORT][/path]`; nginx refuses `https` responders at `nginx -t` (docs/nginx-facts.md §10)",
         )
     return text
 
@@ -148,7 +148,7 @@ def resolver_address(text: str) -> str:
 
 
 # What may appear in a route path: RFC 3986 pchar minus `%` (nginx matches the decoded path,
-# so a percent sign in a location would never match what the user meant, §2).
+# so a percent sign in a location would never match what the user meant, docs/nginx-facts.md §2).
 _PATH_BAD = re.compile(r"[^A-Za-z0-9._~!&'()*+,=:@/-]")
 
 

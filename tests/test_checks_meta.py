@@ -53,7 +53,7 @@ def test_docstring_has_what_why_example_fix(check):
     positions = [m.start() if m else -1 for m in found]
     assert all(p >= 0 for p in positions), f"{check.code} {check.find.__name__}: missing {[s for s, p in zip(SECTIONS, positions) if p < 0]}"
     assert positions == sorted(positions), f"{check.code}: sections out of order"
-    assert "nginx-facts" in doc or check.code == "MTLS149", f"{check.code}: the Why should cite nginx-facts.md"
+    assert "nginx-facts" in doc or check.code == "MTLS149", f"{check.code}: the Why should cite docs/nginx-facts.md"
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.code)

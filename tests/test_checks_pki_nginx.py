@@ -242,7 +242,7 @@ def test_mtls313_self_signed_non_ca_locks_clients_out(tmp_path, nginx_bin, now):
 
 
 def _self_signed_non_ca(now: datetime) -> Issued:
-    """A self-signed "CA" with basicConstraints CA:FALSE (nginx-facts §12, ca-notca.pem)."""
+    """A self-signed "CA" with basicConstraints CA:FALSE (docs/nginx-facts.md §12)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lab root")])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())

@@ -1,4 +1,4 @@
-"""Real nginx proves the behaviours mtlsc's emitted config relies on (shared/design/nginx-facts.md).
+"""Real nginx proves the behaviours mtlsc's emitted config relies on (docs/nginx-facts.md).
 
 Each test starts its own nginx on loopback with the config it is about, spelled out in the test, and
 talks to it with `mtlsc.lab.client` (which can send no SNI, any Host, raw headers, a TLS version and

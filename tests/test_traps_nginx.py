@@ -1,4 +1,4 @@
-"""The traps of nginx-facts that the emitted config closes by construction, each shown on the
+"""The traps of docs/nginx-facts.md that the emitted config closes by construction, each shown on the
 real nginx with a compiled policy: revocation vs session resumption, exact-DN case semantics, a
 second trusted CA minting an allowed subject, large allow lists, the plain-HTTP side door."""
 

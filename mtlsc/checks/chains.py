@@ -39,7 +39,7 @@ def crl_missing_for_some_ca(ctx):
     Why: `ssl_crl` is one file per server, and once it is set nginx wants the CRL of every CA in
     every chain, the intermediate's and the root's: the clients below a certificate without one get
     `unable to get certificate CRL`. With only the intermediate's CRL, *everyone* is rejected,
-    because the intermediate's own check needs the root's CRL (nginx-facts §4, lockout trap 1).
+    because the intermediate's own check needs the root's CRL (docs/nginx-facts.md §4, lockout trap 1).
 
     Example: `bundle "root.pem" "issuing.pem"  crl "issuing.crl"`.
 
@@ -78,7 +78,7 @@ def verify_depth_too_small(ctx):
 
     Why: `ssl_verify_depth N` allows N intermediates between the client certificate and the root,
     counting neither; one more and the client gets `unable to get issuer certificate` (not "chain
-    too long"). Depth 0 rejects every client of an intermediate (nginx-facts §3, lockout trap 4).
+    too long"). Depth 0 rejects every client of an intermediate (docs/nginx-facts.md §3, lockout trap 4).
 
     Example: `bundle "root.pem" "mid.pem" "issuing.pem"  depth 1`.
 
@@ -99,7 +99,7 @@ def chain_without_root(ctx):
     """What it catches: an intermediate whose chain does not reach a self-signed root inside the bundle.
 
     Why: nginx allows no partial chains: with only the intermediate in the file, its clients get
-    `unable to get issuer certificate`, even when they send the chain themselves (nginx-facts §3,
+    `unable to get issuer certificate`, even when they send the chain themselves (docs/nginx-facts.md §3,
     lockout trap 5).
 
     Example: `bundle "issuing.pem"` (the root that signed it is missing).
@@ -122,7 +122,7 @@ def path_length_exceeded(ctx):
 
     Why: OpenSSL enforces pathLen on every CA of the chain, so every client below the offending
     certificate gets `path length constraint exceeded`; `nginx -t` does not look (same class of
-    trap as nginx-facts §12; proven on nginx in tests/test_checks_pki_nginx.py).
+    trap as docs/nginx-facts.md §12; proven on nginx in tests/test_checks_pki_nginx.py).
 
     Example: a root with `pathlen:0` and an intermediate below it that issues the clients.
 
@@ -148,7 +148,7 @@ def issuer_dn_shared_between_cas(ctx):
     """What it catches: two CAs of one server that hold certificates with the same subject DN.
 
     Why: nginx shows a route only `$ssl_client_i_dn`; mtlsc binds each route to its CA by the issuer
-    DN, which cannot tell two issuers with the same DN apart (nginx-facts §E2, over-trust trap 9).
+    DN, which cannot tell two issuers with the same DN apart (docs/nginx-facts.md §E2, over-trust trap 9).
 
     Example: `ca a { bundle "a.pem" }` and `ca b { bundle "copy-of-a.pem" }` on one server.
 
@@ -174,7 +174,7 @@ def public_ca_in_bundle(ctx):
     intermediate of certifi's Mozilla store or of the system store (same fingerprint, or same
     subject and key), or a certificate issued by one of them.
 
-    Why: every certificate such a CA issues, to anyone, verifies as SUCCESS (nginx-facts §1, §8,
+    Why: every certificate such a CA issues, to anyone, verifies as SUCCESS (docs/nginx-facts.md §1, §8,
     over-trust trap 10); an identity list is then the only thing between the internet and the route.
 
     Example: `bundle "/etc/ssl/certs/ISRG_Root_X1.pem"`.
@@ -194,7 +194,7 @@ def bundle_in_system_trust_store(ctx):
     `/etc/pki/tls`, `/usr/share/ca-certificates`, certifi's directory).
 
     Why: those files are public CA bundles, updated by the OS behind the policy's back; any
-    certificate from any of their CAs yields SUCCESS (nginx-facts §1, §8, over-trust trap 10).
+    certificate from any of their CAs yields SUCCESS (docs/nginx-facts.md §1, §8, over-trust trap 10).
 
     Example: `bundle "/etc/ssl/certs/ca-certificates.crt"`.
 
@@ -216,7 +216,7 @@ def ca_can_mint_lookalike_issuer(ctx):
     server's verify depth, and no pathLen or name constraint to stop it.
 
     Why: nginx shows a route only names, so a look-alike sub-CA would pass the issuer-DN binding
-    with a byte-identical `i_dn` and `s_dn` (nginx-facts §E2, over-trust trap 9). mtlsc therefore binds that CA's
+    with a byte-identical `i_dn` and `s_dn` (docs/nginx-facts.md §E2, over-trust trap 9). mtlsc therefore binds that CA's
     routes by key as well: the client certificate's signature must verify under a public key of
     the route's CA (njs, docs/language.md "Several CAs on one server"). The emitted config needs
     the njs module, and each request to those routes costs one signature check.
@@ -250,7 +250,7 @@ def ca_key_not_bindable(ctx):
     Ed448, DSA, or an elliptic curve other than P-256, P-384 and P-521.
 
     Why: the key check would refuse every client that certificate issued (a lockout), and binding
-    by name alone lets the other CA's look-alike sub-CA in (over-trust; nginx-facts §E2).
+    by name alone lets the other CA's look-alike sub-CA in (over-trust; docs/nginx-facts.md §E2).
 
     Example: `ca a { bundle "ed25519-root.pem" }` beside `ca b { ... }` on one server.
 
@@ -271,7 +271,7 @@ def verify_depth_larger_than_needed(ctx):
     """What it catches: a `depth` larger than the chains the bundle builds.
 
     Why: nginx then accepts chains longer than the CA issues: a client holding any sub-CA of
-    the CA's certificates (or one a client sends itself) is accepted (nginx-facts §3). When
+    the CA's certificates (or one a client sends itself) is accepted (docs/nginx-facts.md §3). When
     several CAs share a server, nginx uses the largest depth for all of them.
 
     Example: `bundle "root.pem" "issuing.pem"  depth 3`.
@@ -291,7 +291,7 @@ def several_roots_in_one_ca(ctx):
     """What it catches: a CA whose bundle holds more than one self-signed root with different names.
 
     Why: every root in the file is a trust anchor for every route of the CA: an extra root (a
-    copied bundle, a neighbour's CA) widens trust silently (nginx-facts §1, over-trust trap 10).
+    copied bundle, a neighbour's CA) widens trust silently (docs/nginx-facts.md §1, over-trust trap 10).
     Roots of the same name (a renewal) are not reported.
 
     Example: `bundle "our-root.pem" "partner-root.pem"`.

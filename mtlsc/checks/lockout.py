@@ -14,7 +14,7 @@ def public_route_behind_required_listener(ctx):
 
     Why: `ssl_verify_client on` applies to the whole listener; nginx answers 400 "No required SSL
     certificate was sent" before any location runs, so health checks and CI lose the public
-    paths (nginx-facts §1, lockout trap 7).
+    paths (docs/nginx-facts.md §1, lockout trap 7).
 
     Example: `server a { handshake require  route = /healthz { public } ... }`
 
@@ -48,7 +48,7 @@ def probe_route_requires_certificate(ctx):
 
     Why: health checkers, load balancers and ACME clients send no certificate; nginx refuses them
     (`no_cert`, or 400 "No required SSL certificate was sent" without mtlsc's error pages) and the
-    service is marked down (nginx-facts §1, lockout trap 7). A warning, not an error: the policy
+    service is marked down (docs/nginx-facts.md §1, lockout trap 7). A warning, not an error: the policy
     says `require` on purpose, and some probes (mesh sidecars) do present a certificate. A
     *public* probe route behind `handshake require` is MTLS101, an error.
 
@@ -74,7 +74,7 @@ def no_public_health_route(ctx):
     health check could use.
 
     Why: load balancer and orchestrator health checks carry no client certificate; with no
-    public route they all fail and the service is taken out of rotation (nginx-facts §1,
+    public route they all fail and the service is taken out of rotation (docs/nginx-facts.md §1,
     lockout trap 7).
 
     Example: `server a { route / { require internal allow any } }`
@@ -98,7 +98,7 @@ def bad_certificate_refused_on_public_routes(ctx):
     """What it catches: a server with public routes that also verifies client certificates.
 
     Why: nginx verifies a presented certificate during the handshake and refuses a failed one
-    (untrusted, expired, revoked) before any location runs, public ones included (nginx-facts §1,
+    (untrusted, expired, revoked) before any location runs, public ones included (docs/nginx-facts.md §1,
     §2, lockout trap 7). The emitted config cannot avoid it: `optional_no_ca` would deliver
     unverified certificates to every route (§9). mtlsc's config answers such clients with the
     server's `bad_cert` rejection on every path. A note: nothing in the policy is wrong, but a probe or
@@ -134,7 +134,7 @@ def issuer_not_in_ca(ctx):
     a route that allows it.
 
     Why: nginx accepts only chains that end in the server's CA file and allows no partial chains
-    (nginx-facts §3), so the client certificate's issuer (`$ssl_client_i_dn`) is a certificate
+    (docs/nginx-facts.md §3), so the client certificate's issuer (`$ssl_client_i_dn`) is a certificate
     of that CA, or an intermediate the client sends itself. With `depth 0` no client-sent
     intermediate is accepted and the identity can never match: its clients are refused as
     `forbidden`.
@@ -174,7 +174,7 @@ def route_never_reached(ctx):
     """What it catches: a route no request path can reach, because other routes of the server
     take every path it covers.
 
-    Why: nginx picks an exact location first, then the longest `^~` prefix (nginx-facts §2); a
+    Why: nginx picks an exact location first, then the longest `^~` prefix (docs/nginx-facts.md §2); a
     route shadowed everywhere never runs, so its gate and backend are dead and whoever relies on
     them is locked out. Lowering already refuses the one way a policy can write it (two routes
     with one match and path, MTLS022); this check guards the IR that the emitter and the test
@@ -201,7 +201,7 @@ def routes_differ_only_in_case(ctx):
 
     Why: mtlsc refuses (400) a path that differs only in case from a path a route covers,
     because a case-insensitive backend (Express's default, IIS) would serve it as that route
-    while nginx, which matches case-sensitively, applied another route's gate (nginx-facts §F2;
+    while nginx, which matches case-sensitively, applied another route's gate (docs/nginx-facts.md §F2;
     docs/language.md "Paths"). With both spellings declared, every request to one of them is such a variant.
 
     Example: `route /api/ { public }` and `route /API/ { require internal }`.
@@ -242,7 +242,7 @@ def dn_written_root_first(ctx):
     `C=US,O=Acme,CN=alice`.
 
     Why: nginx prints `$ssl_client_s_dn` and `$ssl_client_i_dn` in RFC 2253 order, most specific
-    RDN first: `CN=alice,O=Acme,C=US` (nginx-facts §7). `C=...` first and `CN=...` last is the
+    RDN first: `CN=alice,O=Acme,C=US` (docs/nginx-facts.md §7). `C=...` first and `CN=...` last is the
     order of `openssl x509 -subject` without `-nameopt RFC2253` and of the legacy variables, so
     the identity would never match what nginx shows. A warning: a CA whose certificates
     themselves print root-first does issue such names (then this check stays quiet).
@@ -290,7 +290,7 @@ def target_predates_421(ctx):
     Why: when the SNI names one server and Host another that verifies certificates, nginx 1.11.0
     and later answer 421 Misdirected Request, which HTTP/2 clients that reuse a connection across
     names retry on a new connection; older nginx answers 400, which they do not retry, so those
-    clients are locked out (nginx-facts §5, lockout trap 9). mtlsc needs 1.19.4 anyway (MTLS031
+    clients are locked out (docs/nginx-facts.md §5, lockout trap 9). mtlsc needs 1.19.4 anyway (MTLS031
     refuses older targets first): this check guards the day that floor moves.
 
     Example: `nginx ">= 1.10"` with `server a.test { listen 443 ... }` and

@@ -2,7 +2,7 @@
 
 nginx's `ssl_ocsp` is one setting per server: the emitted server takes the `ocsp` line of the
 first of its CAs (by name) for every CA it trusts. A failed OCSP lookup rejects the client
-(nginx-facts §10), so each of these is a lockout.
+(docs/nginx-facts.md §10), so each of these is a lockout.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def ocsp_without_responder_url(ctx):
     OCSP URL (AIA) anywhere, so nothing says its client certificates carry one.
 
     Why: without `ssl_ocsp_responder` nginx asks the URL in each client certificate; a certificate
-    without one gets `certificate status request failed`, a hard failure (nginx-facts §10, lockout
+    without one gets `certificate status request failed`, a hard failure (docs/nginx-facts.md §10, lockout
     trap 10). mtlsc cannot see client certificates, so it warns. The server's `ssl_ocsp` covers
     every CA of the server, also those without an `ocsp` line.
 
@@ -64,7 +64,7 @@ def ocsp_intermediate_without_url(ctx):
     """What it catches: `ocsp on` without `responder` where an intermediate of the bundle carries
     no OCSP URL.
 
-    Why: `ssl_ocsp on` asks about the intermediate too, not only the client (nginx-facts §10), and
+    Why: `ssl_ocsp on` asks about the intermediate too, not only the client (docs/nginx-facts.md §10), and
     without a responder the URL must come from the intermediate itself: none means `certificate
     status request failed` for every client below it (lockout trap 10).
 
@@ -104,7 +104,7 @@ def ocsp_responder_host_name(ctx):
     fail with `host not found in OCSP responder` if it does not resolve then. Without a
     `resolver`, nginx keeps that address until the next reload (and logs `no resolver defined`
     on every lookup); with one, it looks the name up again through the resolver for every
-    lookup, so the name must resolve there too (nginx-facts §10, lockout trap 11).
+    lookup, so the name must resolve there too (docs/nginx-facts.md §10, lockout trap 11).
 
     Example: `ocsp leaf responder "http://ocsp.example.com/"`.
 
@@ -132,7 +132,7 @@ def ocsp_host_name_without_resolver(ctx):
     Why: without `responder` nginx asks at the URL each certificate carries, and it looks a host
     name up, at handshake time, only through `resolver`: without one every lookup fails (`no
     resolver defined to resolve HOST`), `$ssl_client_verify` is `FAILED:certificate status
-    request failed` and every client is refused (nginx-facts §10). With `ocsp on` nginx asks at
+    request failed` and every client is refused (docs/nginx-facts.md §10). With `ocsp on` nginx asks at
     the intermediate's own URL; with `ocsp leaf` a CA that names its responder by host name in its certificates
     does so in its client certificates too. A `responder` by host name is resolved when nginx
     loads instead, and needs no resolver (MTLS115).
@@ -170,7 +170,7 @@ def ocsp_checks_intermediates(ctx):
     """What it catches (a note): `ocsp on` on a server whose bundle holds intermediates.
 
     Why: `ssl_ocsp on` queries the status of each intermediate as well as the client's, and any
-    failed answer rejects the client (nginx-facts §10): the responder must answer for the
+    failed answer rejects the client (docs/nginx-facts.md §10): the responder must answer for the
     intermediates too. `ocsp leaf` asks only about the client certificate.
 
     Example: `ca a { bundle "root.pem" "issuing.pem"  ocsp on responder "http://10.0.0.5/" }`.
@@ -200,7 +200,7 @@ def ocsp_settings_differ_within_server(ctx):
     Why: `ssl_ocsp`, `ssl_ocsp_responder` and `ssl_ocsp_cache` are per server in nginx: one setting applies to every
     client certificate of the server, whatever CA issued it. A CA without OCSP would have its
     clients checked anyway (and refused when they carry no OCSP URL), or a CA's responder asked
-    about another CA's certificates (nginx-facts §10).
+    about another CA's certificates (docs/nginx-facts.md §10).
 
     Example: `ca a { ... ocsp leaf }` and `ca b { ... }` on routes of one server.
 

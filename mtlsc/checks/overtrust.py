@@ -28,7 +28,7 @@ def over_broad_identity_pattern(ctx):
     Why: the constraint then only asks that the attribute be present, so every certificate the
     CA issued with that attribute passes: authentication without authorisation. mtlsc already
     refuses unanchored patterns and classes that admit an unescaped `,` (MTLS014), and confines
-    `.` and negated classes to one value (nginx-facts §7); what is left is a pattern too broad
+    `.` and negated classes to one value (docs/nginx-facts.md §7); what is left is a pattern too broad
     by design.
 
     Example: `identity ops { cn ~ "^.+$" }`
@@ -60,7 +60,7 @@ def cn_only_identity(ctx):
 
     Why: a CA names organisations in `O`/`OU`; a CN alone says nothing about whose certificate
     it is, so every holder of that CN from *any* organisation the CA serves passes. nginx only
-    sees `$ssl_client_s_dn` (nginx-facts §7); a CA trusted by several servers, or shared with
+    sees `$ssl_client_s_dn` (docs/nginx-facts.md §7); a CA trusted by several servers, or shared with
     partners, is exactly where two organisations get the same CN.
 
     Example: `identity billing { cn "billing" }` on `route /ledger/ { require internal allow billing }`.
@@ -93,7 +93,7 @@ def optional_forward_without_verify(ctx):
 
     Why: on an `optional` route the backend serves both verified clients and clients without a
     certificate. With mtlsc's config a certificate that fails verification never reaches it
-    (nginx refuses it first, nginx-facts §1), so the backend sees `SUCCESS` with the fields, or
+    (nginx refuses it first, docs/nginx-facts.md §1), so the backend sees `SUCCESS` with the fields, or
     `NONE` with none of them. Without `X-Client-Verify` it can only guess from whether a header
     is present: "DN present means authenticated", the test that is wrong as soon as anything
     else proxies to it with `optional_no_ca` (§9, over-trust trap 5), and wrong for a verified
@@ -118,7 +118,7 @@ def optional_forward_without_verify(ctx):
 
 def _expected_headers(server) -> dict[str, str]:
     """header (lowercased) -> value each proxied location must give it: the field's variable on
-    routes forwarding it, else "" (which drops the client's copy, nginx-facts §6)."""
+    routes forwarding it, else "" (which drops the client's copy, docs/nginx-facts.md §6)."""
     names = {f.default_header.lower() for f in FORWARD_FIELDS.values()}
     names |= {f.header.lower() for r in server.routes for f in r.forward}
     return dict.fromkeys(sorted(names), '""')
@@ -131,7 +131,7 @@ def identity_header_not_set_or_cleared(ctx):
 
     Why: a location with any `proxy_set_header` of its own inherits none from the server, and a
     header that is not set passes the client's own copy to the backend: `X-Client-Verify:
-    SUCCESS` from anyone (nginx-facts §6, over-trust trap 1).
+    SUCCESS` from anyone (docs/nginx-facts.md §6, over-trust trap 1).
 
     Example: an emitter change that writes `proxy_set_header` only for forwarded fields.
 
@@ -160,7 +160,7 @@ def route_accepts_another_ca(ctx):
     policy cannot cause it.
 
     Why: the server's one trust file holds every CA of its routes (`ssl_client_certificate` is per
-    server, nginx-facts §2), so `$ssl_client_verify = SUCCESS` holds for any of them; only the
+    server, docs/nginx-facts.md §2), so `$ssl_client_verify = SUCCESS` holds for any of them; only the
     issuer binding (a map over `$ssl_client_i_dn`, §E2) keeps a partner's certificate out of the
     employees' route, and, where another CA could copy the route's CA's name (MTLS232), the key
     check (`auth_request` to the njs module holding exactly that CA's public keys).
@@ -215,7 +215,7 @@ def require_without_allow(ctx):
     """What it catches: a `require CA` route with no `allow` list and no `allow any`.
 
     Why: nginx only checks that the certificate chains to the CA (`$ssl_client_verify =
-    SUCCESS`, nginx-facts §1); with no identity list every certificate the CA ever issued
+    SUCCESS`, docs/nginx-facts.md §1); with no identity list every certificate the CA ever issued
     passes: authentication without authorisation. That is right only for a CA dedicated to
     this service, which the policy should say.
 
@@ -241,7 +241,7 @@ def segment_route_overlaps_prefix(ctx):
     `route /p/` on the same server.
 
     Why: `route /p` covers the path segment `/p` and everything below it (`/p/...`), and so does
-    `route /p/`: both would become nginx's `location ^~ /p/`, which nginx refuses as a duplicate (nginx-facts §F5),
+    `route /p/`: both would become nginx's `location ^~ /p/`, which nginx refuses as a duplicate (docs/nginx-facts.md §F5),
     and which of two different gates was meant for `/p/...` is not said.
 
     Example: `route /static { public }` and `route /static/ { require internal }`.
@@ -272,7 +272,7 @@ def slash_twins_with_different_gates(ctx):
 
     Why: nginx matches `/admin` and `/admin/` as two paths, but Express's default (non-strict)
     routing, and others like it, serve both with whichever handler was registered first: the
-    backend may run the handler of the route nginx did not judge (nginx-facts §F2;
+    backend may run the handler of the route nginx did not judge (docs/nginx-facts.md §F2;
     docs/language.md "Paths").
 
     Example: `route = /admin { public }` beside `route /admin/ { require internal allow ops }`.
@@ -299,7 +299,7 @@ def unverified_https_backend(ctx):
     backend.
 
     Why: nginx does not verify a TLS backend unless told to (`proxy_ssl_verify` is off by
-    default, nginx-facts §F3 on what the backend trusts): whoever can answer on that hop gets the
+    default, docs/nginx-facts.md §F3 on what the backend trusts): whoever can answer on that hop gets the
     client's identity headers and can answer as the backend. mtlsc verifies by default; this
     says a policy turned it off.
 
@@ -323,7 +323,7 @@ def session_tickets_off_for_cve(ctx):
     builds without the CVE-2025-23419 fix (before 1.26.3, and 1.27.0 to 1.27.3).
 
     Why: on such builds a TLS session made with one server of the address can be resumed under
-    another server's name, skipping that server's client-certificate check (nginx-facts §F8).
+    another server's name, skipping that server's client-certificate check (docs/nginx-facts.md §F8).
     mtlsc then turns session tickets off on those servers (the session cache is always off), so
     no session is resumed: every new connection costs a full handshake.
 

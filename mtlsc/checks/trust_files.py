@@ -158,7 +158,7 @@ def _when(t) -> str:
 def crl_expired(ctx):
     """What it catches: a CRL whose nextUpdate is in the past.
 
-    Why: nginx reads the CRL file at load time and `nginx -t` does not look at dates (nginx-facts
+    Why: nginx reads the CRL file at load time and `nginx -t` does not look at dates (docs/nginx-facts.md
     §13); once nextUpdate has passed, every good client of that CA gets `CRL has expired` (§4,
     lockout trap 2). Only already-revoked certificates still get their proper `certificate revoked`.
 
@@ -179,7 +179,7 @@ def crl_not_yet_valid(ctx):
     """What it catches: a CRL whose lastUpdate (thisUpdate) is in the future.
 
     Why: OpenSSL refuses a CRL that is not valid yet (`CRL is not yet valid`), so every client of
-    that CA is rejected as with an expired CRL (nginx-facts §4; OpenSSL's rule, not measured there).
+    that CA is rejected as with an expired CRL (docs/nginx-facts.md §4; OpenSSL's rule, not measured there).
     It usually means a clock problem on the CA or a CRL dated for a planned rollover.
 
     Example: a CRL signed with lastUpdate tomorrow.
@@ -199,7 +199,7 @@ def crl_not_yet_valid(ctx):
 def crl_expiring_soon(ctx):
     """What it catches: a CRL whose nextUpdate falls within the expiry window (default 14 days).
 
-    Why: the day it passes, every good client of that CA gets `CRL has expired` (nginx-facts §4),
+    Why: the day it passes, every good client of that CA gets `CRL has expired` (docs/nginx-facts.md §4),
     and nginx keeps the old file until it is reloaded (§11): a fresh file on disk is not enough.
 
     Example: a CRL with nextUpdate in three days.
@@ -222,7 +222,7 @@ def crl_not_signed_by_bundle(ctx):
 
     Why: OpenSSL uses a CRL only when the certificate named as its issuer verifies its signature;
     otherwise the CA's clients get `unable to get certificate CRL` or `CRL signature failure`
-    (nginx-facts §4). Typical causes: the CRL of another CA, of an older key (a reissued CA), or
+    (docs/nginx-facts.md §4). Typical causes: the CRL of another CA, of an older key (a reissued CA), or
     a bundle that lacks the CRL's issuer.
 
     Example: `bundle "ca/root.pem"  crl "ca/other-root.crl"`.
@@ -254,7 +254,7 @@ def ca_certificate_expired(ctx):
     """What it catches: a certificate of a CA bundle whose notAfter is in the past.
 
     Why: `nginx -t` accepts an expired CA, and every client whose chain runs through it then gets
-    `certificate has expired`, the same string as for an expired client certificate (nginx-facts
+    `certificate has expired`, the same string as for an expired client certificate (docs/nginx-facts.md
     §12, lockout trap 6).
 
     Example: `bundle "ca/old-root.pem"` expired last month.
@@ -273,7 +273,7 @@ def ca_certificate_not_yet_valid(ctx):
     """What it catches: a certificate of a CA bundle whose notBefore is in the future.
 
     Why: OpenSSL checks the dates of every certificate in the chain; until notBefore, every client
-    below it gets `certificate is not yet valid` (the date rule of nginx-facts §12, applied to notBefore).
+    below it gets `certificate is not yet valid` (the date rule of docs/nginx-facts.md §12, applied to notBefore).
 
     Example: a renewed intermediate deployed before its start date.
 
@@ -292,7 +292,7 @@ def ca_certificate_not_yet_valid(ctx):
 def ca_certificate_expiring_soon(ctx):
     """What it catches: a certificate of a CA bundle that expires within the expiry window.
 
-    Why: on that day every client below it gets `certificate has expired` (nginx-facts §12), all at once.
+    Why: on that day every client below it gets `certificate has expired` (docs/nginx-facts.md §12), all at once.
 
     Example: an issuing CA whose notAfter is next week.
 
@@ -327,7 +327,7 @@ def not_a_ca_certificate(ctx):
     """What it catches: a self-signed certificate in a bundle without basicConstraints CA:TRUE.
 
     Why: `nginx -t` accepts it, and every client it signed gets `unsuitable certificate purpose`
-    (nginx-facts §12, lockout trap 6): OpenSSL will not use a non-CA certificate as an issuer.
+    (docs/nginx-facts.md §12, lockout trap 6): OpenSSL will not use a non-CA certificate as an issuer.
 
     Example: a home-made "CA" generated with `openssl req -x509` and a config that sets CA:FALSE.
 
@@ -346,7 +346,7 @@ def ca_without_key_cert_sign(ctx):
     """What it catches: a CA certificate whose keyUsage leaves out keyCertSign.
 
     Why: OpenSSL refuses an issuer whose keyUsage does not allow certificate signing, so every
-    client it signed is rejected, as with a non-CA issuer (nginx-facts §12).
+    client it signed is rejected, as with a non-CA issuer (docs/nginx-facts.md §12).
 
     Example: an intermediate with `keyUsage = digitalSignature, cRLSign`.
 
@@ -366,7 +366,7 @@ def leaf_certificate_in_bundle(ctx):
 
     Why: `nginx -t` accepts it and even advertises its name to clients, but it can anchor nothing:
     the client whose own certificate it is gets `unable to verify the first certificate`
-    (nginx-facts §12, lockout trap 6). A leaf pinned this way is better written as an identity.
+    (docs/nginx-facts.md §12, lockout trap 6). A leaf pinned this way is better written as an identity.
 
     Example: `bundle "clients/alice.pem"`.
 

@@ -109,7 +109,7 @@ def _listen_text(listen: ir.Listen) -> str:
 
 
 def _default_listens(policy: ir.Policy) -> list[Safe]:
-    """Every address mtlsc listens on gets a default server mtlsc owns (nginx-facts §5)."""
+    """Every address mtlsc listens on gets a default server mtlsc owns (docs/nginx-facts.md §5)."""
     return [quote.bare(t) for t in sorted({_listen_text(l) for s in policy.servers for l in s.listens})]
 
 
@@ -329,7 +329,7 @@ def _target_gates(server: ir.Server, prefix: str, maps: list[MapView]) -> list[G
 
 
 def _ca_binding_maps(server, pki, prefix, ca_index) -> list[MapView]:
-    """Several CAs share the trust file: bind each route to its CA by the issuer DN (nginx-facts §E2)."""
+    """Several CAs share the trust file: bind each route to its CA by the issuer DN (docs/nginx-facts.md §E2)."""
     issuer = MapView(Safe("which of this server's CAs issued the client certificate"),
                      Safe("$ssl_client_i_dn"), quote.nginx_var(prefix + "issuer_ca"), Safe('""'))
     for ca in server.cas:
@@ -368,7 +368,7 @@ def _identity_maps(server: ir.Server, prefix: str, maps: list[MapView]) -> dict[
             view = MapView(quote.comment(f"1 when the certificate is one of: {', '.join(i.name for i in idents)}"),
                            source, quote.nginx_var(var), 0)
             for ident in sorted(idents, key=lambda i: i.name):
-                view.entries.append(MapEntry(_identity_key(ident), 1, quote.comment(f"identity {ident.name}")))
+                view.entries.append(MapEntry(_identity_key(ident), 1, _identity_note(ident)))
             maps.append(view)
             parts.append(var)
         deny = f"{prefix}deny{n}"
@@ -380,6 +380,28 @@ def _identity_maps(server: ir.Server, prefix: str, maps: list[MapView]) -> dict[
                             [MapEntry(quote.map_key(k), 0) for k in passing]))
         gates[key] = quote.nginx_var(deny)
     return gates
+
+
+def _identity_note(ident: ir.Identity) -> Safe:
+    """The comment on an identity's map entry. An attribute identity's key is a regex no reviewer
+    can read, so its comment states the rule the regex implements (docs/nginx-facts.md §7, §F6)."""
+    if ident.kind is not ir.IdentityKind.ATTRS:
+        return quote.comment(f"identity {ident.name}")
+    return quote.comment(f"identity {ident.name}: {_attrs_in_words(ident.attrs)}")
+
+
+def _attrs_in_words(attrs: tuple[ir.AttrMatch, ...]) -> str:
+    """`O = "Example Corp" and OU matches ^eng-, each present once`: the constraints per attribute,
+    in the order written, and the rule of mtlsc.dn_match that every named attribute occurs once."""
+    tests: dict[str, list[str]] = {}
+    for a in attrs:
+        tests.setdefault(a.attr, []).append(f"= {_literal(a.value)}" if a.op == "eq" else f"matches {a.value}")
+    rule = " and ".join(f"{attr} {' and '.join(t)}" for attr, t in tests.items())
+    return rule + (", each present once" if len(tests) > 1 else ", present once")
+
+
+def _literal(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _identity_key(ident: ir.Identity) -> Safe:

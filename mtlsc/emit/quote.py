@@ -64,7 +64,7 @@ def path_problem(s: str) -> str | None:
 
 def header_problem(name: str) -> str | None:
     if "_" in name:
-        return "contains `_`: nginx drops such headers by default and, with underscores_in_headers, they can be spoofed (§6)"
+        return "contains `_`: nginx drops such headers by default and, with underscores_in_headers, they can be spoofed (docs/nginx-facts.md §6)"
     if not _HEADER_NAME.fullmatch(name):
         return "is not an HTTP header name (letters, digits and `-`)"
     if len(name) > 256:

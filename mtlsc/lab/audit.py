@@ -2,7 +2,7 @@
 
 For every request the echo backend recorded: no header with `_` in its name, no forged value
 (the test script sends `mtlsc-spoofed`), at most one copy of each identity header, only the
-identity headers the route forwards, none on public routes (nginx-facts §6).
+identity headers the route forwards, none on public routes (docs/nginx-facts.md §6).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ INSTALL_HINT = (
 )
 
 # One access-log line per request that says why nginx answered as it did: the verification
-# result and the SNI/Host pair are exactly what the nginx facts (§1, §5) hinge on.
+# result and the SNI/Host pair are what its answers hinge on (docs/nginx-facts.md §1, §5).
 ACCESS_LOG_FORMAT = (
     '$remote_addr [$time_local] "$request" $status '
     "verify=$ssl_client_verify sni=$ssl_server_name host=$host "

@@ -95,7 +95,7 @@ def _lower_target(ctx, targets: list[ast.NginxTarget]) -> tuple[int, int, int]:
         if version < MIN_NGINX:
             ctx.err(
                 "MTLS031", t.version.span, f"nginx {'.'.join(map(str, version))} is older than mtlsc supports",
-                f"mtlsc needs nginx >= {'.'.join(map(str, MIN_NGINX))}: `ssl_reject_handshake` closes the no-SNI hole (nginx-facts §5)",
+                f"mtlsc needs nginx >= {'.'.join(map(str, MIN_NGINX))}: `ssl_reject_handshake` closes the no-SNI hole (docs/nginx-facts.md §5)",
             )
         if version != found[0][0]:
             ctx.err("MTLS023", t.span, "the policy files name different nginx targets",
@@ -159,7 +159,7 @@ def _lower_ca(ctx, node: ast.Ca, policy_path: str) -> ir.Ca | None:
         ctx.err("MTLS011", node.name.span, f"{where} has no `bundle`",
                 'name the CA certificates: `bundle "ca/root.pem" "ca/issuing.pem"`')
         return None
-    depth_value = 1  # nginx's default ssl_verify_depth (nginx-facts §3)
+    depth_value = 1  # nginx's default ssl_verify_depth (docs/nginx-facts.md §3)
     if depth is not None:
         depth_value = int(depth.value.value)
         if depth_value > 10:

@@ -3,7 +3,7 @@
 A header name reaches nginx as `proxy_set_header NAME ...`. Names that mean something to HTTP,
 to nginx or to the backend's framework are refused (MTLS032): a certificate field there breaks
 the request instead of describing the client. And because `proxy_set_header` is per location and
-per server (nginx-facts §F3), every server compiled together clears every identity header any of
+per server (docs/nginx-facts.md §F3), every server compiled together clears every identity header any of
 them forwards, plus the names other proxies use: a client cannot send one through a server that
 does not forward it to a backend another server shares.
 """
