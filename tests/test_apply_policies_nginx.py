@@ -251,7 +251,7 @@ def test_shared_http_file_covers_every_installed_server(teams, tmp_path):
     code, _, err = run_cli("compile", a, b, "-o", str(tmp_path / "out"))
     assert code == 0, err
     assert (tmp_path / "out" / "nginx" / "00-mtlsc.conf").read_text() == shared
-    # An empty B's long identity gone: sizes shrink back only when nothing needs them.
+    # Without B's long DN no installed server needs the larger bucket: it shrinks back.
     assert t.apply(t.b(allow="bob")).exit_code == EXIT_OK
     assert "map_hash_bucket_size 64;" in t.shared()
 
