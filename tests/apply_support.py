@@ -3,6 +3,8 @@ the nginx, timed, so a test can show that requests were in flight across each re
 
 from __future__ import annotations
 
+import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -11,6 +13,27 @@ from pathlib import Path
 from mtlsc.lab.client import request
 
 REQUEST_COUNTS: dict[str, tuple[int, int]] = {}  # scenario -> (requests sent, failed)
+
+
+def listen_port() -> int:
+    """A free loopback port below the ephemeral range, for a server first bound while load runs:
+    the load's own connections take ephemeral local ports, and one of them holding the port makes
+    nginx's reload fail to bind it (as a port in use should)."""
+    from mtlsc.lab.nginx import free_port
+
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from apply_support import Load, Target
+from apply_support import Load, Target, listen_port
 from mtlsc.apply import EXIT_OK, EXIT_REVERTED, EXIT_USAGE, ClientCert, apply, history, installed_servers, rollback
 from mtlsc.apply_history import State
 from mtlsc.lab.client import request
 from mtlsc.lab.echo import running_echo_backend
-from mtlsc.lab.nginx import free_port, running_nginx
+from mtlsc.lab.nginx import running_nginx
 from mtlsc.lab.pki import issue_client, issue_server, make_chain, make_crl, make_root, write_pem
 
 pytestmark = pytest.mark.nginx
@@ -131,7 +131,9 @@ def teams(tmp_path, nginx_bin, now) -> Iterator[Teams]:
     write_pem(root / "server.key", srv.key)
     http = f'include "{conf_dir}/*.conf";'
     with running_echo_backend() as echo, running_nginx(http, prefix, ports=[], nginx_bin=nginx_bin):
-        t = Teams(root, conf_dir, install, free_port(), free_port(), certs, echo.url)
+        p1 = listen_port()
+        p2 = next(p for p in (listen_port() for _ in range(10)) if p != p1)
+        t = Teams(root, conf_dir, install, p1, p2, certs, echo.url)
         t.options = {"nginx_bin": nginx_bin, "nginx_conf": prefix / "nginx.conf", "nginx_prefix": prefix,
                      "nginx_args": ("-e", str(prefix / "error.log")), "reload_timeout": 5, "drain_timeout": 5}
         yield t
