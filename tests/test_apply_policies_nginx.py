@@ -314,6 +314,26 @@ def test_state_of_an_older_mtlsc_is_read_server_by_server(teams):
     assert t.get(A, t.p1, "/a/x", "alice").status == 200 and t.get(B, t.p1, "/b/x", "bob").status == 200
 
 
+def test_rollback_into_a_version_an_older_mtlsc_recorded(teams):
+    """The snapshot of an apply by an older mtlsc lists only files: rollback reads the servers of
+    the version it restores from the policies and files the history kept."""
+    t = teams
+    assert t.apply(t.a()).exit_code == EXIT_OK
+    assert t.apply(t.policy("a", {A: t.p1}, "alice bob")).exit_code == EXIT_OK
+    assert t.get(A, t.p1, "/a/x", "bob").status == 200
+    state = State(t.conf_dir / ".mtlsc")
+    live = state.installed()
+    (state.root / "installed.json").write_text(json.dumps({"entry": live.entry, "files": live.files}))
+    manifest = state.entry_dir(2) / "before" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["installed"] = data["installed"]["files"]
+    manifest.write_text(json.dumps(data))
+    result = t.rollback()
+    assert result.exit_code == EXIT_OK and result.servers("changed") == [f"{A}:{t.p1}"], result.report()
+    assert t.get(A, t.p1, "/a/x", "bob").status == 403 and t.get(A, t.p1, "/a/x", "alice").status == 200
+    assert installed_servers(t.conf_dir) == {f"{A}:{t.p1}": str(Path(t.a()).resolve())}
+
+
 # ----- smoke checks: several certificates, nginx's reason ------------------------------------------------------
 
 def test_several_client_certificates_one_per_server(teams):
