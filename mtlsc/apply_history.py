@@ -1,7 +1,9 @@
 """The state of `mtlsc apply` beside the nginx conf dir: the lock, what is installed, the history.
 
     DIR/.mtlsc/lock             flock(2) lock: one apply or rollback at a time
-    DIR/.mtlsc/installed.json   the files mtlsc installed last, and the entry that installed them
+    DIR/.mtlsc/installed.json   the servers mtlsc installed (one record each: policy file, files,
+                                what other servers of the same nginx must not collide with), the
+                                shared http-level file, and the entry whose version is live
     DIR/.mtlsc/pending.json     present only while live files are being changed (crash recovery)
     DIR/.mtlsc/history/NNNNNN/  one entry per apply or rollback:
         entry.json              what (policies and CA files, with SHA-256), when, who, the result
@@ -102,6 +104,7 @@ class Entry:
     policies: list[dict] = field(default_factory=list)  # [{"path", "sha256"}]: the policy files
     inputs: list[dict] = field(default_factory=list)  # [{"path", "sha256"}]: CA bundles and CRLs read
     files: list[str] = field(default_factory=list)  # the live files this version consists of
+    servers: dict[str, list[str]] = field(default_factory=dict)  # added / changed / ... -> server labels
     previous: int | None = None  # the entry whose version was live before (None: none by mtlsc)
     undoes: int | None = None  # rollback: the apply it undid
     user: str = ""
@@ -110,6 +113,63 @@ class Entry:
     @property
     def live_result(self) -> bool:
         return self.result == APPLIED
+
+
+@dataclass
+class ServerRecord:
+    """One server mtlsc installed: where it came from, its files, and what an apply of another
+    policy into the same nginx must know of it (docs/apply.md "Ownership")."""
+
+    slug: str
+    label: str  # NAME:PORT, as the user names it (`--remove`, `--take-over`, the reports)
+    policy: str  # the policy file that defines it (absolute path): its owner
+    entry: int  # the history entry that installed this version of it
+    files: list[str]  # its live files: the server's .conf and its trust files
+    names: list[str] = field(default_factory=list)
+    listens: list[str] = field(default_factory=list)  # as in `listen`: "127.0.0.1:8443", "8443"
+    prefix: str = ""  # its nginx variable prefix: no other server may use it
+    hash_sizes: list[int] = field(default_factory=lambda: [64, 2048])  # map_hash sizes its maps need
+    tickets: bool = True  # ssl_session_tickets on
+    client_auth: str = ""  # handshake mode and trust file digest: servers sharing an address compare it
+    cve: bool = False  # its policy's nginx target includes builds with CVE-2025-23419
+    smoke: dict = field(default_factory=dict)  # its smoke checks (mtlsc.apply_smoke.SmokePlan)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ServerRecord":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Installed:
+    """What mtlsc installed in one conf dir. `servers` is None in a state written before mtlsc
+    kept one record per server (`files` is all it knew then)."""
+
+    entry: int | None = None  # the history entry whose version is live (None: nothing by mtlsc)
+    servers: dict[str, ServerRecord] | None = field(default_factory=dict)
+    shared: list[str] = field(default_factory=list)  # the http-level file all servers share
+    legacy_files: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[str]:
+        if self.servers is None:
+            return sorted(self.legacy_files)
+        return sorted({*self.shared, *(f for r in self.servers.values() for f in r.files)})
+
+    def to_json(self) -> dict:
+        return {"entry": self.entry, "files": self.files, "shared": sorted(self.shared),
+                "servers": None if self.servers is None else {k: asdict(v) for k, v in sorted(self.servers.items())}}
+
+    @classmethod
+    def from_json(cls, data) -> "Installed":
+        if isinstance(data, list):  # a snapshot manifest of the older layout: the files only
+            return cls(None, None if data else {}, [], list(data))
+        if not isinstance(data, dict):
+            return cls()
+        servers = data.get("servers")
+        if servers is None and data.get("files"):
+            return cls(data.get("entry"), None, [], list(data.get("files", [])))
+        return cls(data.get("entry"), {k: ServerRecord.from_json(v) for k, v in (servers or {}).items()},
+                   list(data.get("shared", [])))
 
 
 class State:
@@ -158,13 +218,11 @@ class State:
 
     # ---- installed files ----------------------------------------------------------------------
 
-    def installed(self) -> tuple[int | None, list[str]]:
-        """(entry whose version is live, the files mtlsc installed), from installed.json."""
-        data = self._read_json(self.root / "installed.json", {"entry": None, "files": []})
-        return data.get("entry"), list(data.get("files", []))
+    def installed(self) -> Installed:
+        return Installed.from_json(self._read_json(self.root / "installed.json", {}))
 
-    def set_installed(self, entry: int | None, files: list[str]) -> None:
-        self._write_json(self.root / "installed.json", {"entry": entry, "files": sorted(files)})
+    def set_installed(self, installed: Installed) -> None:
+        self._write_json(self.root / "installed.json", installed.to_json())
 
     # ---- pending change (crash recovery) ----------------------------------------------------------
 
@@ -224,7 +282,7 @@ class State:
 
     # ---- snapshots --------------------------------------------------------------------------------
 
-    def snapshot(self, entry_id: int, paths: list[str], installed: list[str]) -> None:
+    def snapshot(self, entry_id: int, paths: list[str], installed: Installed) -> None:
         """Copy the current content of `paths` (absent ones recorded as absent) into before/."""
         base = self.entry_dir(entry_id) / "before"
         (base / "files").mkdir(parents=True, exist_ok=True)
@@ -240,10 +298,10 @@ class State:
             blob = f"{i:05d}"
             write_file_atomic(base / "files" / blob, data, 0o600)
             files[path] = {"blob": blob, "mode": mode}
-        self._write_json(base / "manifest.json", {"installed": sorted(installed), "files": files})
+        self._write_json(base / "manifest.json", {"installed": installed.to_json(), "files": files})
 
-    def read_snapshot(self, entry_id: int) -> tuple[list[str], dict[str, tuple[bytes, int] | None]]:
-        """(files mtlsc had installed, {path: (content, mode) or None when absent}) of before/."""
+    def read_snapshot(self, entry_id: int) -> tuple[Installed, dict[str, tuple[bytes, int] | None]]:
+        """(what mtlsc had installed, {path: (content, mode) or None when absent}) of before/."""
         base = self.entry_dir(entry_id) / "before"
         manifest = self._read_json(base / "manifest.json", None)
         if not isinstance(manifest, dict):
@@ -257,7 +315,7 @@ class State:
                     out[path] = ((base / "files" / info["blob"]).read_bytes(), int(info.get("mode", 0o644)))
                 except (OSError, KeyError, TypeError, ValueError) as exc:
                     raise StateError(f"history entry {entry_id}: snapshot of {path} is unreadable: {exc}") from None
-        return list(manifest.get("installed", [])), out
+        return Installed.from_json(manifest.get("installed", {})), out
 
     def store_policies(self, entry_id: int, sources: list[tuple[str, str]]) -> None:
         """Keep the policy texts of the version an entry made live: [(original path, text)]."""
@@ -325,5 +383,8 @@ def format_history(entries: list[Entry], live: int | None = None) -> str:
         what = ", ".join(Path(p["path"]).name for p in e.policies) or "-"
         extra = f" (undoes #{e.undoes})" if e.undoes else ""
         reason = f": {e.reason}" if e.reason and e.result != APPLIED else ""
-        lines.append(f"{mark}#{e.id:<4} {e.started}  {e.action:<8} {e.result:<14} {what}{extra}{reason}")
-    return "\n".join(lines) + "\n(* = live)\n"
+        servers = " ".join(f"{sign}{label}" for kind, sign in (("added", "+"), ("changed", "~"), ("removed", "-"))
+                           for label in e.servers.get(kind, []))
+        servers = f" [{servers}]" if servers else ""
+        lines.append(f"{mark}#{e.id:<4} {e.started}  {e.action:<8} {e.result:<14} {what}{extra}{servers}{reason}")
+    return "\n".join(lines) + "\n(* = live; [+added ~changed -removed servers])\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -96,18 +97,28 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--state-dir", metavar="DIR", help="lock and history (default: DIR/.mtlsc)")
         cmd.add_argument("--no-smoke", action="store_true", help="skip the smoke checks after reloading")
         cmd.add_argument("--smoke-host", metavar="ADDR", help="connect smoke checks here instead of the listen address")
-        cmd.add_argument("--client-cert", metavar="CRT", help="a certificate that must pass a `require` route")
-        cmd.add_argument("--client-key", metavar="KEY")
+        cmd.add_argument("--client-cert", action="append", default=[], metavar="[SERVER=]CRT",
+                         help="a certificate that must pass a `require` route (repeatable); SERVER=CRT: of that "
+                         "server (NAME:PORT), whenever it is smoke-checked")
+        cmd.add_argument("--client-key", action="append", default=[], metavar="KEY",
+                         help="the key of each --client-cert, in order (default: the certificate file holds it)")
         cmd.add_argument("--lock-wait", type=float, default=0.0, metavar="S", help="wait this long for the lock")
         cmd.add_argument("--reload-timeout", type=float, default=10.0, metavar="S")
+        cmd.add_argument("--format", choices=("text", "json"), default="text",
+                         help="json: a summary on stdout (servers added/changed/removed/kept, smoke checks)")
 
     ap = sub.add_parser("apply", help="install the compiled policy into a running nginx; roll back on any failure",
                         description="Compile, stage, swap in, nginx -t, reload, smoke-check; on any failure put the "
-                        "previous files back and reload again. Exit 0 applied, 1 policy errors, 2 nothing changed "
+                        "previous files back and reload again. Installs or updates the servers of POLICY; servers "
+                        "other policies installed are kept (--remove takes one out). Exit 0 applied, 1 policy errors, 2 nothing changed "
                         "(usage, lock, nginx), 3 failed and reverted, 4 failed and the revert failed (docs/apply.md).")
-    ap.add_argument("policies", nargs="+", metavar="POLICY")
+    ap.add_argument("policies", nargs="*", metavar="POLICY")
     nginx_options(ap)
     ap.add_argument("--dry-run", action="store_true", help="compile, stage and nginx -t a copy; change nothing")
+    ap.add_argument("--remove", action="append", default=[], metavar="NAME:PORT",
+                    help="remove this installed server (repeatable); without it no server is ever removed")
+    ap.add_argument("--take-over", action="append", default=[], metavar="NAME:PORT",
+                    help="replace this server although another policy file installed it (repeatable)")
     ap.add_argument("--strict", action="store_true", help="treat warnings as errors")
     rb = sub.add_parser("rollback", help="restore the version before the last apply (and reload, and smoke-check)",
                         description="Undo the newest live apply; repeated rollbacks walk back one apply each.")
@@ -171,21 +182,53 @@ def main(argv: list[str] | None = None) -> int:
 def _apply(args) -> int:
     from mtlsc import apply as deploy
 
+    certs, err = _client_certs(args.client_cert, args.client_key)
+    if err:
+        sys.stderr.write(f"mtlsc {args.command}: {err}\n")
+        return EXIT_USAGE
+    if args.command == "rollback" and args.list:
+        entries = deploy.history(args.nginx_conf_dir, args.state_dir)
+        live = deploy.live_entry(args.nginx_conf_dir, args.state_dir)
+        if args.format == "json":
+            from dataclasses import asdict
+            sys.stdout.write(json.dumps({"live": live, "servers": deploy.installed_servers(args.nginx_conf_dir,
+                                                                                          args.state_dir),
+                                         "entries": [asdict(e) for e in entries]}, indent=2) + "\n")
+        else:
+            sys.stdout.write(deploy.format_history(entries, live))
+        return EXIT_OK
+    # Progress goes to stderr as it happens; the report after it adds only what was not shown.
     common = dict(nginx_bin=args.nginx, nginx_conf=args.nginx_conf, nginx_prefix=args.nginx_prefix,
                   nginx_args=tuple(args.nginx_arg), pid_file=args.pid_file, state_dir=args.state_dir,
-                  smoke=not args.no_smoke, smoke_host=args.smoke_host, client_cert=args.client_cert,
-                  client_key=args.client_key, lock_wait=args.lock_wait, reload_timeout=args.reload_timeout,
+                  smoke=not args.no_smoke, smoke_host=args.smoke_host, client_certs=certs,
+                  lock_wait=args.lock_wait, reload_timeout=args.reload_timeout,
                   progress=lambda line: sys.stderr.write(f"mtlsc {args.command}: {line}\n"))
     if args.command == "apply":
-        result = deploy.apply(args.policies, args.nginx_conf_dir, dry_run=args.dry_run, strict=args.strict, **common)
-    elif args.list:
-        sys.stdout.write(deploy.format_history(deploy.history(args.nginx_conf_dir, args.state_dir),
-                                               deploy.live_entry(args.nginx_conf_dir, args.state_dir)))
-        return EXIT_OK
+        result = deploy.apply(args.policies, args.nginx_conf_dir, dry_run=args.dry_run, strict=args.strict,
+                              remove=args.remove, take_over=args.take_over, **common)
     else:
         result = deploy.rollback(args.nginx_conf_dir, **common)
-    sys.stderr.write(result.report())
+    if args.format == "json":
+        sys.stdout.write(result.to_json())
+        sys.stderr.write(f"mtlsc {result.action}: {result.message}\n")
+    else:
+        sys.stderr.write(result.report(log=False))
     return result.exit_code
+
+
+def _client_certs(certs: list[str], keys: list[str]):
+    """--client-cert [SERVER=]CRT and --client-key KEY, paired in order."""
+    from mtlsc.apply_smoke import ClientCert
+
+    if keys and len(keys) != len(certs):
+        return (), f"give one --client-key per --client-cert ({len(certs)} certificates, {len(keys)} keys)"
+    out = []
+    for i, value in enumerate(certs):
+        server, sep, path = value.partition("=")
+        if not sep or "/" in server or not server:  # a path holding `=`: write it as ./NAME
+            server, path = None, value
+        out.append(ClientCert(path, keys[i] if keys else None, server))
+    return tuple(out), ""
 
 
 def _print(result: tuple[int, str, str]) -> int:

@@ -1,8 +1,10 @@
 """`mtlsc apply` / `mtlsc rollback` against a real nginx on loopback (temp prefix, high ports).
 
-Every scenario runs a bounded request loop on a public route in a background thread while the
-apply runs, and asserts that no request failed. The counts (requests sent, failed) of each
-scenario are printed (`pytest -s`) and gathered in REQUEST_COUNTS.
+Every scenario runs bounded load from background threads while the apply runs — a public route
+without a certificate and a gated route with an allowed client certificate — and asserts that no
+request failed and that requests were in flight across every reload. The counts (requests sent,
+failed) of each scenario are printed (`pytest -s`) and gathered in REQUEST_COUNTS.
+Several policies in one nginx: tests/test_apply_policies_nginx.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from mtlsc import apply as apply_mod
 from mtlsc.apply import EXIT_OK, EXIT_REVERTED, EXIT_USAGE, apply, history, live_entry, rollback
 from mtlsc.apply_history import APPLIED, INTERRUPTED, ROLLED_BACK, State
+from apply_support import REQUEST_COUNTS, Load, Target
 from mtlsc.lab.client import request
 from mtlsc.lab.echo import EchoBackend, running_echo_backend
 from mtlsc.lab.nginx import NginxProcess, free_port, running_nginx
@@ -34,7 +37,6 @@ from mtlsc.lab.pki import issue_client, issue_server, make_chain, make_crl, make
 pytestmark = pytest.mark.nginx
 
 HOST = "api.example.com"
-REQUEST_COUNTS: dict[str, tuple[int, int]] = {}  # scenario -> (requests sent, failed)
 
 POLICY = """\
 nginx ">= 1.22"
@@ -44,13 +46,14 @@ ca partners {{
   crl "ca/root.crl" "ca/{issuing_crl}"
 }}
 identity acme {{ subject "CN=acme,O=Acme" }}
+identity loader {{ subject "CN=loader,O=Acme" }}
 server {host} {{
   listen 127.0.0.1:{port}{extra_listen}
   certificate "{cert}" key "{key}"
   backend "{backend}"
   install "{install}"
   route = /healthz {{ public }}
-  route /partner/ {{ require partners  allow acme  forward subject verify }}
+  route /partner/ {{ require partners  allow acme loader  forward subject verify }}
 {extra_routes}}}
 """
 
@@ -68,7 +71,8 @@ class Deployment:
     echo: EchoBackend
     server_cert: Path
     server_key: Path
-    acme: tuple[Path, Path]  # a client certificate the policy allows
+    acme: tuple[Path, Path]  # a client certificate the policy allows (the smoke checks use it)
+    loader: tuple[Path, Path]  # another one, for the load (no test revokes it)
     chain: object
     now: datetime
     policies: Path
@@ -76,8 +80,9 @@ class Deployment:
 
     def policy(self, name: str, *, cert: str | None = None, extra_routes: str = "", extra_listen: str = "",
                issuing_crl: str = "issuing.crl") -> str:
-        path = self.policies / f"{name}.mtls"
-        path.write_text(POLICY.format(
+        """Version `name` of the policy, written over the one policy file (as a user edits it)."""
+        path = self.policies / "api.mtls"
+        path.write_text(f"# version {name}\n" + POLICY.format(
             host=HOST, port=self.port, cert=cert or self.server_cert, key=self.server_key, backend=self.echo.url,
             install=self.install, extra_routes=extra_routes, extra_listen=extra_listen, issuing_crl=issuing_crl))
         return str(path)
@@ -88,6 +93,9 @@ class Deployment:
     def rollback(self, **kw) -> apply_mod.ApplyResult:
         opts = {k: v for k, v in self.options.items() if k not in ("client_cert", "client_key")}
         return rollback(self.conf_dir, **{**opts, **kw})
+
+    def load(self) -> Load:
+        return Load([Target(HOST, self.port, "/healthz"), Target(HOST, self.port, "/partner/load", self.loader)])
 
     def get(self, path: str, cert: tuple[Path, Path] | None = None):
         return request("127.0.0.1", self.port, path, server_name=HOST,
@@ -116,6 +124,9 @@ def deployment(tmp_path, nginx_bin, now) -> Iterator[Deployment]:
     acme = issue_client(chain.issuing, _name("acme", "Acme"), now=now)
     write_pem(root / "acme.crt", acme.cert)
     write_pem(root / "acme.key", acme.key)
+    loader = issue_client(chain.issuing, _name("loader", "Acme"), now=now)
+    write_pem(root / "loader.crt", loader.cert)
+    write_pem(root / "loader.key", loader.key)
     server_ca = make_root("apply test server CA", now=now)
     srv = issue_server(server_ca, [HOST, "127.0.0.1"], now=now)
     write_pem(root / "server.crt", srv.cert)
@@ -124,7 +135,8 @@ def deployment(tmp_path, nginx_bin, now) -> Iterator[Deployment]:
     http = f'include "{conf_dir}/*.conf";'
     with running_echo_backend() as echo, running_nginx(http, prefix, ports=[], nginx_bin=nginx_bin) as nginx:
         dep = Deployment(root, prefix, conf_dir, install, port, nginx, echo, root / "server.crt", root / "server.key",
-                         (root / "acme.crt", root / "acme.key"), chain, now, policies)
+                         (root / "acme.crt", root / "acme.key"), (root / "loader.crt", root / "loader.key"), chain, now,
+                         policies)
         dep.options = {"nginx_bin": nginx_bin, "nginx_conf": prefix / "nginx.conf", "nginx_prefix": prefix,
                        "nginx_args": ("-e", str(prefix / "error.log")), "reload_timeout": 5, "drain_timeout": 5}
         yield dep
@@ -132,52 +144,6 @@ def deployment(tmp_path, nginx_bin, now) -> Iterator[Deployment]:
 
 def _name(cn: str, org: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-class RequestLoop:
-    """GET `path` over and over from `workers` background threads (bounded: `limit` requests in
-    all, `seconds`); a request fails unless the backend answers it (200, echoing the request)."""
-
-    def __init__(self, dep: Deployment, path: str = "/healthz", workers: int = 4, limit: int = 20000,
-                 seconds: float = 120):
-        self.dep, self.path, self.limit, self.seconds = dep, path, limit, seconds
-        self.sent = self.failed = 0
-        self.failures: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.seconds
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            with self._lock:
-                if self.sent >= self.limit:
-                    return
-                self.sent += 1
-            resp = self.dep.get(self.path)
-            if resp.status != 200 or f"GET {self.path}" not in resp.text:
-                with self._lock:
-                    self.failed += 1
-                    self.failures.append(f"{resp.status} {resp.error or resp.text[:80]}")
-
-    def __enter__(self) -> RequestLoop:
-        for t in self._threads:
-            t.start()
-        deadline = time.monotonic() + 10
-        while self.sent < 10 and time.monotonic() < deadline:  # the loop runs before the change starts
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        time.sleep(0.2)  # a few requests after the change, too
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    def record(self, scenario: str) -> None:
-        REQUEST_COUNTS[scenario] = (self.sent, self.failed)
-        print(f"\n[{scenario}] requests sent during the change: {self.sent}, failed: {self.failed}")
-        assert self.sent >= 10 and self.failed == 0, self.failures[:5]
 
 
 def _first_apply(dep: Deployment) -> str:
@@ -197,12 +163,13 @@ def test_apply_success_installs_reloads_and_smoke_checks(deployment):
     assert dep.get("/partner/x", dep.acme).status == 200
     workers = dep.nginx.workers()
     v2 = dep.policy("v2", extra_routes="  route /status/ { public }\n")
-    with RequestLoop(dep) as loop:
+    with dep.load() as loop:
         result = dep.apply(v2, client_cert=str(dep.acme[0]), client_key=str(dep.acme[1]))
-    loop.record("apply success")
+    loop.record("apply success", result.reloads)
     assert result.exit_code == EXIT_OK and result.ok, result.report()
     assert dep.get("/status/x").status == 200  # the new route is served
     assert not (dep.nginx.workers() & workers)  # a new worker generation
+    assert result.servers("changed") == [f"{HOST}:{dep.port}"] and f"changed {HOST}:{dep.port}" in result.message
     names = {c.path: c for c in result.smoke}
     assert names["/healthz"].ok and names["/partner/mtlsc-probe"].ok and names["/status/mtlsc-probe"].ok
     assert any(c.client == "acme.crt" and c.ok for c in result.smoke)
@@ -211,7 +178,7 @@ def test_apply_success_installs_reloads_and_smoke_checks(deployment):
     entries = history(dep.conf_dir)
     assert [(e.action, e.result) for e in entries] == [("apply", APPLIED), ("apply", APPLIED)]
     assert entries[1].previous == entries[0].id and live_entry(dep.conf_dir) == entries[1].id
-    assert entries[1].policies[0]["path"].endswith("v2.mtls") and len(entries[1].policies[0]["sha256"]) == 64
+    assert entries[1].policies[0]["path"].endswith("api.mtls") and len(entries[1].policies[0]["sha256"]) == 64
     assert {Path(i["path"]).name for i in entries[1].inputs} == {"root.pem", "issuing.pem", "root.crl", "issuing.crl"}
     assert not list(dep.conf_dir.glob(".*mtlsc-new*"))  # no staged leftovers
 
@@ -222,9 +189,9 @@ def test_nginx_t_failure_restores_files_and_nginx_keeps_serving(deployment):
     before = dep.live_files()
     workers = dep.nginx.workers()
     bad = dep.policy("bad-cert", cert="/nonexistent/mtlsc/server.crt")
-    with RequestLoop(dep) as loop:
+    with dep.load() as loop:
         result = dep.apply(bad)
-    loop.record("nginx -t failure")
+    loop.record("nginx -t failure", result.reloads)
     assert result.exit_code == EXIT_REVERTED and result.stage == "nginx-t" and result.rolled_back, result.report()
     assert "/nonexistent/mtlsc/server.crt" in result.message
     assert dep.live_files() == before  # the previous files, byte for byte
@@ -243,12 +210,14 @@ def test_smoke_failure_revoked_client_rolls_back(deployment):
     acme_serial = x509.load_pem_x509_certificate(dep.acme[0].read_bytes()).serial_number
     write_pem(dep.policies / "ca" / "issuing-new.crl", make_crl(dep.chain.issuing, [acme_serial], now=dep.now))
     revoking = dep.policy("revoking", issuing_crl="issuing-new.crl")
-    with RequestLoop(dep) as loop:
+    with dep.load() as loop:
         result = dep.apply(revoking, client_cert=str(dep.acme[0]), client_key=str(dep.acme[1]))
-    loop.record("smoke failure (revoked client)")
+    loop.record("smoke failure (revoked client)", result.reloads)
     assert result.exit_code == EXIT_REVERTED and result.stage == "smoke" and result.rolled_back, result.report()
     failed = [c for c in result.smoke if not c.ok]
     assert failed and failed[0].client == "acme.crt"
+    # nginx's own reason, from its error log (the answer itself says only 403)
+    assert "certificate revoked" in failed[0].nginx and "certificate revoked" in result.report(log=False)
     assert "reloaded nginx with the previous configuration" in result.log
     assert dep.live_files() == before
     assert dep.get("/partner/x", dep.acme).status == 200  # acme gets in again: the old CRL is loaded
@@ -267,11 +236,11 @@ def test_reload_failure_port_in_use_rolls_back(deployment):
     busy.listen()
     try:
         taken = dep.policy("taken", extra_listen=f"\n  listen 127.0.0.1:{busy.getsockname()[1]}")
-        with RequestLoop(dep) as loop:
+        with dep.load() as loop:
             result = dep.apply(taken, reload_timeout=3)
     finally:
         busy.close()
-    loop.record("reload failure (port in use)")
+    loop.record("reload failure (port in use)", result.reloads)
     assert result.exit_code == EXIT_REVERTED and result.stage == "reload", result.report()
     assert dep.live_files() == before
     assert dep.get("/partner/x", dep.acme).status == 200
@@ -285,9 +254,9 @@ def test_rollback_walks_back_one_apply_at_a_time(deployment):
     v2 = dep.policy("v2", extra_routes="  route /status/ { public }\n")
     assert dep.apply(v2).exit_code == EXIT_OK
     assert dep.get("/status/x").status == 200
-    with RequestLoop(dep) as loop:
+    with dep.load() as loop:
         result = dep.rollback(client_cert=str(dep.acme[0]), client_key=str(dep.acme[1]))
-    loop.record("rollback")
+    loop.record("rollback", result.reloads)
     assert result.exit_code == EXIT_OK, result.report()
     assert dep.live_files() == v1_files
     assert dep.get("/status/x").status == 404  # v2's route is gone
@@ -438,9 +407,9 @@ def test_killed_apply_is_recovered_by_the_next_run(deployment):
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
-    with RequestLoop(dep) as loop:
+    with dep.load() as loop:
         result = dep.apply(dep.policy("v1"))
-    loop.record("recovery after a killed apply")
+    loop.record("recovery after a killed apply", result.reloads)
     assert result.exit_code == EXIT_OK, result.report()
     assert any("interrupted" in line for line in result.log)
     assert [e.result for e in history(dep.conf_dir)] == [APPLIED, INTERRUPTED, APPLIED]

@@ -65,12 +65,13 @@ def render(template: str, **context) -> str:
     return environment().get_template(template).render(version=Safe(__version__), **context)
 
 
-def emit_all(policy, pki) -> dict[str, str]:
-    """Run every emitter; two emitters claiming one path is a bug, not a silent overwrite."""
+def emit_all(policy, pki, taken_prefixes: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Run every emitter; two emitters claiming one path is a bug, not a silent overwrite.
+    `taken_prefixes`: nginx variable prefixes other servers of the same nginx use (`mtlsc apply`)."""
     from mtlsc.emit import nginx, testscript, variables
 
     out: dict[str, str] = {}
-    for emit in (nginx.emit, variables.emit, testscript.emit):
+    for emit in (functools.partial(nginx.emit, taken_prefixes=taken_prefixes), variables.emit, testscript.emit):
         for path, text in emit(policy, pki).items():
             if path in out:
                 raise RuntimeError(f"two emitters write {path}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from mtlsc import dn, ir
@@ -56,27 +57,29 @@ class LocationView:
     key_check: Safe | None = None  # the internal URI that checks the certificate's signing key
 
 
-_LAST_VIEWS: tuple = ()  # (policy, pki, views) of the last call: two checks and the emitter share it
+_LAST_VIEWS: tuple = ()  # (policy, pki, views, taken prefixes) of the last call: two checks and the emitter share it
 
 
-def server_views(policy: ir.Policy, pki: Pki) -> list["ServerView"]:
+def server_views(policy: ir.Policy, pki: Pki, taken_prefixes: frozenset[str] = frozenset()) -> list["ServerView"]:
     """What the server template renders, per server: checks inspect it to guard the emitter.
     Built once per (policy, PKI): MTLS205, MTLS206 and `emit` ask for it in turn (at 10,000
     routes each build took 5% of a compile; benchmarks/). Callers only read it."""
     global _LAST_VIEWS
-    if _LAST_VIEWS and _LAST_VIEWS[0] is policy and _LAST_VIEWS[1] is pki:
+    if _LAST_VIEWS and _LAST_VIEWS[0] is policy and _LAST_VIEWS[1] is pki and _LAST_VIEWS[3] == taken_prefixes:
         return _LAST_VIEWS[2]
-    prefixes = variable_prefixes(policy)
+    prefixes = variable_prefixes(policy, taken_prefixes)
     no_tickets = cross_resumption_servers(policy) if resumption_cve_possible(policy.nginx_version) else set()
     views = [replace(_server_view(policy, s, pki, prefixes[s.slug]), tickets=s.slug not in no_tickets)
              for s in policy.servers]
-    _LAST_VIEWS = (policy, pki, views)
+    _LAST_VIEWS = (policy, pki, views, taken_prefixes)
     return views
 
 
-def emit(policy: ir.Policy, pki: Pki) -> dict[str, str]:
+def emit(policy: ir.Policy, pki: Pki, taken_prefixes: frozenset[str] = frozenset()) -> dict[str, str]:
+    """`taken_prefixes`: variable prefixes of servers already in the same nginx from another
+    compile (`mtlsc apply`); nginx lets a second `map` of one variable replace the first."""
     out: dict[str, str] = {}
-    views = server_views(policy, pki)
+    views = server_views(policy, pki, taken_prefixes)
     for server, view in zip(policy.servers, views):
         out[f"nginx/{server.slug}.conf"] = render("nginx_server.conf.j2", s=view)
         if server.cas:
@@ -86,13 +89,34 @@ def emit(policy: ir.Policy, pki: Pki) -> dict[str, str]:
         if view.key_binding:
             out[f"mtls/{server.slug}.keys.js"] = render("keys.js.j2", b=view.key_binding,
                                                          table=Safe(_js_table(view.key_binding.table)))
-    out[HTTP_CONF] = render(
-        "nginx_http.conf.j2",
-        sources=_sources(policy),
-        defaults=_default_listens(policy),
-        hash_sizes=_hash_sizes(views),
-    )
+    out[HTTP_CONF] = http_conf(_sources(policy), _default_listens(policy), _hash_sizes(views))
     return out
+
+
+def http_conf(sources: Iterable[str], listens: Iterable[str], hash_sizes: tuple[int, int]) -> str:
+    """HTTP_CONF for servers from `sources` listening on `listens`: `mtlsc apply` renders it for
+    every server installed in one nginx, whichever policy each came from."""
+    return render("nginx_http.conf.j2", sources=[quote.comment(p) for p in sorted(set(sources))],
+                  defaults=[quote.bare(t) for t in sorted(set(listens))], hash_sizes=hash_sizes)
+
+
+@dataclass(frozen=True)
+class ServerHttp:
+    """What one server's file needs of HTTP_CONF, and the variable prefix it took."""
+
+    listens: tuple[str, ...]
+    hash_sizes: tuple[int, int]
+    prefix: str
+    tickets: bool
+
+
+def server_http(policy: ir.Policy, pki: Pki, taken_prefixes: frozenset[str] = frozenset()) -> dict[str, ServerHttp]:
+    """Per server slug: what `emit` with these arguments shares with other servers. The sizes of
+    several servers together are the largest of each (both only grow with their input)."""
+    prefixes = variable_prefixes(policy, taken_prefixes)
+    views = server_views(policy, pki, taken_prefixes)
+    return {s.slug: ServerHttp(tuple(_listen_text(l) for l in s.listens), _hash_sizes([v]), prefixes[s.slug],
+                               v.tickets) for s, v in zip(policy.servers, views)}
 
 
 def _js_table(table: dict[str, list[dict]]) -> str:
@@ -100,17 +124,17 @@ def _js_table(table: dict[str, list[dict]]) -> str:
     return json.dumps(table, indent=4, sort_keys=True)
 
 
-def _sources(policy: ir.Policy) -> list[Safe]:
-    return [quote.comment(p) for p in sorted({s.span.path for s in policy.servers if s.span})]
+def _sources(policy: ir.Policy) -> list[str]:
+    return [s.span.path for s in policy.servers if s.span]
 
 
 def _listen_text(listen: ir.Listen) -> str:
     return f"{listen.address}:{listen.port}" if listen.address else str(listen.port)
 
 
-def _default_listens(policy: ir.Policy) -> list[Safe]:
+def _default_listens(policy: ir.Policy) -> list[str]:
     """Every address mtlsc listens on gets a default server mtlsc owns (docs/nginx-facts.md §5)."""
-    return [quote.bare(t) for t in sorted({_listen_text(l) for s in policy.servers for l in s.listens})]
+    return [_listen_text(l) for s in policy.servers for l in s.listens]
 
 
 def _hash_sizes(views) -> tuple[int, int]:
@@ -226,16 +250,17 @@ def _response(r: ir.Response) -> tuple[int, Safe]:
     return r.status, quote.nginx_body(r.body)
 
 
-def variable_prefixes(policy: ir.Policy) -> dict[str, str]:
+def variable_prefixes(policy: ir.Policy, taken: frozenset[str] = frozenset()) -> dict[str, str]:
     """A short, unique variable prefix per server. nginx hashes variable names in buckets of 64
     bytes by default (`variables_hash_bucket_size`), so names must stay under about 46 characters:
-    `mtls_<first label, 12 chars>_<port>_`, with a counter when two servers would share one."""
+    `mtls_<first label, 12 chars>_<port>_`, with a counter when two servers (or one in `taken`)
+    would share one."""
     out: dict[str, str] = {}
     for server in policy.servers:
         label = quote.ident_from(server.names[0].replace("*.", "wild.").split(".")[0])[:12]
         base = f"mtls_{label}_{server.listens[0].port}"
         prefix, n = base, 1
-        while prefix + "_" in out.values():
+        while prefix + "_" in out.values() or prefix + "_" in taken:
             n += 1
             prefix = f"{base}{n}"
         out[server.slug] = prefix + "_"
