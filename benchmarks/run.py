@@ -107,8 +107,12 @@ def run(plan: Plan, work: Path, *, sections: set[str], progress=print) -> str:
             "Figures are medians over rounds; spread = half the range over rounds. The targets compare "
             "configs round by round (they ran moments apart) and take the median of those ratios. The "
             "\"(proxied)\" configs proxy to a plain-HTTP `return 200` server in the same nginx over kept-alive "
-            "upstream connections (keep-alive clients only): there the emitted config also sets or clears its 12 "
-            "identity and forwarding headers, which a hand-written config usually does not.\n\n"
+            "upstream connections (keep-alive clients only): there the emitted config also sets or clears "
+            f"{_headers_text(rt)} identity and forwarding headers per request, which a hand-written config "
+            "usually does not. The two \"two CAs\" configs are one server whose routes name two CAs that could "
+            "each mint a look-alike of the other's names: bound by name only (the `auth_request` lines removed), "
+            "and as emitted, also bound by key (an njs signature check per request to those routes, "
+            "docs/language.md \"Several CAs on one server\"); both proxied, both connection modes.\n\n"
             + report.runtime_table(rt) + "\n\n### `nginx -t` and reload\n\n" + report.nginx_ops_table(rt))
     if latency is not None:
         rows = [[c.label, report._ms(c.median), report._ms(min(c.seconds)), report._ms(c.first)] for c in latency]
@@ -124,6 +128,11 @@ def run(plan: Plan, work: Path, *, sections: set[str], progress=print) -> str:
         parts.append(text)
     parts.append(f"_Benchmark wall time: {time.monotonic() - started:.0f} s._")
     return "\n\n".join(parts) + "\n"
+
+
+def _headers_text(rt) -> str:
+    counts = sorted({n for name, n in rt.header_lines.items() if name.startswith("mtlsc") and n})
+    return " to ".join(str(n) for n in (counts[0], counts[-1])) if len(counts) > 1 else str(counts[0]) if counts else "its"
 
 
 HEADER = """# Performance
@@ -151,6 +160,9 @@ NOTES = """
 - Cold start: jinja2 is imported only when emitting, certifi only when the public store is read;
   the LALR parser and the public trust store facts are cached per user (`mtlsc/cache.py`:
   `$MTLSC_CACHE_DIR`, `$XDG_CACHE_HOME/mtlsc` or `~/.cache/mtlsc`, keyed by their inputs).
+- The key check of several CAs on one server (njs): it tries the key of the certificate the client
+  certificate names as its issuer first, so a real client costs one key import and one signature
+  check (it tried every key of the CA: 650 -> 396 µs worker CPU per kept-alive request).
 - gixy-ng cannot analyse configs with attribute identities: its copy of Python 3.10's
   `sre_parse` rejects the possessive quantifiers (`*+`, `++`) of mtlsc's DN regexes ("multiple
   repeat") and the run aborts; the synthetic policies therefore use exact subjects and

@@ -58,6 +58,8 @@ class RuntimeResult:
     reload: dict[str, list[float]] = field(default_factory=dict)  # seconds until new workers serve
     conf_bytes: dict[str, int] = field(default_factory=dict)
     denied_status: dict[str, int] = field(default_factory=dict)  # sanity: a stranger's answer
+    # proxy_set_header lines in the measured route's location: what a proxied request costs in headers
+    header_lines: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +205,12 @@ server {SERVER} {{
     return text if key_check else _KEY_CHECK.sub("", text)
 
 
+def _location_header_lines(conf: str, path: str) -> int:
+    """proxy_set_header lines of the location that serves `path` (`^~ /partner/`), 0 without one."""
+    m = re.search(r"location \^~ " + re.escape(path.rsplit("/", 1)[0] + "/") + r" \{(.*?)\n    \}", conf, re.S)
+    return m[1].count("proxy_set_header ") if m else 0
+
+
 def _worker_cpu(pids: set[int]) -> float:
     """CPU seconds the processes ran: /proc/PID/schedstat (nanoseconds) where the kernel keeps
     it, else utime + stime of /proc/PID/stat (clock ticks, 10 ms)."""
@@ -258,6 +266,7 @@ def measure(work: Path, *, identity_counts: list[int], rounds: int, keepalive_re
         for c in configs:
             prefix = work / "nginx" / re.sub(r"[^a-z0-9]+", "-", c.name.lower())
             result.conf_bytes[c.name] = len(c.http_conf)
+            result.header_lines[c.name] = _location_header_lines(c.http_conf, PATH)
             write_conf(prefix, c.http_conf)
             result.nginx_t[c.name] = [_time_nginx_t(nginx_bin, prefix) for _ in range(reloads)]
             ports = [c.port] + ([c.backend_port] if c.backend_port else [])
