@@ -19,7 +19,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from mtlsc import dn, ir
@@ -33,10 +34,11 @@ MAX_SERIAL = 2**159 - 1  # RFC 5280: at most 20 octets, positive
 
 @dataclass(frozen=True, slots=True)
 class Issued:
-    """A certificate and its private key."""
+    """A certificate and its private key: an EC key mtlsc made, or the user's own CA key, of any
+    type (`mtlsc lab --ca-key`); None for a CA certificate of the user's whose key mtlsc lacks."""
 
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: CertificateIssuerPrivateKeyTypes | None
 
     def cert_pem(self) -> str:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
@@ -50,10 +52,16 @@ class Issued:
 
 @dataclass(frozen=True, slots=True)
 class CaChain:
-    """A root and the intermediates below it, root-most first."""
+    """A root and the intermediates below it, root-most first.
+
+    A chain mtlsc minted has every key. A `user` chain is the user's own CA files as they are
+    (mtlsc.lab.userca): only the keys the user handed over, and maybe an issuing CA `below` the
+    bundle whose certificate its clients send along."""
 
     root: Issued
     intermediates: tuple[Issued, ...] = ()
+    below: tuple[Issued, ...] = ()
+    user: bool = False
 
     @property
     def issuing(self) -> Issued:
@@ -65,6 +73,17 @@ class CaChain:
         """Root first, then each intermediate: the order of a policy's `bundle` files."""
         return (self.root, *self.intermediates)
 
+    @property
+    def signer(self) -> Issued | None:
+        """Who issues test clients: the deepest certificate whose key is known (a minted chain:
+        `issuing`); None when no key is."""
+        return next((m for m in reversed((*self.members, *self.below)) if m.key is not None), None)
+
+    @property
+    def sent_with_leaves(self) -> tuple[x509.Certificate, ...]:
+        """Certificates a client of `signer` sends after its own: those below the bundle."""
+        return tuple(m.cert for m in self.below) if self.signer in self.below else ()
+
 
 def _name(cn: str, org: str) -> x509.Name:
     # DER order is root-most first, so nginx prints this as `CN=...,O=...`. CN is capped at 64.
@@ -74,6 +93,21 @@ def _name(cn: str, org: str) -> x509.Name:
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def signing_hash(key) -> hashes.HashAlgorithm | None:
+    """The digest to sign with `key`: SHA-256, none for EdDSA keys (they hash internally)."""
+    return None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
+
+
+def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The issuer's own subject key identifier when it has one: a user's CA may compute its SKI
+    another way than RFC 5280's SHA-1, and OpenSSL builds chains by matching the two."""
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def _base(subject: x509.Name, issuer: Issued | None, key: ec.EllipticCurvePrivateKey,
@@ -89,9 +123,12 @@ def _base(subject: x509.Name, issuer: Issued | None, key: ec.EllipticCurvePrivat
          .not_valid_after(not_after)
          .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False))
     if issuer is not None:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
-        b = b.add_extension(aki, critical=False)
+        b = b.add_extension(_aki(issuer.cert), critical=False)
     return b
+
+
+def _signed(b: x509.CertificateBuilder, signer_key, key) -> Issued:
+    return Issued(b.sign(signer_key, signing_hash(signer_key)), key)
 
 
 def _ca_usage() -> x509.KeyUsage:
@@ -119,7 +156,7 @@ def _make_ca(issuer: Issued | None, subject: x509.Name, now: datetime, days: int
          .add_extension(_ca_usage(), critical=True))
     if ocsp_url:
         b = b.add_extension(_aia(ocsp_url), critical=False)
-    return Issued(b.sign(issuer.key if issuer else key, hashes.SHA256()), key)
+    return _signed(b, issuer.key if issuer else key, key)
 
 
 def make_root(cn: str, *, now: datetime, org: str = LAB_ORG, days: int = 3650,
@@ -167,7 +204,7 @@ def issue_client(issuer: Issued, subject: x509.Name, *, now: datetime, days: int
          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
     if ocsp_url:
         b = b.add_extension(_aia(ocsp_url), critical=False)
-    return Issued(b.sign(issuer.key, hashes.SHA256()), key)
+    return _signed(b, issuer.key, key)
 
 
 def issue_ocsp_signer(issuer: Issued, *, now: datetime, days: int = 365) -> Issued:
@@ -181,7 +218,7 @@ def issue_ocsp_signer(issuer: Issued, *, now: datetime, days: int = 365) -> Issu
          .add_extension(_leaf_usage(), critical=True)
          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
          .add_extension(x509.OCSPNoCheck(), critical=False))
-    return Issued(b.sign(issuer.key, hashes.SHA256()), key)
+    return _signed(b, issuer.key, key)
 
 
 def _san(name: str) -> x509.GeneralName:
@@ -200,14 +237,15 @@ def issue_server(issuer: Issued, names: list[str], *, now: datetime, days: int =
          .add_extension(_leaf_usage(), critical=True)
          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
          .add_extension(x509.SubjectAlternativeName([_san(n) for n in unique]), critical=False))
-    return Issued(b.sign(issuer.key, hashes.SHA256()), key)
+    return _signed(b, issuer.key, key)
 
 
 def make_crl(issuer: Issued, revoked_serials: Iterable[int], *, now: datetime,
              next_update: timedelta = timedelta(days=30),
-             last_update: datetime | None = None) -> x509.CertificateRevocationList:
-    """A CRL of `issuer` listing `revoked_serials`. A negative `next_update` gives an expired CRL
-    (last updated twice that long ago)."""
+             last_update: datetime | None = None,
+             keep: Iterable[x509.RevokedCertificate] = ()) -> x509.CertificateRevocationList:
+    """A CRL of `issuer` listing `revoked_serials`, and the entries `keep` (of the user's own CRL)
+    as they are. A negative `next_update` gives an expired CRL (last updated twice that long ago)."""
     if last_update is None:
         last_update = now if next_update >= timedelta(0) else now + 2 * next_update
     b = (x509.CertificateRevocationListBuilder()
@@ -216,12 +254,14 @@ def make_crl(issuer: Issued, revoked_serials: Iterable[int], *, now: datetime,
          .next_update(now + next_update)
          # A CRL number that grows with time, so a reissued CRL supersedes the old one.
          .add_extension(x509.CRLNumber(int(last_update.timestamp())), critical=False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-                        critical=False))
-    for serial in sorted(set(revoked_serials)):
+         .add_extension(_aki(issuer.cert), critical=False))
+    kept = {r.serial_number: r for r in keep}
+    for serial in sorted(kept):
+        b = b.add_revoked_certificate(kept[serial])
+    for serial in sorted(set(revoked_serials) - set(kept)):
         b = b.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(last_update).build())
-    return b.sign(issuer.key, hashes.SHA256())
+    return b.sign(issuer.key, signing_hash(issuer.key))
 
 
 def _pem_of(obj) -> tuple[bytes, bool]:
@@ -250,9 +290,22 @@ def write_pem(path: str | Path, *objects) -> Path:
 
 
 @dataclass(frozen=True, slots=True)
+class UserCa:
+    """A CA of the policy as the user's own files have it (mtlsc.lab.userca loads it): the lab
+    trusts exactly those files and mints test clients only with the keys the user handed over."""
+
+    chain: CaChain  # `user`: the bundle, keys where given
+    # CRL position in the policy's `crl` list -> (the CA certificate whose key signs it again, the
+    # entries of the user's CRL, kept): the lab adds its revoked client to those CRLs only.
+    resign: Mapping[int, tuple[Issued, tuple[x509.RevokedCertificate, ...]]] = field(default_factory=dict)
+    cast_gap: str | None = None  # why none of its test clients can be minted (they need answers the lab cannot sign)
+
+
+@dataclass(frozen=True, slots=True)
 class LabPki:
     """What `build_lab_pki` wrote: `clients/<ca>/<member>.crt|.key`, `server/<slug>.crt|.key`,
-    `server-ca.pem`, and the CA and CRL files at the paths the policy names."""
+    `server-ca.pem`, and the CA and CRL files at the paths the policy names (for a user's CA
+    only the CRLs it re-signs: its certificates stay the user's files)."""
 
     out_dir: Path
     chains: Mapping[str, CaChain]
@@ -262,6 +315,7 @@ class LabPki:
     # What the lab's OCSP responder must answer other than `good`: (issuer, serial, status).
     ocsp_status: tuple[tuple[x509.Certificate, int, str], ...] = ()
     ocsp_urls: Mapping[str, str] = field(default_factory=dict)  # ca with `ocsp` -> OCSP URL of its certificates
+    not_minted: Mapping[str, str] = field(default_factory=dict)  # cast member file -> why it was not written
 
     def client(self, name: str) -> tuple[Path, Path]:
         """(certificate, key) of a cast member, e.g. `client("partners/id-acme")`."""
@@ -298,39 +352,55 @@ def _serial_issuers(ca: ir.Ca, members: list[Member]) -> tuple[dict[int, x509.Na
 
 def _resolve(path: str, base_dir: Path | None) -> Path:
     p = Path(path)
-    return p if p.is_absolute() or base_dir is None else base_dir / p
+    return Path(os.path.normpath(p if p.is_absolute() or base_dir is None else base_dir / p))
+
+
+# Why a cast member was not minted: `mtlsc lab` and `mtlsc mint-cast` print these.
+PINNED_BY_FINGERPRINT = "pinned by fingerprint: only that one certificate matches; supply it yourself"
+
+
+def no_key(ca: str) -> str:
+    return f"no key of ca {ca} was given (it is your own CA): pass --ca-key {ca}=KEY.pem"
 
 
 def _mint(m: Member, chain: CaChain, serial_pos: dict[str, int], now: datetime,
-          ocsp_url: str | None = None) -> Issued | None:
-    """The certificate of one cast member of a trusted CA, or None when it cannot be minted.
+          ocsp_url: str | None = None, days: int = 365) -> Issued | str:
+    """The certificate of one cast member of a trusted CA, or why it cannot be minted.
     `ocsp_url` goes in its AIA."""
-    subject = _x509_name(m.subject)
-    if m.kind == "expired":
-        return issue_client(chain.issuing, subject, now=now, not_before=now - timedelta(days=30), days=1,
-                            ocsp_url=ocsp_url)
     ident = m.identity
     if ident is not None and ident.kind is ir.IdentityKind.FINGERPRINT:
-        return None
+        return PINNED_BY_FINGERPRINT
+    signer = chain.signer
+    if signer is None:
+        return no_key(m.ca)
+    subject = _x509_name(m.subject)
+    if m.kind == "expired":
+        return issue_client(signer, subject, now=now, not_before=now - timedelta(days=30), days=1,
+                            ocsp_url=ocsp_url)
     if ident is not None and ident.kind is ir.IdentityKind.SERIAL:
+        if chain.user:
+            return (f"pinned by serial {ident.serial} of `{ident.issuer}`: mtlsc issues no second certificate "
+                    "with that serial from your CA; supply the real one yourself")
         pos = serial_pos.get((ident.issuer or "").lower())
         serial = int(ident.serial or "0", 16)
-        if pos is None or not 0 < serial <= MAX_SERIAL:
-            return None
-        return issue_client(chain.members[pos], subject, now=now, serial=serial, ocsp_url=ocsp_url)
-    return issue_client(chain.issuing, subject, now=now, ocsp_url=ocsp_url)
+        issuer = chain.members[pos] if pos is not None and pos < len(chain.members) else None
+        if issuer is None or issuer.cert.subject != _x509_name(ident.issuer) or not 0 < serial <= MAX_SERIAL:
+            return f"pinned by serial {ident.serial} of `{ident.issuer}`, which no certificate of the lab's chain is named"
+        return issue_client(issuer, subject, now=now, serial=serial, ocsp_url=ocsp_url, days=days)
+    return issue_client(signer, subject, now=now, ocsp_url=ocsp_url, days=days)
 
 
-def _write_issued(base: Path, issued: Issued) -> None:
-    write_pem(base.with_name(base.name + ".crt"), issued.cert)
+def _write_issued(base: Path, issued: Issued, chain: tuple[x509.Certificate, ...] = ()) -> None:
+    write_pem(base.with_name(base.name + ".crt"), issued.cert, *chain)
     write_pem(base.with_name(base.name + ".key"), issued.key)
 
 
-def _write_lookalike(base: Path, by: CaChain, of: CaChain, subject: x509.Name, now: datetime) -> None:
-    """A client of a sub-CA that `by`'s root signed with the name of `of`'s issuing CA; the
-    certificate file holds the sub-CA too, as a client sends it (nginx has only the real one)."""
-    sub = make_intermediate(by.root, "", now=now, subject=of.issuing.cert.subject)
-    leaf = issue_client(sub, subject, now=now)
+def _write_lookalike(base: Path, by: Issued, of: CaChain, subject: x509.Name, now: datetime, days: int) -> None:
+    """A client of a sub-CA that `by` (a CA certificate of another CA) signed with the name of
+    `of`'s issuing CA; the certificate file holds the sub-CA too, as a client sends it (nginx has
+    only the real one)."""
+    sub = make_intermediate(by, "", now=now, subject=of.issuing.cert.subject, days=days)
+    leaf = issue_client(sub, subject, now=now, days=days)
     write_pem(base.with_name(base.name + ".crt"), leaf.cert, sub.cert)
     write_pem(base.with_name(base.name + ".key"), leaf.key)
 
@@ -341,15 +411,121 @@ DEAD_OCSP_URL = "http://127.0.0.1:1/"
 _OCSP_ANSWER = {"revoked": "revoked", "ocsp-down": "unavailable"}
 
 
+@dataclass
+class MintedCast:
+    """What `mint_cast` wrote, and what it could not."""
+
+    revoked: dict[str, list[int]] = field(default_factory=dict)  # ca -> serials of `<ca>/revoked` (by its signer)
+    ocsp_status: list[tuple[x509.Certificate, int, str]] = field(default_factory=list)
+    not_minted: dict[str, str] = field(default_factory=dict)  # member file -> why
+    unsatisfiable: list[str] = field(default_factory=list)  # pinned identities no certificate satisfies
+    issued: dict[str, Issued] = field(default_factory=dict)  # member file -> its certificate
+
+
+def mint_cast(members: list[Member], chains: Mapping[str, CaChain | str], clients_dir: Path, *, now: datetime,
+              aia: Mapping[str, str] | None = None, serial_pos: Mapping[str, dict[str, int]] | None = None,
+              days: int = 365, gaps: Mapping[str, str] | None = None) -> MintedCast:
+    """Write `<member>.crt|.key` under `clients_dir` for every cast member `chains` can issue.
+
+    `chains[ca]` is a chain, or why the CA has none (its files cannot be read); `gaps[ca]` says
+    why none of its members may be minted. A CA in `aia` puts that OCSP URL in its clients'
+    AIA (`<ca>/ocsp-down` gets DEAD_OCSP_URL). Look-alikes need a key of the CA that signs their
+    sub-CA; the untrusted client comes from a throwaway root."""
+    aia, serial_pos, gaps = aia or {}, serial_pos or {}, gaps or {}
+    out = MintedCast()
+    for m in (m for m in members if m.ca is not None and m.kind != "lookalike"):
+        chain = chains.get(m.ca)
+        if not isinstance(chain, CaChain) or m.ca in gaps:
+            out.not_minted[m.file] = gaps.get(m.ca) or str(chain)
+            continue
+        url = aia.get(m.ca)
+        issued = _mint(m, chain, serial_pos.get(m.ca, {}), now, DEAD_OCSP_URL if m.kind == "ocsp-down" and url else url,
+                       days)
+        if isinstance(issued, str):
+            out.not_minted[m.file] = issued
+            if m.identity is not None and m.identity.kind in (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SERIAL):
+                out.unsatisfiable.append(m.identity.name)
+            continue
+        if m.kind == "revoked":
+            out.revoked.setdefault(m.ca, []).append(issued.cert.serial_number)
+        if m.kind in _OCSP_ANSWER and url:
+            out.ocsp_status.append((chain.signer.cert, issued.cert.serial_number, _OCSP_ANSWER[m.kind]))
+        _write_issued(clients_dir / m.file, issued, chain.sent_with_leaves)
+        out.issued[m.file] = issued
+    for m in (m for m in members if m.kind == "lookalike"):
+        by, of = chains.get(m.ca), chains.get(m.imitates)
+        signer = next((c for c in (*by.members, *by.below) if c.key is not None), None) \
+            if isinstance(by, CaChain) else None
+        if not isinstance(of, CaChain):
+            out.not_minted[m.file] = str(of)
+        elif signer is None:
+            out.not_minted[m.file] = f"its sub-CA is signed by ca {m.ca}: {no_key(m.ca) if isinstance(by, CaChain) else by}"
+        else:
+            _write_lookalike(clients_dir / m.file, signer, of, _x509_name(m.subject), now, days)
+    outsider = make_root("mtlsc untrusted root", now=now)
+    for m in (m for m in members if m.ca is None):
+        _write_issued(clients_dir / m.file, issue_client(outsider, _x509_name(m.subject), now=now, days=days))
+    return out
+
+
+def _lab_chain(ca: ir.Ca, subjects: Mapping[int, x509.Name], now: datetime, aia: str | None,
+               base_dir: Path | None, written: dict[Path, Issued]) -> CaChain:
+    """One certificate per `bundle` file (root first), written there. A file another CA wrote
+    keeps its certificate: two `ca` blocks naming the same files share one CA, as they do in
+    production."""
+    chain: list[Issued] = []
+    for i, path in enumerate(ca.bundle):
+        target = _resolve(path, base_dir)
+        if target not in written:
+            written[target] = (make_intermediate(chain[-1], f"{ca.name} intermediate {i}", now=now,
+                                                 subject=subjects.get(i), ocsp_url=aia) if chain
+                               else make_root(f"{ca.name} root", now=now, subject=subjects.get(0)))
+            write_pem(target, written[target].cert)
+        chain.append(written[target])
+    if not chain:  # no bundle file (the policy's error, for the checks): a root for its clients
+        chain.append(make_root(f"{ca.name} root", now=now, subject=subjects.get(0)))
+    return CaChain(chain[0], tuple(chain[1:]))
+
+
+def _write_crls(policy: ir.Policy, chains: Mapping[str, CaChain], user_cas: Mapping[str, UserCa],
+                revoked: Mapping[str, list[int]], base_dir: Path | None, now: datetime, crl_valid: timedelta) -> None:
+    """CRL i of a minted CA is signed by its certificate i and lists the CA's revoked client when
+    that certificate issued it; a user's CA gets only the CRLs it has a key for signed again, its
+    entries kept. A CA with fewer CRL files than certificates keeps that gap (the checks report
+    it); CAs naming the same CRL file get one file listing the revoked clients of both."""
+    plan: dict[Path, tuple[Issued, list[int], tuple]] = {}
+    for ca in policy.cas:
+        chain, user = chains[ca.name], user_cas.get(ca.name)
+        for i, path in enumerate(ca.crls):
+            if user is not None:
+                if i not in user.resign:
+                    continue
+                issuer, keep = user.resign[i]
+            elif i < len(chain.members):
+                issuer, keep = chain.members[i], ()
+            else:
+                continue
+            entry = plan.setdefault(_resolve(path, base_dir), (issuer, [], keep))
+            if entry[0] is chain.signer:
+                entry[1].extend(revoked.get(ca.name, ()))
+    for target, (issuer, serials, keep) in plan.items():
+        write_pem(target, make_crl(issuer, serials, now=now, next_update=crl_valid, keep=keep))
+
+
 def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: Path | None = None,
-                  crl_valid: timedelta = timedelta(days=30), ocsp_url: str | None = None) -> LabPki:
+                  crl_valid: timedelta = timedelta(days=30), ocsp_url: str | None = None,
+                  user_cas: Mapping[str, UserCa] | None = None) -> LabPki:
     """Make a PKI shaped like `policy` and write it (layout: see `LabPki`).
 
     Each CA gets a chain with one certificate per `bundle` file (root first), written to those
-    paths, and CRL i (signed by CA certificate i) at `crls[i]`. A CA with fewer CRL files than
-    certificates keeps that gap: it is the policy's mistake for the checks to report. Relative
-    policy paths are taken from `base_dir` (default: the current directory). CRLs are current for
-    `crl_valid` (the committed demo PKI uses years, so the examples keep compiling).
+    paths, and CRL i (signed by CA certificate i) at `crls[i]`; CAs naming the same files share
+    their certificates. Relative policy paths are taken from `base_dir` (default: the current
+    directory). CRLs are current for `crl_valid` (the committed demo PKI uses years, so the
+    examples keep compiling).
+
+    A CA in `user_cas` is the user's own: nothing is written over its files, its clients are
+    issued with the keys it has (`not_minted` says which could not be), and only the CRLs in its
+    `resign` are written, at the policy's paths for them (the lab points those into its workdir).
 
     For a CA with `ocsp`, the intermediates and the client certificates name `ocsp_url` as their
     OCSP responder (AIA), except `<ca>/ocsp-down`, which names `DEAD_OCSP_URL`; `ocsp_status`
@@ -357,44 +533,31 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
     (`<ca>/ocsp-down`, for a policy whose `responder` sends every question to the lab's).
     """
     out_dir = Path(out_dir)
-    clients_dir = out_dir / "clients"
+    user_cas = user_cas or {}
     members = cast(policy)
     chains: dict[str, CaChain] = {}
-    unsatisfiable: list[str] = []
-    statuses: list[tuple[x509.Certificate, int, str]] = []
-    urls: dict[str, str] = {}
+    serial_pos: dict[str, dict[str, int]] = {}
+    urls = {ca.name: ocsp_url for ca in policy.cas if ca.ocsp and ocsp_url}
+    written: dict[Path, Issued] = {}
     for ca in policy.cas:
-        aia = ocsp_url if ca.ocsp else None
-        if aia:
-            urls[ca.name] = aia
-        subjects, serial_pos = _serial_issuers(ca, members)
-        chain = make_chain(ca.name, max(len(ca.bundle) - 1, 0), now=now, subjects=subjects, ocsp_url=aia)
-        chains[ca.name] = chain
-        for path, issued in zip(ca.bundle, chain.members):
-            write_pem(_resolve(path, base_dir), issued.cert)
-        revoked: list[int] = []
-        for m in (m for m in members if m.ca == ca.name and m.kind != "lookalike"):
-            issued = _mint(m, chain, serial_pos, now, DEAD_OCSP_URL if m.kind == "ocsp-down" and aia else aia)
-            if issued is None:
-                unsatisfiable.append(m.identity.name)
-                continue
-            if m.kind == "revoked":
-                revoked.append(issued.cert.serial_number)
-            if m.kind in _OCSP_ANSWER and aia:
-                statuses.append((chain.issuing.cert, issued.cert.serial_number, _OCSP_ANSWER[m.kind]))
-            _write_issued(clients_dir / m.file, issued)
-        for path, issuer in zip(ca.crls, chain.members):
-            listed = revoked if issuer is chain.issuing else []
-            write_pem(_resolve(path, base_dir), make_crl(issuer, listed, now=now, next_update=crl_valid))
-    for m in (m for m in members if m.kind == "lookalike"):
-        _write_lookalike(clients_dir / m.file, chains[m.ca], chains[m.imitates], _x509_name(m.subject), now)
-    outsider = make_root("mtlsc untrusted root", now=now)
-    for m in (m for m in members if m.ca is None):
-        _write_issued(clients_dir / m.file, issue_client(outsider, _x509_name(m.subject), now=now))
+        if ca.name in user_cas:
+            chains[ca.name] = user_cas[ca.name].chain
+            continue
+        subjects, serial_pos[ca.name] = _serial_issuers(ca, members)
+        chains[ca.name] = _lab_chain(ca, subjects, now, urls.get(ca.name), base_dir, written)
+    gaps = {name: u.cast_gap for name, u in user_cas.items() if u.cast_gap}
+    minted = mint_cast(members, chains, out_dir / "clients", now=now, aia=urls, serial_pos=serial_pos, gaps=gaps,
+                       days=USER_CAST_DAYS if user_cas else 365)
+    _write_crls(policy, chains, user_cas, minted.revoked, base_dir, now, crl_valid)
     server_ca = make_root("mtlsc lab server CA", now=now)
     write_pem(out_dir / "server-ca.pem", server_ca.cert)
     for server in policy.servers:
         names = [*server.names, "127.0.0.1", "localhost"]
         _write_issued(out_dir / "server" / server.slug, issue_server(server_ca, names, now=now))
-    return LabPki(out_dir, chains, clients_dir, out_dir / "server-ca.pem", tuple(sorted(set(unsatisfiable))),
-                  tuple(statuses), urls)
+    return LabPki(out_dir, chains, out_dir / "clients", out_dir / "server-ca.pem",
+                  tuple(sorted(set(minted.unsatisfiable))), tuple(minted.ocsp_status), urls, minted.not_minted)
+
+
+# Certificates the lab issues with a user's CA key are real credentials of that CA: they live a
+# day, long enough for a lab run, and the lab's workdir is deleted afterwards unless kept.
+USER_CAST_DAYS = 1
