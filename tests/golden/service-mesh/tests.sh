@@ -6,7 +6,8 @@
 # or OCSP), one whose OCSP responder does not answer (`<ca>/ocsp-down`: its OCSP URL names a
 # responder that is down) are refused; public routes answer without a certificate; identity
 # headers cannot be spoofed.
-# Prints one line per case and closes with "N passed, N failed".
+# Prints one line per case and closes with "N passed, N failed[, N skipped]". A case whose client
+# certificate is missing is skipped, and a skipped case fails the run unless --allow-skips.
 set -u
 
 usage() {
@@ -21,9 +22,10 @@ usage: tests.sh [options]
                      also check the forwarded identity headers and that spoofed ones never arrive
   --nginx-test CMD   command that checks the installed config (default: "nginx -t" when nginx
                      is on PATH); --no-nginx-test skips it
+  --allow-skips      a case skipped for want of its client certificate does not fail the run
   -h, --help         this text
 
-Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc lab` make them):
+Files expected under --certs (NAME.crt and NAME.key):
   internal/client
   internal/expired
   internal/id-billing
@@ -49,12 +51,14 @@ Files expected under --certs (NAME.crt and NAME.key; `mtlsc demo-pki` or `mtlsc 
   internal/near-orders-8
   internal/near-orders-9
   untrusted/client
+Mint them from your own CA's key (`mtlsc lab` and `mtlsc demo-pki` make a throwaway set):
+  mtlsc mint-cast POLICY... --ca-key CA=KEY.pem --out DIR     then: tests.sh --certs DIR
 USAGE
 }
 
 here=$(cd "$(dirname "$0")" && pwd)
 server_addr=127.0.0.1 port_override="" certs="$here/clients" server_ca="" echo_mode=0
-nginx_test="" run_nginx_test=auto
+nginx_test="" run_nginx_test=auto allow_skips=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --host) server_addr=$2; shift 2 ;;
@@ -64,6 +68,7 @@ while [ $# -gt 0 ]; do
         --echo) echo_mode=1; shift ;;
         --nginx-test) nginx_test=$2; run_nginx_test=yes; shift 2 ;;
         --no-nginx-test) run_nginx_test=no; shift ;;
+        --allow-skips) allow_skips=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "tests.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -74,10 +79,18 @@ done
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0 skipped=0
+passed=0 failed=0 skipped=0 missing=0
 pass() { passed=$((passed + 1)); echo "PASS  $1"; }
 fail() { failed=$((failed + 1)); echo "FAIL  $1: $2"; }
 skip() { skipped=$((skipped + 1)); echo "SKIP  $1: $2"; }
+
+# Certificates pinned by fingerprint: only their owner has one, so a missing one never fails the run.
+pinned=()
+is_pinned() {
+    local p
+    for p in ${pinned[@]+"${pinned[@]}"}; do [ "$p" = "$1" ] && return 0; done
+    return 1
+}
 
 tls_args() {  # server verification
     if [ -n "$server_ca" ]; then echo "--cacert $server_ca"; else echo "--insecure"; fi
@@ -91,8 +104,32 @@ field_of() {  # CERTFILE FIELD
         issuer) openssl x509 -in "$1" -noout -issuer -nameopt RFC2253 | sed 's/^issuer=//' ;;
         fingerprint) openssl x509 -in "$1" -noout -fingerprint -sha1 | sed 's/^.*=//; s/://g' | tr 'A-F' 'a-f' ;;
         serial) openssl x509 -in "$1" -noout -serial | sed 's/^serial=//' ;;
+        # $ssl_client_escaped_cert: the PEM as OpenSSL writes it, each byte but A-Z a-z 0-9 - . _ ~
+        # percent-encoded (a PEM holds only letters, digits, + / = - space and newline).
+        cert) openssl x509 -in "$1" | sed 's/%/%25/g; s/ /%20/g; s/+/%2B/g; s/\//%2F/g; s/=/%3D/g' \
+                  | awk '{ printf "%s%%0A", $0 }' ;;
+        not_before) openssl x509 -in "$1" -noout -startdate | sed 's/^notBefore=//' ;;
+        not_after) openssl x509 -in "$1" -noout -enddate | sed 's/^notAfter=//' ;;
         *) echo "" ;;
     esac
+}
+
+# What the echoing backend received in header NAME (any case), one value per line.
+header_values() {  # NAME
+    awk -v name="$1" 'NR > 1 { i = index($0, ": "); sub(/\r$/, "")
+        if (i > 0 && tolower(substr($0, 1, i - 1)) == tolower(name)) print substr($0, i + 2) }' "$tmp/body"
+}
+
+# Whether the backend received header NAME carrying the certificate's FIELD, exactly once.
+received_field() {  # NAME FIELD CERTFILE ("-": no certificate)
+    local got want
+    got=$(header_values "$1")
+    [ -n "$got" ] && [ "$(printf '%s\n' "$got" | wc -l)" -eq 1 ] || return 1
+    if [ "$3" = "-" ]; then want=NONE
+    elif [ "$2" = days_remaining ]; then  # whole days until notAfter, counted by nginx when it answered
+        case "$got" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac
+    else want=$(field_of "$3" "$2"); fi
+    [ "$got" = "$want" ]
 }
 
 # Every identity header name of the servers compiled together: cases marked `all` send each forged.
@@ -106,7 +143,11 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     # shellcheck disable=SC2207
     args+=($(tls_args))
     if [ "$cert" != "-" ]; then
-        if [ ! -f "$certs/$cert.crt" ]; then skip "$title" "no $certs/$cert.crt"; return; fi
+        if [ ! -f "$certs/$cert.crt" ]; then
+            if is_pinned "$cert"; then skip "$title" "no $certs/$cert.crt (pinned by fingerprint: supply it)"
+            else missing=$((missing + 1)); skip "$title" "no $certs/$cert.crt"; fi
+            return
+        fi
         args+=(--cert "$certs/$cert.crt" --key "$certs/$cert.key")
     fi
     local h
@@ -131,12 +172,13 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
             fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
         if [ "$fields" != "-" ]; then
-            local pair header field value
+            local pair header field file=-
+            [ "$cert" = "-" ] || file="$certs/$cert.crt"
             for pair in ${fields//,/ }; do
                 header=${pair%%=*} field=${pair#*=}
-                if [ "$cert" = "-" ]; then value=NONE; else value=$(field_of "$certs/$cert.crt" "$field"); fi
-                if ! grep -qixF -- "$header: $value" "$tmp/body"; then
-                    fail "$title" "backend did not receive \"$header: $value\""; return
+                if ! received_field "$header" "$field" "$file"; then
+                    fail "$title" "backend got \"$header: $(header_values "$header" | head -c 200)\", want its $field"
+                    return
                 fi
             done
         fi
@@ -223,4 +265,9 @@ check 'ledger.internal.example/: encoded dot segment /%2e/mtlsc-probe -> 403 no_
 check 'ledger.internal.example/: letter case changed /MTLSC-PROBE -> 403 no_cert' ledger.internal.example 8443 /MTLSC-PROBE - 403 'client certificate required' - all -
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
+if [ "$missing" -gt 0 ] && [ "$allow_skips" = 0 ]; then
+    echo "tests.sh: $missing case(s) skipped: their client certificates are not under $certs. Mint them from your" \
+         "CA's key (mtlsc mint-cast POLICY... --ca-key CA=KEY.pem --out DIR), or pass --allow-skips." >&2
+    exit 1
+fi
 [ "$failed" -eq 0 ]
