@@ -126,8 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     rb.add_argument("--list", action="store_true", help="print the apply history and change nothing")
     lab = sub.add_parser("lab", help="prove the policy on a real nginx on loopback, with a throwaway PKI",
                          description="Mint a PKI shaped like the policy, compile it for 127.0.0.1, start nginx "
-                         "(temp prefix) and an echo backend, run the emitted tests.sh and audit the headers "
-                         "the backend received. Exit 0 when every case passes.")
+                         "(temp prefix) and an echo backend, run the emitted tests.sh and the policy tests, and "
+                         "audit the headers the backend received. A CA given with --ca-key, or whose certificates "
+                         "the policy tests name, is used as its files are (never written to). Exit 0 when every "
+                         "case passes and none is skipped (--allow-skips).")
     lab.add_argument("policies", nargs="+", metavar="POLICY")
     lab.add_argument("--keep", action="store_true",
                      help="keep the lab running (until Ctrl-C) and its files, and print curl commands to try")
@@ -135,7 +137,41 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--tests", action="append", metavar="FILE",
                      help="also run these *.mtls-test.yaml expectations (default: the ones beside each policy)")
     lab.add_argument("--nginx", metavar="BIN", help="the nginx binary (default: $MTLSC_NGINX, PATH, /usr/sbin/nginx)")
+    lab.add_argument("--ca-key", action="append", default=[], type=_ca_key, metavar="CA=KEY[:CERT]",
+                     help="use ca CA's own files as they are and mint its test clients with this key (repeatable; "
+                     "CERT: the key's certificate when it is not in the bundle)")
+    lab.add_argument("--allow-skips", action="store_true",
+                     help="cases skipped for want of a certificate (a CA without --ca-key) do not fail the lab")
+    mc = sub.add_parser("mint-cast", help="mint the client certificates tests.sh expects from your own CA's key",
+                        description="Issue, with your CA's key, every client certificate the emitted tests.sh uses "
+                        "(identities, near misses, a stranger, an expired one, one to revoke, look-alikes), into "
+                        "DIR/<ca>/<name>.crt|.key; say what cannot be minted and what to do (revoke a serial). "
+                        "Exit 1 when some certificate tests.sh needs could not be minted.")
+    mc.add_argument("policies", nargs="+", metavar="POLICY")
+    mc.add_argument("--ca-key", action="append", default=[], type=_ca_key, metavar="CA=KEY[:CERT]", required=True,
+                    help="the key of a certificate of ca CA (repeatable; CERT: the key's certificate when it is "
+                    "not in the bundle)")
+    mc.add_argument("--out", required=True, type=Path, metavar="DIR", help="where the certificates go (tests.sh --certs DIR)")
+    mc.add_argument("--days", type=int, default=7, metavar="N", help="validity of the certificates (default 7)")
+    mc.add_argument("--ocsp-url", action="append", default=[], type=_ca_url, metavar="CA=URL",
+                    help="the OCSP URL for the certificates of a ca with `ocsp` and no `responder`")
+    mc.add_argument("--force", action="store_true", help="write into DIR even if it is not empty")
     return p
+
+
+def _ca_key(text: str):
+    from mtlsc.lab.userca import UserCaError, parse_ca_key
+    try:
+        return parse_ca_key(text)
+    except UserCaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ca_url(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url.startswith("http://"):
+        raise argparse.ArgumentTypeError(f"`{text}` is not CA=http://HOST[:PORT]/PATH")
+    return name, url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +209,15 @@ def main(argv: list[str] | None = None) -> int:
             return _apply(args)
         if args.command == "lab":
             from mtlsc.lab.command import lab_command
-            return lab_command(args.policies, keep=args.keep, workdir=args.workdir, nginx=args.nginx, tests=args.tests)
+            return lab_command(args.policies, keep=args.keep, workdir=args.workdir, nginx=args.nginx, tests=args.tests,
+                               ca_keys=args.ca_key, allow_skips=args.allow_skips)
+        if args.command == "mint-cast":
+            from mtlsc.lab.mintcast import mint_cast_command
+            if args.days < 1:
+                sys.stderr.write("mtlsc mint-cast: --days must be at least 1\n")
+                return EXIT_USAGE
+            return mint_cast_command(args.policies, args.ca_key, args.out, days=args.days, force=args.force,
+                                     ocsp_urls=dict(args.ocsp_url))
         return _check_or_compile(args)
     except KeyboardInterrupt:
         return EXIT_USAGE

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import hashes
 from mtlsc import dn, ir
 from mtlsc.evaluate import BAD_TARGET, NO_ROUTE, Client, evaluate, identity_headers
 from mtlsc.lab.client import Response, render_request, request, tls_context
-from mtlsc.lab.pki import Issued, issue_client, make_root, write_pem
+from mtlsc.lab.pki import USER_CAST_DAYS, Issued, issue_client, make_root, no_key, write_pem
 from mtlsc.lab.run import Lab
+from mtlsc.lab.userca import ocsp_gap_for
 from mtlsc.policytest import ClientSpec, Expectation, find_server, normalise_path, route_label
-from mtlsc.policytest_schema import VARYING_FIELDS
 from mtlsc.source import Source
 
 MARKER = "X-Mtlsc-Test-Case"  # sent with every lab request, to find it among those the backend recorded
@@ -53,6 +53,7 @@ class Result:
     by: str  # model | nginx
     observed: Observed | None = None
     problems: tuple[str, ...] = ()  # why it failed, or why it was skipped
+    required: bool = True  # for a skip: whether it fails the run unless skips are allowed
 
 
 def counts(results: list[Result]) -> tuple[int, int, int]:
@@ -152,44 +153,82 @@ def problems_of(case: Expectation, seen: Observed) -> list[str]:
 # ---- the lab (real nginx) --------------------------------------------------------------------
 
 
-def _write(directory: Path, name: str, issued: Issued) -> tuple[Path, Path]:
+def _write(directory: Path, name: str, issued: Issued, chain: tuple = ()) -> tuple[Path, Path]:
     crt, key = directory / f"{name}.crt", directory / f"{name}.key"
-    write_pem(crt, issued.cert)
+    write_pem(crt, issued.cert, *chain)
     write_pem(key, issued.key)
     return crt, key
 
 
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Why the lab cannot present a case's client. `required`: the run fails unless skips are
+    allowed (what is missing is something the user can give, a CA key); a fingerprint pin, which
+    only one certificate in the world satisfies, is reported and never fails it."""
+
+    reason: str
+    required: bool = True
+
+
+def files_cas(expectations: list[Expectation]) -> set[str]:
+    """The CAs of the policy that signed the `cert:` files of these cases: the lab must trust
+    exactly those CAs' files for the files to get the answer the user's nginx gives."""
+    return {e.client.file.issued_by for e in expectations if e.client.file and e.client.file.issued_by}
+
+
+def _ocsp_gap(lab: Lab, ca_name: str, issuer: x509.Certificate) -> str | None:
+    chain = lab.pki.chains.get(ca_name)
+    ca = next((c for c in lab.policy.cas if c.name == ca_name), None)
+    if chain is None or not chain.user or ca is None or ca.ocsp is None:
+        return None
+    return ocsp_gap_for(ca, chain, issuer)
+
+
 def lab_certificate(lab: Lab, spec: ClientSpec, name: str, now: datetime, cache: dict
-                    ) -> tuple[Path, Path] | None | str:
-    """(certificate, key) for the case's client in the lab, None for no certificate, or the
-    reason it cannot be made (the case is skipped). Certificates not in the lab's cast are minted
-    into `<lab>/policytest/`; `cache` keeps the one untrusted root of a run."""
+                    ) -> tuple[Path, Path] | None | Skip:
+    """(certificate, key) for the case's client in the lab, None for no certificate, or why it
+    cannot be presented (the case is skipped). A `cert:` file is sent as it is: the lab trusts
+    its CA's own files (`files_cas`). Other clients come from the lab's cast or are minted into
+    `<lab>/policytest/` by the CA's chain (a user's CA: with the key the user gave); `cache`
+    keeps the one untrusted root of a run."""
     policy, pki = lab.policy, lab.pki
     ident = next((i for i in policy.identities if i.name == spec.identity), None)
-    pins = [i.fingerprint for i in policy.identities if i.kind is ir.IdentityKind.FINGERPRINT]
     if spec.kind == "none":
         return None
-    if (ident is not None and ident.kind is ir.IdentityKind.FINGERPRINT) or (spec.file and spec.file.fingerprint in pins):
-        return "a fingerprint pin matches only the user's own certificate, which the lab cannot present"
+    f = spec.file
+    if f is not None:
+        chain = pki.chains.get(f.issued_by) if f.issued_by else None
+        if chain is not None and not chain.user:
+            return Skip(f"the lab minted its own ca {f.issued_by}, which did not sign this file: start it with "
+                        "the CAs of the tests' files kept (`mtlsc lab` does)")
+        issuer = next((m.cert for m in (*chain.members, *chain.below) if dn.nginx_dn_of(m.cert.subject) == f.issuer),
+                      None) if chain is not None else None
+        gap = _ocsp_gap(lab, f.issued_by, issuer) if issuer is not None else None
+        return Skip(gap) if gap else (Path(f.cert), Path(f.key))
+    if ident is not None and ident.kind is ir.IdentityKind.FINGERPRINT:
+        return Skip("a fingerprint pin matches only the user's own certificate: name it in a case with "
+                    "`client: {cert: ..., key: ...}`", required=False)
     if spec.revoked or (spec.kind == "identity" and not spec.expired):
         cast_file = f"{spec.ca}/revoked" if spec.revoked else f"{spec.ca}/id-{spec.identity}"
         if pki.client(cast_file)[0].exists():
             return pki.client(cast_file)
+        if cast_file in pki.not_minted:
+            return Skip(f"`{cast_file}` was not minted: {pki.not_minted[cast_file]}")
         if spec.revoked or (ident.kind is ir.IdentityKind.SERIAL and spec.ca in pki.chains):
-            return f"the lab has no `{cast_file}`: it makes one only for a CA and identity that a route uses"
+            return Skip(f"the lab has no `{cast_file}`: it makes one only for a CA and identity that a route uses")
     if "outsider" not in cache:
         cache["outsider"] = make_root("mtlsc policy-test untrusted root", now=now)
-    f = spec.file
-    chain = pki.chains.get(f.issued_by if f else spec.ca)
-    issuer = (chain.members[min(f.issuer_index, len(chain.members) - 1)] if f else chain.issuing) \
-        if chain else cache["outsider"]
-    subject = f.subject_name if f else dn.x509_name(dn.parse_dn(spec.subject))
-    # A file nginx would refuse (expired, revoked, too deep) is re-issued expired: refused the same way.
-    dates = {"not_before": now - timedelta(days=30), "days": 1} if spec.expired or (f and not f.valid) else {}
+    chain = pki.chains.get(spec.ca)
+    issuer = chain.signer if chain is not None else cache["outsider"]
+    if issuer is None:
+        return Skip(no_key(spec.ca))
+    if chain is not None and (gap := _ocsp_gap(lab, spec.ca, issuer.cert)):
+        return Skip(gap)
+    subject = dn.x509_name(dn.parse_dn(spec.subject))
+    dates = {"not_before": now - timedelta(days=30), "days": 1} if spec.expired else {"days": USER_CAST_DAYS}
     # A CA with `ocsp`: the lab's responder answers `good` for it (the cast's URL in its AIA).
-    ocsp_url = pki.ocsp_urls.get(f.issued_by if f else spec.ca)
-    issued = issue_client(issuer, subject, now=now, serial=f.serial_number if f else None, ocsp_url=ocsp_url, **dates)
-    return _write(pki.out_dir / "policytest", name, issued)
+    issued = issue_client(issuer, subject, now=now, ocsp_url=pki.ocsp_urls.get(spec.ca), **dates)
+    return _write(pki.out_dir / "policytest", name, issued, chain.sent_with_leaves if chain else ())
 
 
 def _send(method: str, port: int, path: str, sni: str, cert, key, headers) -> Response:
@@ -256,34 +295,29 @@ def observe_nginx(lab: Lab, case: Expectation, files: tuple[Path, Path] | None, 
                     note=resp.error, target=got.path if got else None)
 
 
-def _as_reissued(case: Expectation, policy: ir.Policy) -> Expectation:
-    """A `cert:` client reaches the lab re-issued by the lab's CA (same subject and serial): its
-    fingerprint, issuer, PEM and dates differ from the file's, so only their presence is checked."""
-    if case.client.file is None:
-        return case
-    server = find_server(policy, case.server)
-    fields = {f.header.lower(): f.field for r in server.routes for f in r.forward}
-    loose = VARYING_FIELDS - {"serial"}
-    return replace(case, headers=tuple((n, True if isinstance(v, str) and fields.get(n.lower()) in loose else v)
-                                       for n, v in case.headers))
-
-
 def expect_on_lab(lab: Lab, expectations: list[Expectation], now: datetime | None = None) -> list[Result]:
-    """Check every expectation against the lab's real nginx (see mtlsc.lab.run.running_lab).
+    """Check every expectation against the lab's real nginx (see mtlsc.lab.run.running_lab, and
+    its `keep_cas=files_cas(expectations)`).
 
-    Clients come from the lab's cast (`<ca>/id-<name>`, `<ca>/revoked`) or are minted from the
-    lab's chains; fingerprint pins cannot be minted and are reported as skipped, never passed."""
+    `cert:` files are sent as they are; other clients come from the lab's cast (`<ca>/id-<name>`,
+    `<ca>/revoked`) or are minted from the lab's chains. What cannot be presented is reported as
+    skipped, never passed (`Result.required`: whether that skip fails the run)."""
     now = now or datetime.now(timezone.utc)
     run, cache, results = secrets.token_hex(4), {}, []
     for n, case in enumerate(expectations):
         files = lab_certificate(lab, case.client, f"case-{n}", now, cache)
-        if isinstance(files, str):
-            results.append(Result(case, "skip", "nginx", problems=(files,)))
+        if isinstance(files, Skip):
+            results.append(Result(case, "skip", "nginx", problems=(files.reason,), required=files.required))
             continue
         observed = observe_nginx(lab, case, files, f"{run}-{n}")
-        problems = problems_of(_as_reissued(case, lab.policy), observed)
+        problems = problems_of(case, observed)
         results.append(Result(case, "fail" if problems else "pass", "nginx", observed, tuple(problems)))
     return results
+
+
+def required_skips(results: list[Result]) -> int:
+    """Skipped cases that fail a run unless skips are allowed."""
+    return sum(r.verdict == "skip" and r.required for r in results)
 
 
 # ---- the report ------------------------------------------------------------------------------

@@ -6,8 +6,19 @@ order, identities) stays as it is and only the deployment details change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from mtlsc import ast
 from mtlsc.source import Source, Span
+
+
+@dataclass(frozen=True, slots=True)
+class CaFiles:
+    """Where the lab's copy of a policy finds one CA's files, in the order the policy names them."""
+
+    bundle: tuple[str, ...]
+    crls: tuple[str, ...]
 
 
 def _line_starts(text: str) -> list[int]:
@@ -24,11 +35,15 @@ def _quoted(value: str) -> str:
 
 def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir: str,
                     backend: str, install_dir: str, ocsp_responder: str | None = None,
-                    resolver: str | None = None) -> str:
+                    resolver: str | None = None, ca_files: Mapping[str, CaFiles] | None = None,
+                    add_responder: bool = False) -> str:
     """Every `listen X` of server N becomes `listen 127.0.0.1:port_for(N, X)` (X = "443" when the
     server has no listen); certificates become `cert_dir/<N>_<port>.crt|.key`, every backend
     `backend`, every install dir `install_dir`, every OCSP `responder` `ocsp_responder` and the
-    `resolver`'s DNS servers the one `resolver`, when given: the lab asks nothing off loopback."""
+    `resolver`'s DNS servers the one `resolver`, when given: the lab asks nothing off loopback.
+    The `bundle` and `crl` files of a CA in `ca_files` become the ones named there, so the lab
+    never writes where the policy points. `add_responder`: an `ocsp` line without a `responder`
+    gets `ocsp_responder` (the user's own certificates name the user's responder, or none)."""
     text = source.text
     starts = _line_starts(text)  # once: a policy with a backend per route has thousands of edits
 
@@ -45,10 +60,19 @@ def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir:
             first, last = item.addresses[0].span, item.addresses[-1].span
             edits.append((_offset(text, first.line, first.col), _offset(text, last.end_line, last.end_col),
                           _quoted(resolver)))
-        elif isinstance(item, ast.Ca) and ocsp_responder is not None:
+        elif isinstance(item, ast.Ca):
+            files = (ca_files or {}).get(item.name.value)
             for stmt in item.body:
-                if isinstance(stmt, ast.Ocsp) and stmt.responder is not None:
-                    replace(stmt.responder.span, _quoted(ocsp_responder))
+                if isinstance(stmt, ast.Ocsp) and ocsp_responder is not None:
+                    if stmt.responder is not None:
+                        replace(stmt.responder.span, _quoted(ocsp_responder))
+                    elif add_responder:
+                        end = _offset(text, stmt.mode.span.end_line, stmt.mode.span.end_col)
+                        edits.append((end, end, f" responder {_quoted(ocsp_responder)}"))
+                elif isinstance(stmt, (ast.Bundle, ast.Crl)) and files is not None:
+                    paths = files.bundle if isinstance(stmt, ast.Bundle) else files.crls
+                    for written, path in zip(stmt.files, paths):
+                        replace(written.span, _quoted(path))
     for server in (i for i in tree.items if isinstance(i, ast.Server)):
         name = server.names[0].value.lower()
         listens = [s for s in server.body if isinstance(s, ast.Listen)]
