@@ -162,3 +162,10 @@ def test_an_ed25519_ca_key_issues_clients_and_crls(tmp_path):
     x509.load_pem_x509_certificate((tmp_path / "cast" / "ed" / "client.crt").read_bytes()).verify_directly_issued_by(root)
     signer = load_user_ca(_ca(pipeline.read_and_lower([str(policy)]).policy, "ed"), [CaKey("ed", ca.key)]).chain.signer
     assert make_crl(signer, [7], now=NOW).is_signature_valid(root.public_key())
+
+
+def test_the_lab_refuses_a_key_of_another_ca_before_anything_starts(user, tmp_path):
+    code, _, err = run_cli("lab", str(user.policy), "--ca-key", f"corp={user.partners.key}",
+                           "--workdir", str(tmp_path / "lab"))
+    assert code == 2 and "is not the key of a certificate in ca corp's bundle" in err, err
+    assert not (tmp_path / "lab").exists()

@@ -14,7 +14,7 @@ from mtlsc import pipeline
 from mtlsc.diagnostics import has_errors
 from mtlsc.lab.nginx import NginxMissing, NginxStartError
 from mtlsc.lab.report import PolicyTests, report
-from mtlsc.lab.run import Lab, LabError, running_lab, test_lab
+from mtlsc.lab.run import Lab, LabError, running_lab, test_lab, user_cas
 from mtlsc.lab.userca import CaKey, UserCaError
 from mtlsc.policytest_command import find_test_files, load_all
 from mtlsc.policytest_run import counts, expect_on_lab, files_cas, render_results, required_skips
@@ -43,6 +43,11 @@ def lab_command(policies: list[str], *, keep: bool, workdir: Path | None, nginx:
     # The tests' own certificate files get the answer the user's nginx gives them only if the lab
     # trusts exactly the CA files that signed them.
     keep_cas = files_cas(cases)
+    try:
+        user_cas(front.policy, ca_keys, keep_cas)  # a key that does not fit stops here, before nginx starts
+    except UserCaError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
     for name in sorted(keep_cas - {k.ca for k in ca_keys}):
         _progress(f"ca {name}: the policy tests name certificates it signed, so the lab trusts its files as they are "
                   f"and mints its test clients only with --ca-key {name}=KEY.pem")
