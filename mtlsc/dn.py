@@ -59,6 +59,12 @@ def canonical_attribute(name: str) -> str | None:
     return _LOOKUP.get(name.lower())
 
 
+def attribute_spellings() -> tuple[str, ...]:
+    """Every way a policy may name an attribute (lowercase names, long names, OIDs): the
+    candidates of a `did you mean`."""
+    return tuple(sorted(_LOOKUP))
+
+
 def _canonical(name: str) -> str:
     attr = canonical_attribute(name)
     if attr is None:

@@ -6,7 +6,9 @@ from the user's cache (`mtlsc.cache`).
 
 from __future__ import annotations
 
+import difflib
 import functools
+import re
 import sys
 from importlib import resources
 
@@ -97,6 +99,41 @@ def _describe_expected(names) -> str:
     return ", ".join(words[:-1]) + " or " + words[-1]
 
 
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+@functools.cache
+def _keywords() -> dict[str, str]:
+    """Terminal name -> the keyword it stands for (`REQUIRE` -> `require`); punctuation and
+    pattern terminals are left out."""
+    return {t.name: t.pattern.value for t in parser().terminals
+            if isinstance(t.pattern, PatternStr) and _WORD.fullmatch(t.pattern.value)}
+
+
+def _keyword(name: str) -> str | None:
+    return _keywords().get(name)
+
+
+def closest_keyword(word: str, expected) -> str | None:
+    """The keyword among the `expected` terminals that `word` is most likely a typo of. The
+    candidates come from the grammar (what the parser accepts at that point), so the suggestions
+    follow the language as it changes."""
+    if not _WORD.fullmatch(word):
+        return None
+    keywords = sorted({k for k in map(_keyword, expected) if k})
+    close = difflib.get_close_matches(word.lower(), keywords, n=1)
+    return close[0] if close and close[0] != word else None
+
+
+@functools.cache
+def keywords_after(prefix: str) -> tuple[str, ...]:
+    """The keywords the grammar accepts after the text `prefix` (e.g. the statements that may open
+    a line of an `identity` block: `keywords_after("identity x {")`)."""
+    state = parser().parse_interactive(prefix)
+    state.exhaust_lexer()
+    return tuple(sorted({k for k in map(_keyword, state.accepts()) if k}))
+
+
 def _friendly(name: str) -> str:
     if name in FRIENDLY_TERMINALS:
         return FRIENDLY_TERMINALS[name]
@@ -126,9 +163,16 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> Diagnostic:
     if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
         tok = exc.token
         span = _token_span(source.path, tok)
+        expected = exc.accepts or exc.expected
+        keyword = closest_keyword(str(tok.value), expected)
+        if keyword:
+            return error(
+                "MTLS003", span, f"unexpected `{tok.value}`",
+                f"did you mean `{keyword}`? (expected {_describe_expected(expected)})", label="not a keyword here",
+            )
         return error(
             "MTLS003", span, f"unexpected `{tok.value}`",
-            f"expected {_describe_expected(exc.accepts or exc.expected)}", label="not expected here",
+            f"expected {_describe_expected(expected)}", label="not expected here",
         )
     expected = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ()
     lines = source.text.splitlines() or [""]

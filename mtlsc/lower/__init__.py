@@ -146,6 +146,8 @@ def _unique(ctx, kind: str, pairs) -> dict:
         first[name] = node
         if lowered is not None:
             table[name] = lowered
+        else:
+            ctx.refused.add((kind, name))
     return table
 
 

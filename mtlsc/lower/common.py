@@ -14,6 +14,10 @@ from mtlsc.emit import quote
 @dataclass
 class Ctx:
     diags: list[Diagnostic] = field(default_factory=list)
+    # (kind, name) of blocks that are defined but were refused: a reference to one is not
+    # "unknown" (that would tell the user to define what is already there), the block's own
+    # error says what to fix
+    refused: set[tuple[str, str]] = field(default_factory=set)
 
     def err(self, code, span, message, help="", label="", related=()):
         self.diags.append(error(code, span, message, help, label, related))
@@ -37,7 +41,10 @@ def suggest(name: str, known) -> str:
 def resolve(ctx: Ctx, word: ast.Word, table: dict, kind: str, code: str):
     if word.value in table:
         return table[word.value]
-    hint = suggest(word.value, table) or f"define it with `{kind} {word.value} {{ ... }}`"
+    if (kind, word.value) in ctx.refused:
+        return None
+    defined = set(table) | {name for k, name in ctx.refused if k == kind}
+    hint = suggest(word.value, defined) or f"define it with `{kind} {word.value} {{ ... }}`"
     ctx.err(code, word.span, f"unknown {kind} `{word.value}`", hint, label=f"no {kind} of this name")
     return None
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+
 from mtlsc import ast, dn, ir, values
 from mtlsc.emit import quote
 from mtlsc.lower.common import Ctx
+from mtlsc.parse import keywords_after
 from mtlsc.source import Span
 
 
@@ -107,7 +110,7 @@ def _attr(ctx: Ctx, s) -> ir.AttrMatch | None:
     attr = dn.canonical_attribute(s.attr.value)
     if attr is None:
         ctx.err("MTLS014", s.attr.span, f"`{s.attr.value}` is not a DN attribute nginx prints",
-                "use a short name such as `cn`, `o`, `ou`, `c`, `l`, `st`, `dc` or `uid`")
+                _attr_hint(s.attr.value), label="unknown attribute")
         return None
     if isinstance(s, ast.AttrEq):
         return ir.AttrMatch(attr, "eq", s.value.value, s.span)
@@ -122,3 +125,14 @@ def _attr(ctx: Ctx, s) -> ir.AttrMatch | None:
                 "patterns are anchored regexes (`^...$`) over the value as nginx prints it, confined to one attribute")
         return None
     return ir.AttrMatch(attr, "re", s.pattern.value, s.span)
+
+
+def _attr_hint(word: str) -> str:
+    """`did you mean` for a word that opens an identity line: the grammar parses any unknown word
+    there as an attribute, so a misspelt statement (`subjct`) arrives here, not as a syntax error."""
+    statements = [k for k in keywords_after("identity x {") if k != "waive"]
+    attributes = [a for a in dn.attribute_spellings() if not a[0].isdigit()]  # not the OIDs
+    close = difflib.get_close_matches(word.lower(), statements + attributes, n=1)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    return "use a short name such as `cn`, `o`, `ou`, `c`, `l`, `st`, `dc` or `uid`"
