@@ -14,7 +14,7 @@ from importlib import resources
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-from lark.lexer import PatternStr
+from lark.lexer import PatternRE, PatternStr, TerminalDef
 
 from mtlsc import ast, cache
 from mtlsc.diagnostics import Diagnostic, error
@@ -36,6 +36,23 @@ FRIENDLY_TERMINALS = {
 
 
 _OPTIONS = {"parser": "lalr", "propagate_positions": True, "maybe_placeholders": True}
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# A keyword ends where a name would: without this, where the grammar takes only keywords the
+# lexer matched `allowed` as `allow` + `ed` (an allow list naming identity `ed`) and
+# `backend_paths` misspelt as `backend` + a stray name.
+_KEYWORD_END = r"(?![A-Za-z0-9_-])"
+# How close a name in a list must be to a keyword to be taken for a misspelt statement: a
+# valid name may resemble one (`public_api`, 0.75 of `public`), a typo is nearer (`forwad`, 0.92)
+LIST_TYPO_CUTOFF = 0.8
+_KEYWORD_PRIORITY = 1  # above NAME's: where both fit, `allow` is the keyword, as before
+
+
+def _whole_word_keyword(term: TerminalDef) -> None:
+    """lark `edit_terminals` hook: a word keyword becomes a regex that will not match the start
+    of a longer name."""
+    if isinstance(term.pattern, PatternStr) and _WORD.fullmatch(term.pattern.value):
+        term.pattern = PatternRE(re.escape(term.pattern.value) + _KEYWORD_END)
+        term.priority = _KEYWORD_PRIORITY
 
 
 @functools.cache
@@ -45,13 +62,14 @@ def parser() -> Lark:
     grammar = resources.files("mtlsc.grammar").joinpath("mtls.lark").read_text(encoding="utf-8")
     import lark
 
-    path = cache.entry("parser", f"{grammar}{sorted(_OPTIONS.items())}{lark.__version__}{sys.version_info[:2]}")
+    path = cache.entry("parser", f"{grammar}{sorted(_OPTIONS.items())}{_KEYWORD_END}{_KEYWORD_PRIORITY}"
+                                 f"{lark.__version__}{sys.version_info[:2]}")
     try:
         with open(path, "rb") as f:
             return Lark.load(f)
     except Exception:  # absent, unreadable or damaged: build it
         pass
-    built = Lark(grammar, **_OPTIONS)
+    built = Lark(grammar, edit_terminals=_whole_word_keyword, **_OPTIONS)
     cache.write_atomic(path, built.save)
     return built
 
@@ -99,29 +117,30 @@ def _describe_expected(names) -> str:
     return ", ".join(words[:-1]) + " or " + words[-1]
 
 
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-
-
 @functools.cache
 def _keywords() -> dict[str, str]:
     """Terminal name -> the keyword it stands for (`REQUIRE` -> `require`); punctuation and
     pattern terminals are left out."""
-    return {t.name: t.pattern.value for t in parser().terminals
-            if isinstance(t.pattern, PatternStr) and _WORD.fullmatch(t.pattern.value)}
+    out = {}
+    for t in parser().terminals:
+        text = t.pattern.value
+        if isinstance(t.pattern, PatternRE) and text.endswith(_KEYWORD_END) and _WORD.fullmatch(text[:-len(_KEYWORD_END)]):
+            out[t.name] = text[: -len(_KEYWORD_END)]
+    return out
 
 
 def _keyword(name: str) -> str | None:
     return _keywords().get(name)
 
 
-def closest_keyword(word: str, expected) -> str | None:
+def closest_keyword(word: str, expected, cutoff: float = 0.6) -> str | None:
     """The keyword among the `expected` terminals that `word` is most likely a typo of. The
     candidates come from the grammar (what the parser accepts at that point), so the suggestions
     follow the language as it changes."""
     if not _WORD.fullmatch(word):
         return None
     keywords = sorted({k for k in map(_keyword, expected) if k})
-    close = difflib.get_close_matches(word.lower(), keywords, n=1)
+    close = difflib.get_close_matches(word.lower(), keywords, n=1, cutoff=cutoff)
     return close[0] if close and close[0] != word else None
 
 
@@ -134,9 +153,30 @@ def keywords_after(prefix: str) -> tuple[str, ...]:
     return tuple(sorted({k for k in map(_keyword, state.accepts()) if k}))
 
 
+def _misspelt_before(text: str, exc: UnexpectedToken) -> tuple[Token, str] | None:
+    """(name token, keyword) when the token before the error is a name that a list statement
+    (`backend_paths a b`, `allow a b`) took, while the parser also accepted, there, a keyword it
+    looks like: `backend_paths case_sensitive  backend_c "ca.pem"` fails at the string."""
+    history = getattr(exc, "token_history", None) or ()
+    prev = history[-1] if history else None
+    if prev is None or prev.type != "NAME" or prev.start_pos is None:
+        return None
+    try:
+        state = parser().parse_interactive(text[: prev.start_pos])
+        state.exhaust_lexer()
+        accepted = state.accepts()
+    except UnexpectedInput:
+        return None
+    # closer than for a word the parser refused: this name was a valid name (`public_api`)
+    keyword = closest_keyword(str(prev.value), accepted, cutoff=LIST_TYPO_CUTOFF)
+    return (prev, keyword) if keyword else None
+
+
 def _friendly(name: str) -> str:
     if name in FRIENDLY_TERMINALS:
         return FRIENDLY_TERMINALS[name]
+    if name in _keywords():
+        return f"`{_keywords()[name]}`"
     for term in parser().terminals:
         if term.name == name and isinstance(term.pattern, PatternStr):
             return f"`{term.pattern.value}`"
@@ -164,11 +204,26 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> Diagnostic:
         tok = exc.token
         span = _token_span(source.path, tok)
         expected = exc.accepts or exc.expected
+        word = _WORD.match(source.text, tok.start_pos) if tok.start_pos is not None else None
+        if word and len(word[0]) > len(str(tok.value)) and word[0].startswith(str(tok.value)) and "\n" not in word[0]:
+            # the fallback lexer may have cut a misspelt keyword short (`clear_headrs` read as
+            # the host name `clear`): quote and underline the whole word
+            span = Span(source.path, tok.line, tok.column, tok.line, tok.column + len(word[0]))
+            tok = tok.update(value=word[0])
         keyword = closest_keyword(str(tok.value), expected)
         if keyword:
             return error(
                 "MTLS003", span, f"unexpected `{tok.value}`",
                 f"did you mean `{keyword}`? (expected {_describe_expected(expected)})", label="not a keyword here",
+            )
+        listed = _misspelt_before(source.text, exc)
+        if listed:
+            prev, keyword = listed
+            return error(
+                "MTLS003", _token_span(source.path, prev), f"`{prev.value}` is read as a name: is it a misspelt `{keyword}`?",
+                f"did you mean `{keyword}`? a list of names runs up to the next statement, so a misspelt statement "
+                f"reads as one more name, and then `{tok.value}` is unexpected",
+                label="read as a name",
             )
         return error(
             "MTLS003", span, f"unexpected `{tok.value}`",

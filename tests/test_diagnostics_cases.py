@@ -6,9 +6,14 @@ and running `MTLSC_UPDATE_GOLDENS=1 pytest` once, then reviewing `NAME.expected`
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from support import HERE, assert_golden, run_cli
+from mtlsc import pipeline
+from mtlsc.fmt import _tokens
+from mtlsc.parse import _keywords, closest_keyword, keywords_after
+from support import HERE, REPO, assert_golden, run_cli
 
 CASES = sorted(p for kind in ("syntax", "semantic") for p in (HERE / "cases" / kind).iterdir()
                if p.suffix == ".mtls" or p.is_dir())
@@ -23,3 +28,78 @@ def test_case_diagnostics(case):
     assert "error[MTLS" in err
     golden = case / "expected" if case.is_dir() else case.with_suffix(".expected")
     assert_golden(golden, err)
+
+
+# ----- keywords: "did you mean" comes from the grammar ------------------------------------------
+
+# Every statement the examples leave out, so that the corpus holds every keyword of the grammar.
+ALL_STATEMENTS = """\
+nginx ">= 1.22"
+clear_headers "X-Custom"
+waive MTLS149 "corpus"
+ca partners {
+  bundle "ca/partners-root.pem" "ca/partners-issuing.pem"
+  depth 1
+  crl "ca/partners-root.crl" "ca/partners-issuing.crl"
+  ocsp leaf responder "http://127.0.0.1:9/"
+}
+identity old { serial "0A"  issuer "CN=partners issuing,O=mtlsc lab" }
+server api.example.com {
+  listen 443
+  certificate "/x.crt" key "/x.key"
+  backend "https://127.0.0.1:8443"
+  backend_paths case_sensitive
+  backend_ca "ca/partners-root.pem"
+  backend_name "backend.internal"
+  backend_client_certificate "/c.crt" key "/c.key"
+  backend_verify off
+  install "/etc/nginx/mtls"
+  reject forbidden 403 "no"
+  route /a/ { forward serial issuer as "X-Client-Issuer"  require partners  allow old }
+}
+"""
+CORPUS = {**{p.name: p.read_text(encoding="utf-8") for p in sorted((REPO / "policies").glob("*.mtls"))},
+          "all-statements.mtls": ALL_STATEMENTS}
+# (policy name, token) for each keyword of four letters or more; shorter ones (`ca`, `as`, `key`)
+# leave too little of themselves when misspelt to be recognised
+KEYWORD_TOKENS = [(name, tok) for name, text in CORPUS.items() for tok in _tokens(text)
+                  if tok.value in set(_keywords().values()) and len(tok.value) >= 4]
+
+
+@pytest.fixture(scope="module")
+def policies_copy(tmp_path_factory):
+    """policies/ with its CA files: a misspelt copy of a policy still finds them."""
+    d = tmp_path_factory.mktemp("typos") / "policies"
+    shutil.copytree(REPO / "policies", d)
+    return d
+
+
+def test_the_corpus_holds_every_keyword_of_the_grammar():
+    # A keyword added to the grammar must be added to ALL_STATEMENTS: then its typo is tested below.
+    expected = {k for k in _keywords().values() if len(k) >= 4}
+    assert expected - {tok.value for _, tok in KEYWORD_TOKENS} == set()
+
+
+@pytest.mark.parametrize("name, tok", KEYWORD_TOKENS, ids=[f"{n}:{t.line}:{t.value}" for n, t in KEYWORD_TOKENS])
+def test_misspelt_keyword_gets_did_you_mean(name, tok, policies_copy):
+    """Drop the keyword's second-to-last letter (`require` -> `requie`): the diagnostic at that
+    word suggests the keyword, whichever stage finds it (parser, identity, allow list, forward)."""
+    text = CORPUS[name]
+    path = policies_copy / f"typo-{name}"
+    path.write_text(text[:tok.start_pos] + tok.value[:-2] + tok.value[-1] + text[tok.end_pos:], encoding="utf-8")
+    result = pipeline.read_and_lower([str(path)])
+    here = [d for d in result.diagnostics if (d.span.line, d.span.col) == (tok.line, tok.column)]
+    shown = [(d.code, d.span.line, d.span.col, d.message, d.help) for d in result.diagnostics]
+    if tok.value == "require" and text[:tok.start_pos].rstrip().endswith("handshake"):
+        # `handshake NAME`: the mode is a value, not a keyword; its help names the only mode
+        assert any("write `handshake require`" in d.help for d in here), shown
+    else:
+        assert any(f"did you mean `{tok.value}`?" in d.help for d in here), shown
+
+
+def test_suggestions_follow_the_grammar():
+    # What the parser accepts after a prefix, not a list kept by hand.
+    assert keywords_after("identity x {") == ("fingerprint", "issuer", "san", "serial", "subject", "waive")
+    assert "bundle" in keywords_after("ca x {") and "route" in keywords_after("server a.test {")
+    assert closest_keyword("requir", {"REQUIRE", "ALLOW", "RBRACE"}) == "require"
+    assert closest_keyword("zzz", {"REQUIRE", "ALLOW"}) is None

@@ -38,6 +38,12 @@ def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
             "nginx has no variable for subjectAltName; match the subject (`cn`, `subject`) or pin a `fingerprint`",
             label="nginx cannot see SANs",
         )
+    unknown = [s for s in body if isinstance(s, (ast.AttrEq, ast.AttrRe)) and dn.canonical_attribute(s.attr.value) is None]
+    for s in unknown:  # first: a misspelt `serial` or `subject` must not read as "mixes attrs and serial"
+        ctx.err("MTLS014", s.attr.span, f"`{s.attr.value}` is not a DN attribute nginx prints",
+                _attr_hint(s.attr.value), label="unknown attribute")
+    if unknown:
+        return None
     kinds = {
         ir.IdentityKind.SUBJECT: [s for s in body if isinstance(s, ast.Subject)],
         ir.IdentityKind.ATTRS: [s for s in body if isinstance(s, (ast.AttrEq, ast.AttrRe))],
@@ -107,11 +113,7 @@ def _serial_identity(ctx: Ctx, node: ast.Identity, stmts) -> ir.Identity | None:
 
 
 def _attr(ctx: Ctx, s) -> ir.AttrMatch | None:
-    attr = dn.canonical_attribute(s.attr.value)
-    if attr is None:
-        ctx.err("MTLS014", s.attr.span, f"`{s.attr.value}` is not a DN attribute nginx prints",
-                _attr_hint(s.attr.value), label="unknown attribute")
-        return None
+    attr = dn.canonical_attribute(s.attr.value)  # known: lower_identity reported unknown ones
     if isinstance(s, ast.AttrEq):
         return ir.AttrMatch(attr, "eq", s.value.value, s.span)
     if quote.length_problem(s.pattern.value):  # before the (superlinear) analysis of a huge regex

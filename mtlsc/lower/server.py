@@ -12,7 +12,7 @@ from mtlsc.lower.common import Ctx, nginx_string, once, resolve, suggest
 from mtlsc.lower.headers import usable_header
 from mtlsc.locations import INTERNAL_PREFIX
 from mtlsc.nginx_facts import FORWARD_FIELDS
-from mtlsc.parse import keywords_after
+from mtlsc.parse import LIST_TYPO_CUTOFF, keywords_after
 
 DEFAULT_INSTALL_DIR = "/etc/nginx/mtls"
 # The case-variant gate (docs/language.md "Paths") writes a route path twice into one map regex,
@@ -155,6 +155,8 @@ def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_back
                 "(the key check of several CAs on one server)", "choose another path")
         return None
     where = f"route `{path}`"
+    if _misspelt_statement(ctx, node, idents):
+        return None
     modes = [s for s in node.body if isinstance(s, (ast.Public, ast.Optional, ast.Require))]
     if len(modes) != 1:
         if not modes:
@@ -175,14 +177,13 @@ def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_back
         if mode is not ir.Mode.REQUIRE:
             ctx.err("MTLS016", allow_stmt.span, f"`allow` needs `require`: {where} is {mode.value}",
                     "an allow list only means something when a certificate is required; use `require CA`")
-        names = _names_before_misspelt_statement(ctx, allow_stmt.names, idents)
-        allow_any = any(w.value == "any" for w in names)
-        if allow_any and len(names) > 1:
+        allow_any = any(w.value == "any" for w in allow_stmt.names)
+        if allow_any and len(allow_stmt.names) > 1:
             ctx.err("MTLS016", allow_stmt.span, "`allow any` cannot be combined with named identities",
                     "`any` already admits every certificate of the CA")
-        allow = tuple(i for i in (resolve(ctx, w, idents, "identity", "MTLS019") for w in names if w.value != "any")
-                      if i is not None)
-        _no_duplicates(ctx, names, "identity")
+        allow = tuple(i for i in (resolve(ctx, w, idents, "identity", "MTLS019")
+                                  for w in allow_stmt.names if w.value != "any") if i is not None)
+        _no_duplicates(ctx, allow_stmt.names, "identity")
     forward = _forward(ctx, forward_stmt, mode, where) if forward_stmt else ()
     backend = _backend(ctx, backend_stmt) if backend_stmt else server_backend  # "": settled after merging
     if mode is not ir.Mode.PUBLIC and ca is None:
@@ -194,27 +195,31 @@ def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_back
     )
 
 
-def _names_before_misspelt_statement(ctx: Ctx, words, idents: dict) -> tuple:
-    """The names of an `allow` list up to a misspelt statement. `allow` reads every name up to
-    the next statement, so `forwad subject` reads as two more identities: say once which
-    statement it looks like, instead of calling it and each of its arguments unknown."""
-    for i, w in enumerate(words):
-        keyword = _misspelt_statement(ctx, w.value, idents)
-        if keyword:
-            ctx.err("MTLS019", w.span, f"unknown identity `{w.value}`",
-                    f"did you mean `{keyword}`? `allow` reads every name up to the next statement, so a misspelt "
-                    "statement and its arguments look like identities", label="no identity of this name")
-            return tuple(words[:i])
-    return tuple(words)
-
-
-def _misspelt_statement(ctx: Ctx, word: str, idents: dict) -> str | None:
-    """The route statement keyword `word` is a typo of, when it names no identity (defined or
-    refused) and none is close; the keywords come from the grammar."""
-    if word == "any" or word in idents or ("identity", word) in ctx.refused or suggest(word, idents):
-        return None
-    close = difflib.get_close_matches(word.lower(), keywords_after("server a { route / {"), n=1, cutoff=0.8)
-    return close[0] if close else None
+def _misspelt_statement(ctx: Ctx, node: ast.Route, idents: dict) -> bool:
+    """`allow` and `forward` read every name up to the next statement, so a misspelt statement
+    after them (`allow acme  forwad subject`, `forward verify  requie partners`) reads as more
+    names, and the route as one without that statement. Report the typo once, as the statement
+    it looks like (keywords from the grammar), instead of each name and the missing statement."""
+    for stmt in node.body:
+        if isinstance(stmt, ast.Allow):
+            words = [w for w in stmt.names if w.value != "any" and w.value not in idents
+                     and ("identity", w.value) not in ctx.refused and not suggest(w.value, idents)]
+            what = "`allow` reads every name up to the next statement"
+        elif isinstance(stmt, ast.Forward):
+            words = [f.name for f in stmt.fields
+                     if f.name.value not in FORWARD_FIELDS and not suggest(f.name.value, FORWARD_FIELDS)]
+            what = "`forward` reads every field name up to the next statement"
+        else:
+            continue
+        for w in words:
+            statements = keywords_after("server a { route / {")
+            close = difflib.get_close_matches(w.value.lower(), statements, n=1, cutoff=LIST_TYPO_CUTOFF)
+            if close:
+                ctx.err("MTLS003", w.span, f"`{w.value}` is read as a name: is it a misspelt `{close[0]}`?",
+                        f"did you mean `{close[0]}`? {what}, so a misspelt statement and its arguments read as names",
+                        label="read as a name")
+                return True
+    return False
 
 
 def _no_duplicates(ctx: Ctx, words, kind: str) -> None:
