@@ -23,7 +23,7 @@ from mtlsc.dn_match import (  # attribute identities: the model and the gate reg
 )
 from mtlsc.dn_regex import DnError, check_value_pattern, pcre_literal
 
-__all__ = ["ATTRIBUTES", "AttrConstraint", "DnError", "canonical_attribute", "check_value_pattern",
+__all__ = ["ATTRIBUTES", "AttrConstraint", "DnError", "canonical_attribute", "copied_form", "check_value_pattern",
            "constraints_regex", "escape_value", "example_value", "format_dn", "matches_constraints",
            "matches_subject", "nginx_dn_of", "nginx_serial", "parse_dn", "pcre_literal", "x509_name"]
 
@@ -193,6 +193,109 @@ def parse_dn(text: str) -> Rdns:
         i += 1
     rdns.append(rdn)
     return tuple(_nginx_order(r) for r in rdns)
+
+
+# ---- DNs copied from elsewhere: the form nginx prints instead -------------------------------
+
+# `openssl x509 -noout -subject` prints `subject=C = US, O = Acme, CN = x` (OpenSSL 1.0: `subject= /C=US/...`).
+_PRINTED_PREFIX = re.compile(r"\s*(subject|issuer)\s*=\s*(?=/|[A-Za-z0-9.]+\s*=)", re.I)
+_ONELINE_ATTR = re.compile(r"\s*([A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)(\s*)=(\s*)")
+_ONELINE_SEP = re.compile(r"\s*([,+])\s*")
+_SPACED_SEP = re.compile(r"(?<!\\)([,+]) +")
+
+
+def _oneline_value(text: str, i: int) -> tuple[str, int] | None:
+    """One value of openssl's `oneline` form from text[i:]: quoted (`"Acme, Inc."`, with `\\"`
+    and `\\\\` inside) when it holds specials, else bare; `\\XX` is a byte either way."""
+    quoted = text[i : i + 1] == '"'
+    data, j = bytearray(), i + quoted
+    while j < len(text):
+        ch = text[j]
+        if quoted and ch == '"':
+            break
+        if not quoted and ch in ",+":
+            break
+        if ch == "\\":
+            pair = text[j + 1 : j + 3]
+            if len(pair) == 2 and all(c in _HEX for c in pair):
+                data.append(int(pair, 16))
+                j += 3
+                continue
+            if j + 1 == len(text):
+                return None
+            ch, j = text[j + 1], j + 1
+        elif ch == '"':
+            return None
+        data += ch.encode("utf-8", "surrogatepass")
+        j += 1
+    if quoted:
+        if j == len(text):
+            return None
+        j += 1
+    try:
+        value = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return (value if quoted else value.rstrip()), j
+
+
+def _oneline(text: str) -> Rdns | None:
+    """RDNs as written (root first) when `text` is in the form `openssl x509 -subject` prints by
+    default (XN_FLAG_ONELINE: ` = `, `, `, ` + `, quoted values), else None. Every `=` after an
+    attribute must have spaces on both sides, as openssl prints it: other text is meant as RFC 2253
+    and parse_dn says where it goes wrong."""
+    rdns, rdn, i = [], [], 0
+    while True:
+        m = _ONELINE_ATTR.match(text, i)
+        attr = canonical_attribute(m[1]) if m else None
+        if attr is None or not (m[2] and m[3]):
+            return None
+        value = _oneline_value(text, m.end())
+        if value is None:
+            return None
+        rdn.append((attr, value[0]))
+        i = value[1]
+        if not text[i:].strip():
+            break
+        sep = _ONELINE_SEP.match(text, i)
+        if sep is None:
+            return None
+        if sep[1] == ",":
+            rdns.append(tuple(rdn))
+            rdn = []
+        i = sep.end()
+    rdns.append(tuple(rdn))
+    return tuple(rdns)
+
+
+def copied_form(text: str) -> tuple[str, str] | None:
+    """(the form `text` is written in, the DN nginx prints) when `text` is a DN in a form nginx
+    never prints but mtlsc recognises, else None. Meant for text parse_dn refuses, to say what to
+    write instead:
+    - openssl's default form `C = US, O = Acme, CN = x`: the RDNs in the certificate's own order,
+      which nginx prints reversed (so reversed here, whichever RDN comes first);
+    - the legacy `/C=US/O=Acme/CN=x` form, also in the certificate's order;
+    - either, or an RFC 2253 DN, after the `subject=` / `issuer=` label openssl prints;
+    - RFC 1779 as Java and LDAP tools print it, `CN=x, O=Acme`: nginx's order, with spaces."""
+    prefix = _PRINTED_PREFIX.match(text)
+    body = text[prefix.end():] if prefix else text
+    labelled = f" with the `{prefix[1]}=` label openssl prints before it" if prefix else ""
+    try:
+        rdns = _oneline(body)
+        if rdns is not None:
+            return (f"the form `openssl x509 -{(prefix[1] if prefix else 'subject').lower()}` prints by default"
+                    f"{labelled} (root first, spaces around `=`)", format_dn(rdns[::-1]))
+        if body.startswith("/"):
+            return (f"the legacy `/`-separated form{labelled} (root first)",
+                    format_dn(parse_dn(",".join(reversed([part for part in body.split("/") if part])))))
+        if prefix:
+            return f"RFC 2253{labelled}", format_dn(parse_dn(body))
+        if _SPACED_SEP.search(body):
+            return ("RFC 1779, with spaces after `,` (as Java and LDAP tools print DNs)",
+                    format_dn(parse_dn(_SPACED_SEP.sub(r"\1", body))))
+    except DnError:
+        return None
+    return None
 
 
 def format_dn(rdns) -> str:

@@ -7,11 +7,12 @@ and running `MTLSC_UPDATE_GOLDENS=1 pytest` once, then reviewing `NAME.expected`
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
-from mtlsc import pipeline
-from mtlsc.fmt import _tokens
+from mtlsc import dn, pipeline
+from mtlsc.fmt import _tokens, quote
 from mtlsc.parse import _keywords, closest_keyword, keywords_after
 from support import HERE, REPO, assert_golden, run_cli
 
@@ -103,3 +104,45 @@ def test_suggestions_follow_the_grammar():
     assert "bundle" in keywords_after("ca x {") and "route" in keywords_after("server a.test {")
     assert closest_keyword("requir", {"REQUIRE", "ALLOW", "RBRACE"}) == "require"
     assert closest_keyword("zzz", {"REQUIRE", "ALLOW"}) is None
+
+
+# ----- DNs copied from openssl: the form nginx prints is suggested ---------------------------------
+
+# `openssl req -subj` lists RDNs in the certificate's order; the last two are named "in reverse"
+# (most specific RDN first in the DER), which nginx then prints root-first.
+OPENSSL_SUBJECTS = [
+    "/C=US/O=Acme/CN=alice",
+    "/C=US/O=Acme, Inc./OU=Eng+CN=x y/emailAddress=a@example.com",
+    "/C=DE/O=Ümlaut \"q\" \\\\ ;<>#/CN= lead",
+    "/DC=com/DC=example/CN=svc+UID=42",
+    "/O=a\\+b=c/CN=#hash",
+    "/CN=alice/O=Acme/C=US",
+    "/CN=bob/OU=Ops/O=Acme, Inc./C=GB",
+]
+
+
+def _openssl(*args: str, cwd) -> str:
+    return subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.parametrize("subj", OPENSSL_SUBJECTS)
+def test_dn_as_openssl_prints_it_gets_the_form_nginx_prints(subj, tmp_path):
+    """Whatever `openssl x509 -subject` prints by default (with or without its `subject=` label) is
+    recognised, and the suggested DN is what `-nameopt RFC2253` prints: nginx's own call
+    (X509_NAME_print_ex with XN_FLAG_RFC2253; tests/test_dn_nginx.py pins the two together)."""
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "k.pem",
+             "-out", "c.pem", "-days", "1", "-utf8", "-subj", subj, cwd=tmp_path)
+    printed = _openssl("x509", "-in", "c.pem", "-noout", "-subject", cwd=tmp_path)
+    nginx = _openssl("x509", "-in", "c.pem", "-noout", "-subject", "-nameopt", "RFC2253", cwd=tmp_path)
+    assert printed.startswith("subject=") and nginx.startswith("subject=")
+    nginx = nginx.removeprefix("subject=")
+    for copied in (printed, printed.removeprefix("subject=")):
+        form, suggested = dn.copied_form(copied)
+        assert suggested == nginx, (copied, form)
+        # through the CLI: the help is the policy string to write, and it is accepted
+        policy = tmp_path / "p.mtls"
+        policy.write_text(f"identity x {{ subject {quote(copied)} }}\n", encoding="utf-8")
+        err = run_cli("check", str(policy))[2]
+        assert f"= help: write it as nginx prints it: {quote(nginx)}\n" in err, err
+        policy.write_text(f"identity x {{ subject {quote(nginx)} }}\n", encoding="utf-8")
+        assert "MTLS014" not in run_cli("check", str(policy))[2]

@@ -6,6 +6,7 @@ import difflib
 
 from mtlsc import ast, dn, ir, values
 from mtlsc.emit import quote
+from mtlsc.fmt import quote as quote_string
 from mtlsc.lower.common import Ctx
 from mtlsc.parse import keywords_after
 from mtlsc.source import Span
@@ -22,9 +23,21 @@ def _dn(ctx: Ctx, s: ast.Str, what: str) -> str | None:
     try:
         return dn.format_dn(dn.parse_dn(s.value))
     except dn.DnError as e:
-        ctx.err("MTLS014", _inside(s, e.offset), f"{what} is not a DN nginx can produce: {e.message}",
-                "write the DN as nginx prints `$ssl_client_s_dn` (RFC 2253): `CN=alice,O=Acme,C=US`")
+        copied = dn.copied_form(s.value)
+        if copied is not None:  # copied from another tool: say so, and what nginx prints instead
+            form, fixed = copied
+            ctx.err("MTLS014", _content(s), f"{what} is not a DN nginx can produce: it is written in {form}",
+                    f"write it as nginx prints it: {quote_string(fixed)}", label="nginx never prints a DN this way")
+        else:
+            ctx.err("MTLS014", _inside(s, e.offset), f"{what} is not a DN nginx can produce: {e.message}",
+                    "write the DN as nginx prints `$ssl_client_s_dn` (RFC 2253): `CN=alice,O=Acme,C=US`")
         return None
+
+
+def _content(s: ast.Str) -> Span:
+    """The text of a one-line string literal, without its quotes."""
+    sp = s.span
+    return Span(sp.path, sp.line, sp.col + 1, sp.line, max(sp.col + 2, sp.end_col - 1))
 
 
 def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
