@@ -455,6 +455,18 @@ def test_malformed_pki_file_is_named_in_a_diagnostic(pki_files, kind):
         assert {"MTLS306", "MTLS310"} <= {d.code for d in result.diagnostics} and result.failed
 
 
+@pytest.mark.parametrize("text", ["", "\n", "  \n\t\n", "# only a comment\n", "\n\n# moved to api.mtls\n\n"])
+def test_empty_policy_is_an_error_not_a_clean_check(tmp_path, text):
+    """Nothing to compile: a located MTLS011, exit 1, and `compile` writes nothing."""
+    path = tmp_path / "empty.mtls"
+    result = compile_bytes(path, text.encode())
+    assert [(d.code, d.span.line, d.span.col) for d in result.diagnostics] == [("MTLS011", 1, 1)]
+    assert result.failed and result.outputs is None
+    code, _, err = run_cli("check", str(path))
+    assert code == 1 and "error[MTLS011]: the policy file holds no statement" in err
+    assert run_cli("compile", str(path), "-o", str(tmp_path / "out"))[0] == 1 and not (tmp_path / "out").exists()
+
+
 # ----- huge inputs ---------------------------------------------------------------------------------
 
 MB = 1024 * 1024

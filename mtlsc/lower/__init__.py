@@ -35,6 +35,7 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
     merged = with_identity_headers(merged, cleared)
     waivers = tuple(w for f in files for w in _waivers(f.items, Span(f.path, 1, 1, 10**9, 1)))
     resolver = _lower_resolver(ctx, [i for f in files for i in f.items if isinstance(i, ast.Resolver)])
+    _no_server(ctx, files)
     if ctx.diags:
         return None, ctx.diags
     policy = ir.Policy(
@@ -47,6 +48,30 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
         resolver,
     )
     return policy, []
+
+
+def _no_server(ctx, files: list[ast.PolicyFile]) -> None:
+    """MTLS011 when nothing compiled together defines a server. An error, not a warning: the
+    output would hold no server block, so deploying it in place of a working one refuses every
+    client; and with no route no check runs, so a clean report would vouch for nothing. A file of
+    shared `ca`/`identity` blocks is checked together with the files that use them (their names
+    resolve only then), and then this does not fire. Reported only when nothing else is wrong:
+    while other errors stand nothing is compiled, and files written to show one problem (or
+    shared definitions checked alone to see their own errors) need not hear it too."""
+    if ctx.diags or not files or any(isinstance(i, ast.Server) for f in files for i in f.items):
+        return
+    first = files[0]
+    help = ("add a `server` block, or check and compile this file together with the files that define "
+            "the servers: names are shared by every file compiled together")
+    if not any(f.items for f in files):
+        what = "the policy file holds" if len(files) == 1 else "the policy files hold"
+        ctx.err("MTLS011", Span(first.path, 1, 1, 1, 1), f"{what} no statement: the compiled config would serve nothing",
+                "write the policy (a `ca`, its `identity` blocks and a `server` with routes), or name the right file",
+                label="nothing to compile here")
+        return
+    item = next(i for f in files for i in f.items)
+    ctx.err("MTLS011", item.span, "no `server` is defined: the compiled config would serve nothing", help,
+            label="the policy starts here; no file compiled with it has a `server`")
 
 
 def _waivers(nodes, scope: Span):
