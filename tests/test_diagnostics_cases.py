@@ -10,11 +10,16 @@ import shutil
 import subprocess
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from mtlsc import dn, pipeline
+from mtlsc.diagnostics import Severity
 from mtlsc.fmt import _tokens, quote
+from mtlsc.lab.pki import issue_client, write_pem
 from mtlsc.parse import _keywords, closest_keyword, keywords_after
 from support import HERE, REPO, assert_golden, run_cli
+from test_checks_ir_nginx import CA_AND_SERVER, served
 
 CASES = sorted(p for kind in ("syntax", "semantic") for p in (HERE / "cases" / kind).iterdir()
                if p.suffix == ".mtls" or p.is_dir())
@@ -146,3 +151,35 @@ def test_dn_as_openssl_prints_it_gets_the_form_nginx_prints(subj, tmp_path):
         assert f"= help: write it as nginx prints it: {quote(nginx)}\n" in err, err
         policy.write_text(f"identity x {{ subject {quote(nginx)} }}\n", encoding="utf-8")
         assert "MTLS014" not in run_cli("check", str(policy))[2]
+
+
+# ----- MTLS108 is a warning: a root-first DN does match certificates named in reverse --------------
+
+ROOT_FIRST = CA_AND_SERVER + """\
+  route = /healthz { public }
+  route /api/ { require internal  allow alice  forward subject }
+}
+identity alice { subject "C=US,O=Acme,CN=alice" }
+"""
+
+
+@pytest.mark.nginx
+def test_root_first_subject_matches_a_certificate_named_in_reverse_on_nginx(tmp_path, nginx_bin, now, echo_backend):
+    """Why MTLS108 stays a warning: nginx prints a subject in reverse of its order in the
+    certificate, so a certificate whose subject lists CN first (as `openssl req -subj
+    "/CN=alice/O=Acme/C=US"` makes it) is printed `C=US,O=Acme,CN=alice` and the identity
+    written that way lets it in, while a certificate named the usual way is refused."""
+    with served(tmp_path, ROOT_FIRST, nginx_bin, now, echo_backend.url) as s:
+        [warning] = [d for d in s.result.diagnostics if d.code == "MTLS108"]
+        assert warning.severity is Severity.WARNING
+        assert "matches only certificates whose subject is encoded in reverse" in warning.message
+        reversed_cert, _ = s.pki.client("internal/id-alice")  # the lab mints the identity's DN as written
+        reversed_name = x509.load_pem_x509_certificate(reversed_cert.read_bytes()).subject
+        assert reversed_name.rdns[0].get_attributes_for_oid(NameOID.COMMON_NAME)  # CN first in the DER
+        answer = s.get("/api/x", "internal/id-alice")
+        assert answer.status == 200, answer
+        assert echo_backend.snapshot()[-1].header_values("X-Client-Subject") == ["C=US,O=Acme,CN=alice"]
+        usual = issue_client(s.pki.chains["internal"].issuing, dn.x509_name(dn.parse_dn("CN=alice,O=Acme,C=US")), now=now)
+        write_pem(s.pki.clients_dir / "usual-alice.crt", usual.cert)
+        write_pem(s.pki.clients_dir / "usual-alice.key", usual.key)
+        assert s.get("/api/x", "usual-alice").status == 403

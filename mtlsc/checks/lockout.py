@@ -12,9 +12,11 @@ from mtlsc.locations import ascii_lower
 def public_route_behind_required_listener(ctx):
     """What it catches: `handshake require` on a server that also has public or optional routes.
 
-    Why: `ssl_verify_client on` applies to the whole listener; nginx answers 400 "No required SSL
-    certificate was sent" before any location runs, so health checks and CI lose the public
-    paths (docs/nginx-facts.md §1, lockout trap 7).
+    Why: `ssl_verify_client on` applies to the whole listener; nginx refuses a client without a
+    certificate before any location runs, so health checks and CI lose the public paths
+    (docs/nginx-facts.md §1, lockout trap 7). Bare nginx answers 400 "No required SSL certificate was
+    sent"; mtlsc's config turns that into the server's `no_cert` rejection (403 unless `reject
+    no_cert` says otherwise), which the finding names.
 
     Example: `server a { handshake require  route = /healthz { public } ... }`
 
@@ -25,11 +27,13 @@ def public_route_behind_required_listener(ctx):
             continue
         for route in server.routes:
             if route.mode is not ir.Mode.REQUIRE:
+                refused = server.rejections.no_cert
                 yield Finding(
                     route.span,
-                    f"route `{route.path}` is {route.mode.value} but the whole listener requires a client certificate",
+                    f"route `{route.path}` is {route.mode.value} but the whole listener requires a client certificate: "
+                    f"clients without one get {refused.status} (the `no_cert` rejection) before the route runs",
                     f"remove `handshake require` from `{server.names[0]}`; mtlsc then gates each route on its own",
-                    label="clients without a certificate get 400 here",
+                    label=f"clients without a certificate get {refused.status} here",
                     related=(Related(server.handshake_span, "the listener requires a certificate here"),),
                 )
 
@@ -241,16 +245,21 @@ def dn_written_root_first(ctx):
     """What it catches: a `subject` or `issuer` DN written root-most first, e.g.
     `C=US,O=Acme,CN=alice`.
 
-    Why: nginx prints `$ssl_client_s_dn` and `$ssl_client_i_dn` in RFC 2253 order, most specific
-    RDN first: `CN=alice,O=Acme,C=US` (docs/nginx-facts.md §7). `C=...` first and `CN=...` last is the
-    order of `openssl x509 -subject` without `-nameopt RFC2253` and of the legacy variables, so
-    the identity would never match what nginx shows. A warning: a CA whose certificates
-    themselves print root-first does issue such names (then this check stays quiet).
+    Why: nginx prints `$ssl_client_s_dn` and `$ssl_client_i_dn` with the RDNs in reverse of their
+    order in the certificate (docs/nginx-facts.md §7). Certificates list the root-most RDN first, so for
+    them nginx prints `CN=alice,O=Acme,C=US`; `C=...` first and `CN=...` last is the order of
+    `openssl x509 -subject` without `-nameopt RFC2253` and of the legacy variables. Written this
+    way, the identity matches only certificates whose name is encoded the other way round (most
+    specific RDN first, as `openssl req -subj "/CN=alice/O=Acme/C=US"` makes it): nginx prints
+    those `C=US,O=Acme,CN=alice` (tests/test_diagnostics_cases.py shows it on the real nginx). A
+    warning, not an error, because such certificates exist and mtlsc cannot see the clients'
+    certificates; it stays quiet when the CA's own certificates are named that way.
 
     Example: `identity alice { subject "C=US,O=Acme,CN=alice" }`
 
     Fix: reverse the RDNs (`CN=alice,O=Acme,C=US`), or copy the DN from
-    `openssl x509 -noout -subject -nameopt RFC2253`.
+    `openssl x509 -noout -subject -nameopt RFC2253`; keep it root-first only if the clients'
+    certificates really are named in reverse.
     """
     for ident in ctx.policy.identities:
         text = ident.subject if ident.kind is ir.IdentityKind.SUBJECT else ident.issuer
@@ -262,12 +271,14 @@ def dn_written_root_first(ctx):
             continue  # this CA names things root-first itself, so nginx prints them that way
         rdns = dn.parse_dn(text)
         what = "subject" if ident.kind is ir.IdentityKind.SUBJECT else "issuer"
+        fixed = dn.format_dn(rdns[::-1])
         yield Finding(
             ident.span,
-            f"the {what} of identity `{ident.name}` is written root-first: nginx prints `{dn.format_dn(rdns[::-1])}`, "
-            "so it would never match",
-            f"write it most specific first: `{dn.format_dn(rdns[::-1])}`",
-            label="`C=` first and `CN=` last is the legacy order",
+            f"the {what} of identity `{ident.name}` is written root-first: nginx prints `{fixed}` for a certificate "
+            f"named the usual way, so this matches only certificates whose {what} is encoded in reverse",
+            f"write it most specific first: `{fixed}`; keep it only if the certificates really are named in reverse "
+            f"(`openssl x509 -noout -{what} -nameopt RFC2253` prints what nginx sees)",
+            label="root first: how `openssl x509` prints a DN by default, not how nginx prints it",
         )
 
 
