@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 
 from mtlsc import ir
+from mtlsc.diagnostics import has_errors
 from mtlsc.pki import Pki
 
 WIDENING, NARROWING, NEUTRAL = "widening", "narrowing", "neutral"
@@ -141,9 +142,9 @@ def run_diff(old_path: str | None, new_path: str, git_ref: str | None = None, fm
     """`mtlsc diff OLD NEW` / `mtlsc diff POLICY --git REF` -> (exit code, stdout, stderr).
 
     Exit 0: compared, and no change of the `fail_on` class (or no `--fail-on`); 1: a change of
-    that class exists; 2: a side cannot be compared (unreadable, syntax or name errors, git
-    error). Diagnostics of either side go to stderr; a CA file that cannot be read there is
-    compared as empty, so say it before the changes."""
+    that class exists; 2: a side cannot be compared (unreadable policy, syntax or name errors, a
+    CA or CRL file that cannot be read or holds nothing nginx loads, git error). Diagnostics of
+    either side go to stderr."""
     from mtlsc.gitrev import load_from_files, load_from_git
     from mtlsc.render import render
 
@@ -153,6 +154,13 @@ def run_diff(old_path: str | None, new_path: str, git_ref: str | None = None, fm
     err = render(diags, {}) if diags else ""
     if old[0] is None or new[0] is None:
         return 2, "", err
+    if has_errors(diags):
+        # Only the CA and CRL files can still be in error here. Compared as empty, such a file
+        # would read as trust or revocation removed (narrowing) and hide what really changed,
+        # and a side nginx cannot load is no configuration to compare with.
+        names = ((f"{new_path} at {git_ref}" if git_ref else old_path, old), (new_path, new))
+        sides = " and of ".join(f"`{name}`" for name, side in names if has_errors(side[2]))
+        return 2, "", err + f"mtlsc diff: cannot compare: a CA or CRL file of {sides} cannot be used (see above)\n"
     changes = diff_policies(old[:2], new[:2])
     code = 1 if fail_on and fails(changes, fail_on) else 0
     return code, render_diff(changes, fmt), err

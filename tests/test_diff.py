@@ -21,7 +21,7 @@ from mtlsc.explain import explain, render_explanation
 from mtlsc.gitrev import load_from_files, load_from_git
 from mtlsc.lab.pki import make_chain, make_crl, make_root, write_pem
 from strategies import policies
-from support import HERE, REPO, assert_golden
+from support import HERE, REPO, assert_golden, run_cli
 
 CASES = HERE / "cases" / "diff"
 W, N, O = "widening", "narrowing", "neutral"
@@ -320,3 +320,61 @@ def test_review_doc_shows_real_output(monkeypatch):
     md = render_explanation(explain(*_load("new.mtls")), "md")
     table = md.split("### `api.example.com`")[1].split("<sub>")[0].strip()
     assert "\n".join(f"> {line}".rstrip() for line in table.splitlines()) in doc
+
+
+# ----- a side whose CA or CRL files cannot be used is not compared --------------------------------
+
+def _with_files(tmp_path, name: str, text: str) -> str:
+    """A case policy moved into tmp_path: its relative CA paths made absolute, so they still resolve."""
+    path = tmp_path / name
+    path.write_text(text.replace('"../../../../policies/', f'"{REPO}/policies/'))
+    return str(path)
+
+
+@pytest.mark.parametrize("broken, code", [
+    ("partners-issuing.pem", "MTLS901"),  # a bundle file that is not there
+    ("partners-root.crl", "MTLS901"),  # a CRL file that is not there
+])
+def test_unreadable_file_on_the_new_side_exits_2_even_with_fail_on(tmp_path, broken, code):
+    """Compared as empty, the unreadable file read as `no longer trusts root` (narrowing), so
+    `--fail-on widening` exited 0 and hid the new identity's access (docs/review.md: exit 2)."""
+    old = _with_files(tmp_path, "old.mtls", (CASES / "allow_added" / "old.mtls").read_text())
+    new = _with_files(tmp_path, "new.mtls", (CASES / "allow_added" / "new.mtls").read_text()
+                      .replace(f"ca/{broken}", f"ca/gone-{broken}"))
+    for fail_on in ("widening", "narrowing", "any", None):
+        exit_code, out, err = run_diff(old, new, fail_on=fail_on)
+        assert (exit_code, out) == (2, ""), (fail_on, out, err)
+        assert f"error[{code}]: cannot read" in err and f"gone-{broken}" in err
+        assert err.endswith(f"mtlsc diff: cannot compare: a CA or CRL file of `{new}` cannot be used (see above)\n")
+    # the CLI says the same
+    assert run_cli("diff", old, new, "--fail-on", "widening")[0] == 2
+
+
+def test_file_that_gives_nginx_no_certificate_exits_2(tmp_path):
+    (tmp_path / "empty.pem").write_text("")
+    old = _with_files(tmp_path, "old.mtls", (CASES / "allow_added" / "old.mtls").read_text())
+    new = _with_files(tmp_path, "new.mtls", (CASES / "allow_added" / "new.mtls").read_text()
+                      .replace('"../../../../policies/ca/partners-issuing.pem"', f'"{tmp_path}/empty.pem"'))
+    exit_code, out, err = run_diff(old, new, fail_on="widening")
+    assert (exit_code, out) == (2, "") and "error[MTLS301]" in err and "cannot compare" in err
+
+
+def test_file_missing_at_the_git_revision_exits_2(repo):
+    """The old side read at REF: a CA file the policy named there but that was never committed
+    there stops the diff too, instead of reading as `trusts a new root` (widening) on every PR."""
+    policy = repo / "policies" / "partner-api.mtls"
+    policy.write_text(policy.read_text().replace("ca/partners-root.crl", "ca/later.crl"))
+    _git(repo, "commit", "-q", "-am", "name a CRL file that is not committed")
+    shutil.copy(repo / "policies" / "ca" / "partners-root.crl", repo / "policies" / "ca" / "later.crl")
+    exit_code, out, err = run_diff(None, str(policy), git_ref="HEAD", fail_on="widening")
+    assert (exit_code, out) == (2, ""), err
+    assert "`HEAD:policies/ca/later.crl`" in err and f"a CA or CRL file of `{policy} at HEAD`" in err
+
+
+def test_warnings_about_ca_files_do_not_stop_the_diff(tmp_path):
+    root = make_chain("lab", 0, now=NOW).root
+    write_pem(tmp_path / "root.pem", root.cert)
+    write_pem(tmp_path / "root-and-key.pem", root.cert, root.key)  # MTLS303, a warning
+    old, new = _policy(tmp_path, "a.mtls", "root.pem"), _policy(tmp_path, "b.mtls", "root-and-key.pem")
+    exit_code, out, err = run_diff(old, new, fail_on="any")
+    assert exit_code == 0 and out == "no change in access\n" and "warning[MTLS303]" in err

@@ -455,6 +455,25 @@ def test_malformed_pki_file_is_named_in_a_diagnostic(pki_files, kind):
         assert {"MTLS306", "MTLS310"} <= {d.code for d in result.diagnostics} and result.failed
 
 
+@pytest.mark.parametrize("kind", PKI_CASES)
+def test_diff_refuses_to_compare_a_side_whose_ca_files_fail(pki_files, kind, tmp_path):
+    """The same damaged files on the new side of `mtlsc diff`: when they give an error, nothing is
+    compared (exit 2, even with `--fail-on widening`), since compared as empty they read as trust
+    removed (`no longer trusts root`) and hide what changed; warnings alone do not stop the diff."""
+    good = _policy(pki_files, ("root.pem", "issuing.pem"), ("root.crl", "issuing.crl")).read_text()
+    (tmp_path / "old.mtls").write_text(good.replace('"root', f'"{pki_files}/root').replace('"issuing', f'"{pki_files}/issuing'))
+    bundle, crls, _, found = _case(pki_files, kind)
+    new = _policy(pki_files, bundle, crls)
+    code, out, err = run_cli("diff", str(tmp_path / "old.mtls"), str(new), "--fail-on", "widening")
+    # unreadable or no usable block; a private key (MTLS303) only warns, and expiry (MTLS310) is a
+    # finding of `check` about certificates the diff can still compare
+    if found in ("MTLS301", "MTLS302", "MTLS304", "MTLS901"):
+        assert (code, out) == (2, ""), (code, out, err)
+        assert "cannot compare: a CA or CRL file of" in err and "no longer trusts" not in out + err
+    else:
+        assert code in (0, 1) and "cannot compare" not in err, (code, err)
+
+
 @pytest.mark.parametrize("text", ["", "\n", "  \n\t\n", "# only a comment\n", "\n\n# moved to api.mtls\n\n"])
 def test_empty_policy_is_an_error_not_a_clean_check(tmp_path, text):
     """Nothing to compile: a located MTLS011, exit 1, and `compile` writes nothing."""
