@@ -42,12 +42,13 @@ def test_case_diagnostics(case):
 ALL_STATEMENTS = """\
 nginx ">= 1.22"
 clear_headers "X-Custom"
+resolver "127.0.0.53" timeout 5s
 waive MTLS149 "corpus"
 ca partners {
   bundle "ca/partners-root.pem" "ca/partners-issuing.pem"
   depth 1
   crl "ca/partners-root.crl" "ca/partners-issuing.crl"
-  ocsp leaf responder "http://127.0.0.1:9/"
+  ocsp leaf responder "http://127.0.0.1:9/" cache 10m
 }
 identity old { serial "0A"  issuer "CN=partners issuing,O=mtlsc lab" }
 server api.example.com {
