@@ -219,10 +219,11 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> Diagnostic:
         listed = _misspelt_before(source.text, exc)
         if listed:
             prev, keyword = listed
+            after = f"`{tok.value}`" if len(str(tok.value)) <= 24 else "what follows it"
             return error(
                 "MTLS003", _token_span(source.path, prev), f"`{prev.value}` is read as a name: is it a misspelt `{keyword}`?",
                 f"did you mean `{keyword}`? a list of names runs up to the next statement, so a misspelt statement "
-                f"reads as one more name, and then `{tok.value}` is unexpected",
+                f"reads as one more name, and then {after} is unexpected",
                 label="read as a name",
             )
         return error(
