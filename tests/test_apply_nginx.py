@@ -3,7 +3,7 @@
 Every scenario runs bounded load from background threads while the apply runs — a public route
 without a certificate and a gated route with an allowed client certificate — and asserts that no
 request failed and that requests were in flight across every reload. The counts (requests sent,
-failed) of each scenario are printed (`pytest -s`) and gathered in REQUEST_COUNTS.
+failed) of each scenario are printed (`pytest -s`).
 Several policies in one nginx: tests/test_apply_policies_nginx.py.
 """
 
@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 from mtlsc import apply as apply_mod
 from mtlsc.apply import EXIT_OK, EXIT_REVERTED, EXIT_USAGE, apply, history, live_entry, rollback
 from mtlsc.apply_history import APPLIED, INTERRUPTED, ROLLED_BACK, State
-from apply_support import REQUEST_COUNTS, Load, Target
+from apply_support import Load, Target
 from mtlsc.lab.client import request
 from mtlsc.lab.echo import EchoBackend, running_echo_backend
 from mtlsc.lab.nginx import NginxProcess, free_port, running_nginx
@@ -424,13 +424,6 @@ def _value(v) -> str:
     if isinstance(v, Path):
         return f"__import__('pathlib').Path({str(v)!r})"
     return repr(v)
-
-
-def test_request_counts_summary():
-    """Runs last in this file: the request counts of every scenario that ran (for the report)."""
-    for scenario, (sent, failed) in REQUEST_COUNTS.items():
-        print(f"{scenario}: {sent} requests, {failed} failed")
-    assert all(failed == 0 for _, failed in REQUEST_COUNTS.values())
 
 
 def test_cli_apply_list_and_rollback_end_to_end(deployment):
