@@ -465,7 +465,11 @@ def apply(policy_paths: Sequence[str], nginx_conf_dir: str | Path, *, nginx_bin:
         return run.done(EXIT_USAGE, "preflight", str(exc))
     front = None
     if policy_paths:
-        front = pipeline.check(list(policy_paths), now=now, strict=strict, expiry_window=expiry_window)
+        from mtlsc.coexist import running_host
+
+        # checked and compiled to fit the running configuration (default servers, hash sizes)
+        front = pipeline.check(list(policy_paths), now=now, strict=strict, expiry_window=expiry_window,
+                               host=running_host(run.ctl.command()))
         run.diag = {"diagnostics": front.diagnostics, "sources": front.sources}
         if front.failed:
             code = EXIT_USAGE if front.io_error else EXIT_FINDINGS

@@ -159,14 +159,15 @@ def conflicts(new: dict[str, ServerRecord], kept: dict[str, ServerRecord]) -> li
 
 # ----- the shared http-level file ----------------------------------------------------------------------------
 
-def shared_file(servers: dict[str, ServerRecord]) -> bytes | None:
+def shared_file(servers: dict[str, ServerRecord], host: ir.HostNginx | None = None) -> bytes | None:
     """HTTP_CONF for every installed server: a default server per listen address of any of them,
-    map hash sizes for the largest needs of any (None when no server is installed)."""
+    map hash sizes for the largest needs of any (None when no server is installed). `host`: the
+    running nginx config (mtlsc.coexist), whose own default servers and hash settings stay its own."""
     if not servers:
         return None
     recs = servers.values()
     sizes = (max(r.hash_sizes[0] for r in recs), max(r.hash_sizes[1] for r in recs))
-    text = emit_nginx.http_conf([r.policy for r in recs], [t for r in recs for t in r.listens], sizes)
+    text = emit_nginx.http_conf([r.policy for r in recs], [t for r in recs for t in r.listens], sizes, host)
     return text.encode()
 
 
@@ -241,7 +242,7 @@ def plan_apply(result: pipeline.Result | None, installed: Installed, conf_dir: P
         raise PlanRefused(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     after = {**kept, **new}
     shared_path = str(conf_dir / SHARED_NAME)
-    shared = shared_file(after)
+    shared = shared_file(after, result.policy.host if result else None)
     wanted = {**files, **({shared_path: shared} if shared is not None else {})}
     write = {p: data for p, data in wanted.items() if _read(p) != data}
     remove_files = sorted({f for s in removed for f in before[s].files}

@@ -207,6 +207,16 @@ class Reject:
     span: Span = span_field()
 
 
+@dataclass(frozen=True, slots=True)
+class NginxBlock:
+    """`nginx { ... }` in a server or route: the user's own nginx directives, as written (`body`
+    is the raw text, braces included); lowering reads and checks each directive."""
+
+    body: Word
+    span: Span = span_field()
+    keyword: ClassVar[str] = "nginx"
+
+
 # ---- route
 @dataclass(frozen=True, slots=True)
 class Public:

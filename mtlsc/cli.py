@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--now", type=_when, help="check certificate and CRL dates as of this time (ISO 8601)")
         cmd.add_argument("--expiry-window", type=_days, default=timedelta(days=14), metavar="DAYS",
                          help="report CA certificates and CRLs that expire within DAYS (default 14)")
+        cmd.add_argument("--nginx-conf", metavar="FILE",
+                         help="the nginx config the output will join (e.g. /etc/nginx/nginx.conf, with what it "
+                         "includes): leave out what it already sets, and check its default servers "
+                         "(`mtlsc apply` does this by itself, with nginx -T)")
 
     c = sub.add_parser("check", help="report diagnostics; write nothing",
                        description="Parse, lower and analyse the policies; print diagnostics.")
@@ -287,7 +291,14 @@ def _check_or_compile(args) -> int:
     from mtlsc.render import render
 
     run = pipeline.compile_policy if args.command == "compile" else pipeline.check
-    result = run(args.policies, now=args.now, strict=args.strict, expiry_window=args.expiry_window)
+    host = None
+    if args.nginx_conf:
+        from mtlsc import coexist
+        try:
+            host = coexist.host_from_path(args.nginx_conf)
+        except coexist.HostError as exc:
+            host = exc
+    result = run(args.policies, now=args.now, strict=args.strict, expiry_window=args.expiry_window, host=host)
     report = render(result.diagnostics, result.sources, args.format)
     if report:
         (sys.stderr if args.format == "text" else sys.stdout).write(report)

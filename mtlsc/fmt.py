@@ -27,6 +27,8 @@ from lark.exceptions import UnexpectedInput
 
 from mtlsc import ast, files
 from mtlsc.diagnostics import Diagnostic, error
+from mtlsc.nginx_conf import Comment, ConfError, Directive
+from mtlsc.nginx_conf import parse as parse_nginx
 from mtlsc.parse import parse, unescape
 from mtlsc.render import render
 from mtlsc.source import Source, point
@@ -135,11 +137,54 @@ def _flat(node) -> str:
             return f"install {quote(directory.value)}"
         case ast.Reject(reason, status, body):
             return f"reject {reason.value} {status.value}" + _opt("", body)
+        case ast.NginxBlock(body):
+            items = _nginx_items(body.value)
+            if items is None or any(isinstance(i, Comment) or i.block is not None for i in items):
+                return f"nginx {body.value}"  # as written: lowering reports what is wrong with it
+            return "nginx {" + "".join(f" {_directive(d)}" for d in items) + (" }" if items else "}")
         case ast.Public():
             return "public"
         case ast.Optional(ca) | ast.Require(ca):
             return f"{'optional' if isinstance(node, ast.Optional) else 'require'} {ca.value}"
     raise TypeError(f"no layout for {type(node).__name__}")  # a grammar rule fmt does not know yet
+
+
+def _nginx_items(body: str) -> list | None:
+    """The directives and comments of an `nginx { }` block's text, or None when nginx could not read it."""
+    try:
+        return parse_nginx(body[1:-1])
+    except ConfError:
+        return None
+
+
+def _directive(d: Directive) -> str:
+    return " ".join(w.raw for w in d.words) + (";" if d.block is None else " { ... }")
+
+
+def _nginx_block_lines(node: ast.NginxBlock, indent: int) -> str:
+    """An `nginx { }` block: one directive or comment per line, words as written, one space apart."""
+    items = _nginx_items(node.body.value)
+    if items is None or any(isinstance(i, Directive) and i.block is not None for i in items):
+        return f"nginx {node.body.value}"
+    if not items:
+        return "nginx {}"
+    inner, lines, prev_end = INDENT * (indent + 1), [], 0
+    for i in items:
+        if isinstance(i, Comment) and i.line == prev_end and lines:  # a comment after a directive stays there
+            lines[-1] += "  " + i.text.rstrip()
+        else:
+            lines.append(inner + (i.text.rstrip() if isinstance(i, Comment) else _directive(i)))
+        prev_end = i.end_line if isinstance(i, Directive) else 0
+    return "nginx {\n" + "\n".join(lines) + "\n" + INDENT * indent + "}"
+
+
+def _nginx_meaning(body: str):
+    """What fmt must keep of an `nginx { }` block: its directives' words and its comments, in order."""
+    items = _nginx_items(body)
+    if items is None:
+        return body
+    return tuple(i.text.rstrip() if isinstance(i, Comment) else
+                 (tuple(w.raw for w in i.words), i.block is not None) for i in items)
 
 
 def _header(node) -> tuple[str, object]:
@@ -252,6 +297,8 @@ class _Printer:
         if isinstance(node, _BLOCKS):
             return self.block(node, indent, first_blank)
         a, b = self.first(node), self.last(node)
+        if isinstance(node, ast.NginxBlock):
+            return self.line(a, b, indent, _nginx_block_lines(node, indent), first_blank)
         if type(node) not in _LIST_WORDS or self.one_line_list(node, indent):
             return self.line(a, b, indent, _flat(node), first_blank)
         keyword, items = _list(node)
@@ -291,7 +338,8 @@ def _normalise_newlines(text: str) -> str:
 
 def _meaning(toks: list[Token]) -> tuple[list, Counter]:
     """What fmt must keep: the code tokens (strings by value) in order, and the comments."""
-    code = [(t.type, unescape(t.value) if t.type == "STRING" else t.value) for t in toks if t.type != "COMMENT"]
+    code = [(t.type, unescape(t.value) if t.type == "STRING" else _nginx_meaning(t.value) if t.type == "NGINX_BODY"
+             else t.value) for t in toks if t.type != "COMMENT"]
     return code, Counter(_comment(t) for t in toks if t.type == "COMMENT")
 
 

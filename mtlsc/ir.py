@@ -139,6 +139,23 @@ class BackendTls:
 
 
 @dataclass(frozen=True, slots=True)
+class NginxDirective:
+    """One directive of an `nginx { }` block, checked by lowering (docs/language.md "Your own nginx
+    directives"): its words exactly as written, so that nginx reads them as the checks did."""
+
+    words: tuple[str, ...]  # raw source text of each word, quotes and escapes included
+    span: Span = span_field()
+
+    @property
+    def name(self) -> str:
+        return self.words[0]
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words) + ";"
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     match: PathMatch
     path: str
@@ -149,6 +166,7 @@ class Route:
     forward: tuple[Forward, ...]
     backend: str
     span: Span = span_field()
+    nginx: tuple[NginxDirective, ...] = ()  # the route's `nginx { }`: in each of its locations
 
     @property
     def location(self) -> str:
@@ -179,6 +197,7 @@ class Server:
     # headers and `clear_headers`, sorted case-insensitively: each proxied location sets or clears
     # all of them, so no server lets a client's own value through (lower/headers.py).
     identity_headers: tuple[str, ...] = ()
+    nginx: tuple[NginxDirective, ...] = ()  # the server's `nginx { }` blocks, in order
     # `cas`, computed once: it is asked for per route and per test case (benchmarks/).
     _cas: tuple[Ca, ...] | None = field(default=None, init=False, compare=False, hash=False, repr=False)
 
@@ -216,3 +235,14 @@ class Policy:
     waivers: tuple[Waiver, ...] = ()
     cleared_headers: tuple[str, ...] = ()  # `clear_headers` names, as first written, in order
     resolver: Resolver | None = None  # `resolver`: None, nginx cannot look up host names in OCSP URLs
+    host: "HostNginx | None" = None  # the nginx config mtlsc's files join, when it was read (mtlsc.coexist)
+
+
+@dataclass(frozen=True, slots=True)
+class HostNginx:
+    """What the user's own nginx configuration already has, so the emitted files do not clash with it
+    (`compile --nginx-conf`, `apply`; docs/language.md "Coexisting with your nginx.conf")."""
+
+    origin: str  # the main config file, or `nginx -T`
+    http_settings: frozenset[str] = frozenset()  # http-level directive names the user sets (the hash sizes)
+    default_servers: frozenset[tuple[str, int]] = frozenset()  # (address, port) where the user has a default server

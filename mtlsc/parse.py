@@ -31,6 +31,7 @@ FRIENDLY_TERMINALS = {
     "QUANTITY": "a number with a unit, such as `10m` or `5s`",
     "CODE": "a check code such as `MTLS201`",
     "EXACT": "`=`",
+    "NGINX_BODY": "`{` and nginx directives, each ending with `;`",
     "$END": "the end of the file",
 }
 
@@ -203,6 +204,10 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> Diagnostic:
     if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
         tok = exc.token
         span = _token_span(source.path, tok)
+        if set(exc.accepts or exc.expected) == {"NGINX_BODY"}:  # the body regex found no closing brace
+            return error("MTLS038", span, "this `nginx` block does not end where nginx would end it",
+                         "close every quote inside it, and end it with `}`; nested blocks are not allowed",
+                         label="the block starting here")
         expected = exc.accepts or exc.expected
         word = _WORD.match(source.text, tok.start_pos) if tok.start_pos is not None else None
         if word and len(word[0]) > len(str(tok.value)) and word[0].startswith(str(tok.value)) and "\n" not in word[0]:
@@ -357,6 +362,9 @@ class _ToAst(Transformer):
 
     def reject(self, meta, c):
         return ast.Reject(c[0], c[1], c[2], self._span(meta))
+
+    def nginx_block(self, meta, c):
+        return ast.NginxBlock(c[0], self._span(meta))
 
     def route(self, meta, c):
         exact, path, *body = c

@@ -73,16 +73,17 @@ def read_and_lower(paths: list[str]) -> Result:
 
 
 def check(paths: list[str], now: datetime | None = None, strict: bool = False,
-          expiry_window: timedelta = timedelta(days=14), analyse: bool = True) -> Result:
+          expiry_window: timedelta = timedelta(days=14), analyse: bool = True, host=None) -> Result:
     """Everything short of emitting: diagnostics for the policy files at `paths`.
 
     `analyse=False` skips the checks: only tests use it, to show on real nginx what a config the
-    checks would have refused does to clients."""
+    checks would have refused does to clients. `host`: the user's nginx config the output will join
+    (`mtlsc.coexist.Host`), or a `coexist.HostError` from reading it."""
     with _few_gc_passes():
-        return _check(paths, now, strict, expiry_window, analyse)
+        return _check(paths, now, strict, expiry_window, analyse, host)
 
 
-def _check(paths, now, strict, expiry_window, analyse) -> Result:
+def _check(paths, now, strict, expiry_window, analyse, host=None) -> Result:
     result = read_and_lower(paths)
     if result.policy is None:
         return result
@@ -93,17 +94,37 @@ def _check(paths, now, strict, expiry_window, analyse) -> Result:
     if analyse:
         ctx = CheckContext(result.policy, result.pki, now or datetime.now(timezone.utc), expiry_window)
         result.diagnostics += run_checks(ctx)
+    if host is not None:
+        _against_host(result, host)
     if strict:
         result.diagnostics = [replace(d, severity=Severity.ERROR) if d.severity is Severity.WARNING and not d.waived else d
                               for d in result.diagnostics]
     return result
 
 
+def _against_host(result: Result, host) -> None:
+    """Fit the policy to the user's own nginx config, and report what cannot fit (mtlsc.coexist)."""
+    from mtlsc import coexist
+    from mtlsc.emit.nginx import server_views
+
+    if isinstance(host, coexist.HostError):
+        result.diagnostics.append(host.diagnostic)
+        result.sources.update(host.sources)
+        return
+    result.policy = replace(result.policy, host=host.to_ir())
+    found = coexist.check_host(result.policy, server_views(result.policy, result.pki), host)
+    result.diagnostics += found
+    for d in found:
+        for span in (d.span, *(r.span for r in d.related)):
+            if span.path in host.loaded.texts:
+                result.sources.setdefault(span.path, Source(span.path, host.loaded.texts[span.path]))
+
+
 def compile_policy(paths: list[str], now: datetime | None = None, strict: bool = False,
-                   expiry_window: timedelta = timedelta(days=14), analyse: bool = True) -> Result:
-    """Check, then emit every output file (in memory) when no error was found."""
+                   expiry_window: timedelta = timedelta(days=14), analyse: bool = True, host=None) -> Result:
+    """Check, then emit every output file (in memory) when no error was found. `host`: see `check`."""
     with _few_gc_passes():
-        result = _check(paths, now, strict, expiry_window, analyse)
+        result = _check(paths, now, strict, expiry_window, analyse, host)
         if not result.failed:
             result.outputs = emit_all(result.policy, result.pki)
     return result

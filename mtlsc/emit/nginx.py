@@ -55,6 +55,8 @@ class LocationView:
     headers: list[tuple[Safe, Safe]]
     backend: Safe
     key_check: Safe | None = None  # the internal URI that checks the certificate's signing key
+    nginx: list[Safe] = field(default_factory=list)  # the route's own `nginx { }` directives
+    nginx_origin: Safe = Safe("")
 
 
 _LAST_VIEWS: tuple = ()  # (policy, pki, views, taken prefixes) of the last call: two checks and the emitter share it
@@ -89,15 +91,65 @@ def emit(policy: ir.Policy, pki: Pki, taken_prefixes: frozenset[str] = frozenset
         if view.key_binding:
             out[f"mtls/{server.slug}.keys.js"] = render("keys.js.j2", b=view.key_binding,
                                                          table=Safe(_js_table(view.key_binding.table)))
-    out[HTTP_CONF] = http_conf(_sources(policy), _default_listens(policy), _hash_sizes(views))
+    out[HTTP_CONF] = http_conf(_sources(policy), _default_listens(policy), _hash_sizes(views), policy.host)
     return out
 
 
-def http_conf(sources: Iterable[str], listens: Iterable[str], hash_sizes: tuple[int, int]) -> str:
-    """HTTP_CONF for servers from `sources` listening on `listens`: `mtlsc apply` renders it for
-    every server installed in one nginx, whichever policy each came from."""
+def http_conf(sources: Iterable[str], listens: Iterable[str], hash_sizes: tuple[int, int],
+              host: ir.HostNginx | None = None) -> str:
+    """HTTP_CONF for servers from `sources` listening on `listens` (one entry per server and listen
+    address): `mtlsc apply` renders it for every server installed in one nginx, whichever policy each
+    came from. `host`: the user's own nginx config (mtlsc.coexist), whose default servers and hash
+    settings are left to it."""
+    from mtlsc.coexist import listen_text_key
+
+    listens = list(listens)
+    taken = host.default_servers if host else frozenset()
+    keyed = {t: listen_text_key(t) for t in set(listens)}
     return render("nginx_http.conf.j2", sources=[quote.comment(p) for p in sorted(set(sources))],
-                  defaults=[quote.bare(t) for t in sorted(set(listens))], hash_sizes=hash_sizes)
+                  defaults=[quote.bare(t) for t in sorted(keyed) if keyed[t] not in taken],
+                  theirs=[quote.bare(t) for t in sorted(keyed) if keyed[t] in taken],
+                  settings=http_settings(hash_sizes, len(listens), host),
+                  origin=quote.comment(host.origin) if host else None)
+
+
+@dataclass
+class HttpSetting:
+    name: Safe
+    value: int
+    theirs: bool  # the user's nginx config sets it: mtlsc leaves it out (nginx refuses a duplicate)
+
+
+def http_settings(hash_sizes: tuple[int, int], servers: int, host: ir.HostNginx | None) -> list[HttpSetting]:
+    """The hash sizes mtlsc needs for `servers` servers (listen addresses counted each), each left to
+    the user's config when it sets it (mtlsc.coexist checks that the user's value is big enough)."""
+    var_bucket, var_max = variables_hash_sizes(servers)
+    taken = host.http_settings if host else frozenset()
+    return [HttpSetting(Safe(name), value, name in taken) for name, value in (
+        ("map_hash_bucket_size", hash_sizes[0]), ("map_hash_max_size", hash_sizes[1]),
+        ("variables_hash_bucket_size", var_bucket), ("variables_hash_max_size", var_max))]
+
+
+def hash_element(name_length: int) -> int:
+    """Bytes one name takes in an nginx hash bucket (ngx_hash.h NGX_HASH_ELT_SIZE, 64-bit)."""
+    return 8 + ((name_length + 2 + 7) // 8) * 8
+
+
+# Variables mtlsc's maps declare per server, generously (a few, plus 2-4 per distinct allow list).
+VARIABLES_PER_SERVER = 32
+
+
+def variables_hash_sizes(servers: int) -> tuple[int, int]:
+    """variables_hash sizes for the variables mtlsc's servers declare, beside nginx's own (about 150
+    in a stock build), its modules' and the user's: with nginx's defaults (64, 1024) some ten
+    servers' maps already made every `nginx -t` warn `could not build optimal variables_hash`.
+    A function of the number of servers only, so that `compile` and `apply` (which renders this for
+    servers of several compiles) agree. Names stay under 46 characters (variable_prefixes): one
+    takes at most 64 bytes of a bucket, and a 128-byte bucket holds two to five."""
+    max_size = 2048
+    while max_size < 4 * (VARIABLES_PER_SERVER * servers + 512):  # 512: room for everyone else's variables
+        max_size *= 2
+    return 128, max_size
 
 
 @dataclass(frozen=True)
@@ -142,7 +194,7 @@ def _hash_sizes(views) -> tuple[int, int]:
     # Regex keys are compiled, not hashed: only exact keys need room in a bucket.
     keys = [e.key for v in views for m in v.maps for e in m.entries if not e.key.startswith('"~')]
     longest = max((len(k) for k in keys), default=0)
-    need = 8 + ((longest + 2 + 7) // 8) * 8 + 8  # ngx_hash element: pointer + aligned name, plus a terminator
+    need = hash_element(longest) + 8  # plus the bucket's terminating pointer
     bucket = 64
     while bucket < need:
         bucket *= 2
@@ -181,6 +233,8 @@ class ServerView:
     upstream_tls: "UpstreamTls | None" = None
     key_binding: "KeyBinding | None" = None
     tickets: bool = True  # off where CVE-2025-23419 could let a session skip a client check
+    nginx: list[Safe] = field(default_factory=list)  # the server's own `nginx { }` directives
+    nginx_origin: Safe = Safe("")
 
 
 # The system trust store of Debian and Ubuntu: what `https://` backends are verified against when the
@@ -311,7 +365,15 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         cas_note=[quote.comment(f"ca {c.name}: depth {c.depth}, {len(c.crls)} CRL file(s)") for c in cas],
         upstream_tls=_upstream_tls(server),
         key_binding=binding,
+        nginx=[quote.nginx_directive(d.words) for d in server.nginx],
+        nginx_origin=_nginx_origin(server.nginx),
     )
+
+
+def _nginx_origin(directives: tuple[ir.NginxDirective, ...]) -> Safe:
+    """Where the policy wrote them: `file:line`, once per block."""
+    places = list(dict.fromkeys(f"{d.span.path}:{d.span.line}" for d in directives if d.span))
+    return quote.comment(", ".join(places[:3]) + (" ..." if len(places) > 3 else ""))
 
 
 def _ocsp_cache(ocsp: ir.Ocsp, prefix: str) -> Safe:
@@ -464,4 +526,6 @@ def _location(server, loc: Location, prefix, ca_index, identity_gate, key_checks
         # The URI part makes nginx forward the normalised path it routed on, not the raw target.
         backend=quote.nginx_word(route.backend + loc.name),
         key_check=key_checks.get(route.ca.name) if route.ca else None,
+        nginx=[quote.nginx_directive(d.words) for d in route.nginx],
+        nginx_origin=_nginx_origin(route.nginx),
     )

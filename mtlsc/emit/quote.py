@@ -171,3 +171,20 @@ def nginx_word(s: str) -> Safe:
 def markdown_cell(s: str) -> Safe:
     """Text for one Markdown table cell: one line, `|` escaped."""
     return Safe(_CONTROL.sub(" ", s).replace("|", "\\|"))
+
+
+def nginx_directive(words: tuple[str, ...]) -> Safe:
+    """A user's own directive from an `nginx { }` block (already checked by lowering): its words as
+    written, on one line. Read back with nginx's tokenizer rules it must be that one simple directive
+    with those words, or it is refused here: it can never close a block or add a directive."""
+    from mtlsc.nginx_conf import ConfError, Directive, parse
+
+    text = " ".join(words) + ";"
+    try:
+        items = parse(text)
+    except ConfError as exc:
+        raise UnsafeString(f"{text!r}: {exc.message}") from None
+    if (len(items) != 1 or not isinstance(items[0], Directive) or items[0].block is not None
+            or tuple(w.raw for w in items[0].words) != tuple(words) or _CONTROL.search(text)):
+        raise UnsafeString(f"{text!r} is not one nginx directive")
+    return Safe(text)

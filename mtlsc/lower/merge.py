@@ -13,6 +13,7 @@ from dataclasses import replace
 from mtlsc import ir
 from mtlsc.diagnostics import Related
 from mtlsc.lower.common import Ctx
+from mtlsc.lower.nginx_block import REPEATABLE
 from mtlsc.lower.server import DEFAULT_INSTALL_DIR, DEFAULT_REJECTIONS
 
 _SCALARS = ("certificate", "key", "backend", "handshake_require", "install_dir", "rejections", "backend_tls")
@@ -51,9 +52,26 @@ def _merge_group(ctx: Ctx, group: list[ir.Server]) -> ir.Server:
     routes = [_with_backend(ctx, r, values["backend"]) for r in routes]
     return ir.Server(
         names=first.names, listens=first.listens, routes=tuple(routes), span=first.span,
+        nginx=_nginx(ctx, group),
         handshake_span=next((s.handshake_span for s in group if s.handshake_span), None), **values,
         **_backend_paths(ctx, group),
     )
+
+
+def _nginx(ctx: Ctx, group: list[ir.Server]) -> tuple[ir.NginxDirective, ...]:
+    """Every block's `nginx { }` directives, in file order; one that nginx takes once, twice, is reported."""
+    out: list[ir.NginxDirective] = []
+    seen: dict[str, ir.NginxDirective] = {}
+    for s in group:
+        for d in s.nginx:
+            if d.name in seen and d.name not in REPEATABLE and not any(x is seen[d.name] for x in s.nginx):
+                ctx.err("MTLS013", d.span, f"`{d.name}` is given in two blocks of server `{s.names[0]}`",
+                        "they are merged into one nginx server, which takes it once; keep one",
+                        related=[Related(seen[d.name].span, "first given here")])
+                continue
+            seen.setdefault(d.name, d)
+            out.append(d)
+    return tuple(out)
 
 
 def _paths_words(s: ir.Server) -> tuple[bool, bool, bool]:

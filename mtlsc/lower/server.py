@@ -10,6 +10,7 @@ from mtlsc.emit import quote
 from mtlsc.lower.backend_tls import lower_backend_tls
 from mtlsc.lower.common import Ctx, nginx_string, once, resolve, suggest
 from mtlsc.lower.headers import usable_header
+from mtlsc.lower.nginx_block import lower_nginx_blocks
 from mtlsc.locations import INTERNAL_PREFIX
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.parse import LIST_TYPO_CUTOFF, keywords_after
@@ -77,6 +78,7 @@ def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Serv
         backend_strict_slashes="strict_slashes" in words,
         backend_paths_span=paths.span if paths else None,
         backend_tls=lower_backend_tls(ctx, node.body),
+        nginx=lower_nginx_blocks(ctx, node.body, where, "server"),
     )
 
 
@@ -192,6 +194,7 @@ def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_back
         match=ir.PathMatch.EXACT if node.exact else ir.PathMatch.PREFIX,
         path=path, mode=mode, ca=ca, allow=allow, allow_any=allow_any,
         forward=forward, backend=backend, span=node.span,
+        nginx=lower_nginx_blocks(ctx, node.body, where, "location"),
     )
 
 
