@@ -23,6 +23,7 @@ from mtlsc.diagnostics import Diagnostic, Related, Severity
 from mtlsc.nginx_conf import ConfError, Directive, Loaded, NginxFailed, http_blocks, load_path, load_running
 from mtlsc.source import Source, Span, point
 
+CACHE_LINE = 64  # ngx_cacheline_size on x86-64 and most arm64: the smallest bucket nginx really uses
 HASH_SETTINGS = ("map_hash_bucket_size", "map_hash_max_size", "variables_hash_bucket_size", "variables_hash_max_size")
 
 
@@ -185,6 +186,8 @@ def check_host(policy: ir.Policy, views, host: Host) -> list[Diagnostic]:
         if d is None:
             continue
         value = _size(d)
+        if value is not None and setting.name.endswith("bucket_size"):
+            value = -(-value // CACHE_LINE) * CACHE_LINE  # nginx rounds bucket sizes up to a cache line
         if value is None or value >= setting.value:
             continue
         hard = setting.name in longest and value < hash_element(longest[setting.name]) + 8
