@@ -202,3 +202,33 @@ server api.example.com {{
     code, out, err = run_cli("compile", str(policy), "-o", str(tmp_path / "out"))
     assert code == 1 and "error[MTLS037]" in err and "proxy_set_header" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_nginx_reads_block_values_exactly_as_written(tmp_path, nginx_bin):
+    """Quotes, `;`, `}` and `#` inside values: nginx sends each header exactly as mtlsc read it."""
+    _pki(tmp_path, ["api.example.com"])
+    port = free_port()
+    policy = tmp_path / "p.mtls"
+    policy.write_text(f"""server api.example.com {{
+  listen 127.0.0.1:{port}
+  certificate "{tmp_path}/srv.crt" key "{tmp_path}/srv.key"
+  backend "http://127.0.0.1:9"
+  nginx {{
+    add_header X-A "a;b}} c" always;
+    add_header X-B 'say "hi"' always;
+    add_header X-C e#f always;  # a comment
+    add_header X-D "back\\\\slash \\"q\\"" always;
+  }}
+  route / {{ public }}
+}}
+""")
+    result = pipeline.compile_policy([str(policy)], now=NOW)
+    assert not result.failed, [(d.code, d.message) for d in result.diagnostics]
+    write_atomic(tmp_path / "out", result.outputs)
+    with running_nginx(f'include "{tmp_path}/out/nginx/*.conf";', tmp_path / "nginx", ports=[port],
+                       nginx_bin=nginx_bin):
+        resp = request("127.0.0.1", port, "/x", server_name="api.example.com")
+    headers = {k.lower(): v for k, v in resp.headers}
+    assert resp.status == 502  # the backend is a closed port; `always` headers come with the error too
+    assert headers["x-a"] == "a;b} c" and headers["x-b"] == 'say "hi"' and headers["x-c"] == "e#f"
+    assert headers["x-d"] == 'back\\slash "q"'
