@@ -381,7 +381,8 @@ def test_policy_file_name_cannot_inject(tmp_path):
     result = pipeline.compile_policy([str(name)])
     assert not result.failed
     parsed = parse_conf(result.outputs["nginx/00-mtlsc.conf"], tmp_path)
-    assert [d["directive"] for d in parsed] == ["map_hash_bucket_size", "map_hash_max_size", "server"]
+    assert [d["directive"] for d in parsed] == ["map_hash_bucket_size", "map_hash_max_size", "variables_hash_bucket_size",
+                                               "variables_hash_max_size", "server"]
 
 
 def test_zz_injection_counts():
