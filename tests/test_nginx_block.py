@@ -18,6 +18,7 @@ from mtlsc.fmt import format_text
 from mtlsc.lab.pki import issue_server, make_root, write_pem
 from mtlsc.lower.nginx_block import ALLOWED
 from mtlsc.source import Source
+from support import run_cli
 
 NOW = datetime.now(timezone.utc)
 
@@ -170,6 +171,23 @@ def test_fmt_lays_out_nginx_blocks_and_keeps_their_comments(pki):
     assert '  nginx {\n    add_header A "b c" always;  # why\n    # alone\n    gzip on;\n  }\n' in out
     assert "    nginx {\n      limit_rate 10k;\n    }\n" in out
     assert format_text(Source("p.mtls", out))[0] == out
+
+
+def test_mtls037_refused_directive_on_the_command_line(pki, tmp_path):
+    policy = tmp_path / "p.mtls"
+    policy.write_text(f"""ca partners {{ bundle "{pki}/ca.pem" }}
+server api.example.com {{
+  certificate "{pki}/srv.crt" key "{pki}/srv.key"
+  backend "http://127.0.0.1:9"
+  route / {{
+    require partners
+    nginx {{ proxy_set_header X-Client-Verify SUCCESS; }}
+  }}
+}}
+""")
+    code, out, err = run_cli("compile", str(policy), "-o", str(tmp_path / "out"))
+    assert code == 1 and "error[MTLS037]" in err and "proxy_set_header" in err
+    assert not (tmp_path / "out").exists()
 
 
 # ---- no text in a block can close it or add a directive ------------------------------------------

@@ -107,7 +107,6 @@ _REFUSED: list[tuple[str, str, str]] = [
 ]
 
 _WORD_PROBLEM = re.compile(r"[\x00-\x1f\x7f]")
-_VARIABLE = re.compile(r"\$\{[A-Za-z0-9_]+\}")  # `${name}`: the one unquoted use of braces
 
 
 def lower_nginx_blocks(ctx: Ctx, body, where: str, context: str) -> tuple[ir.NginxDirective, ...]:
@@ -158,12 +157,12 @@ def _directives(ctx: Ctx, block: ast.NginxBlock) -> list[Directive]:
                     "keep each directive's words on one line, without tabs inside quotes; nginx's `\\n` escape is fine",
                     label="control character")
             continue
-        brace = next((w for w in item.words if not w.quoted and re.search(r"[{}]", _VARIABLE.sub("", w.raw))), None)
+        brace = next((w for w in item.words if not w.quoted and re.search(r"[{}]", w.raw)), None)
         if brace is not None:
             ctx.err("MTLS038", Span(path, brace.line, brace.col, brace.end_line, brace.end_col),
                     "a `{` or `}` inside an unquoted word",
                     "nginx reads it as part of the word, but other tools (and people) read a block there: quote "
-                    "the argument", label="quote this")
+                    "the argument (`\"${var}x\"` works: quoted strings still hold variables)", label="quote this")
             continue
         found.append(item)
     return found
