@@ -106,11 +106,13 @@ def http_conf(sources: Iterable[str], listens: Iterable[str], hash_sizes: tuple[
     listens = list(listens)
     taken = host.default_servers if host else frozenset()
     keyed = {t: listen_text_key(t) for t in set(listens)}
+    settings = http_settings(hash_sizes, len(listens), host)
+    theirs = [quote.bare(t) for t in sorted(keyed) if keyed[t] in taken]
+    # Named only when something is left to it: otherwise the file is the one a blind compile makes.
+    adapted = host is not None and (theirs or any(h.theirs for h in settings))
     return render("nginx_http.conf.j2", sources=[quote.comment(p) for p in sorted(set(sources))],
-                  defaults=[quote.bare(t) for t in sorted(keyed) if keyed[t] not in taken],
-                  theirs=[quote.bare(t) for t in sorted(keyed) if keyed[t] in taken],
-                  settings=http_settings(hash_sizes, len(listens), host),
-                  origin=quote.comment(host.origin) if host else None)
+                  defaults=[quote.bare(t) for t in sorted(keyed) if keyed[t] not in taken], theirs=theirs,
+                  settings=settings, origin=quote.comment(host.origin) if adapted else None)
 
 
 @dataclass
