@@ -187,22 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
     try:
         if args.command == "demo-pki":
-            from mtlsc.demo import demo_pki
+            from mtlsc.lab.demo import demo_pki
             return demo_pki(args.policies, args.clients, args.force)
         if args.command == "fmt":
-            from mtlsc.fmt import format_paths
+            from mtlsc.review.fmt import format_paths
             code, out, err = format_paths(args.paths, check=args.check, diff=args.diff)
             sys.stdout.write(out)
             sys.stderr.write(err)
             return code
         if args.command == "test":
-            from mtlsc.policytest_command import test_command
+            from mtlsc.policytest.command import test_command
             return test_command(args.policies, args.tests)
         if args.command == "explain":
-            from mtlsc.explain import run_explain
+            from mtlsc.review.explain import run_explain
             return _print(run_explain(args.policies, fmt=args.format))
         if args.command == "diff":
-            from mtlsc.diff import run_diff
+            from mtlsc.review.diff import run_diff
             if len(args.paths) != (1 if args.git else 2):
                 sys.stderr.write("mtlsc diff: give OLD NEW, or one POLICY with --git REF\n")
                 return EXIT_USAGE
@@ -266,7 +266,7 @@ def _apply(args) -> int:
 
 def _client_certs(certs: list[str], keys: list[str]):
     """--client-cert [SERVER=]CRT and --client-key KEY, paired in order."""
-    from mtlsc.apply_smoke import ClientCert
+    from mtlsc.apply.smoke import ClientCert
 
     if keys and len(keys) != len(certs):
         return (), f"give one --client-key per --client-cert ({len(certs)} certificates, {len(keys)} keys)"

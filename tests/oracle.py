@@ -2,12 +2,12 @@
 description of it (a small spec tree), never from mtlsc's IR.
 
 The differential test renders each spec to `.mtls` text, compiles it with mtlsc and runs it on
-nginx; mtlsc's model (`mtlsc.evaluate`) judges the IR the compiler lowered. This module is the
+nginx; mtlsc's model (`mtlsc.model.evaluate`) judges the IR the compiler lowered. This module is the
 third party: it knows only the spec and the request semantics mtlsc promises (docs/language.md:
 canonical targets, segment routes, the normalised target forwarded, headers cleared everywhere,
 an attribute named once). So a lowering bug (an allow list cut short, a route path mangled) makes
 the compiled nginx and the model disagree with it. It deliberately imports nothing from
-mtlsc.evaluate, mtlsc.ir, mtlsc.lower, mtlsc.pipeline or mtlsc.uri: paths, DNs and patterns are
+mtlsc.model.evaluate, mtlsc.ir, mtlsc.lower, mtlsc.pipeline or mtlsc.model.uri: paths, DNs and patterns are
 read here by small implementations of their own.
 """
 
@@ -87,7 +87,7 @@ class PolicySpec:
 
 # A value pattern as written in the policy -> (the same meaning as a Python regex over the value as
 # nginx prints it, where `\X` is one escape pair and `,` `+` only occur escaped; a raw value it
-# accepts). Hand-written per pattern: the oracle's own reading, not mtlsc.dn_regex's.
+# accepts). Hand-written per pattern: the oracle's own reading, not mtlsc.dn.regex's.
 ANY_TOKEN = r"(?:\\.|[^\\])"
 PATTERNS: dict[str, tuple[str, str]] = {
     "^svc-[a-z]+$": (r"svc-[a-z]+", "svc-a"),

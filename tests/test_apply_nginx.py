@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from mtlsc import apply as apply_mod
 from mtlsc.apply import EXIT_OK, EXIT_REVERTED, EXIT_USAGE, apply, history, live_entry, rollback
-from mtlsc.apply_history import APPLIED, INTERRUPTED, ROLLED_BACK, State
+from mtlsc.apply.history import APPLIED, INTERRUPTED, ROLLED_BACK, State
 from apply_support import Load, Target
 from mtlsc.lab.client import request
 from mtlsc.lab.echo import EchoBackend, running_echo_backend

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from apply_support import Load, Target, listen_port
 from mtlsc.apply import EXIT_OK, EXIT_REVERTED, EXIT_USAGE, ClientCert, apply, history, installed_servers, rollback
-from mtlsc.apply_history import State
+from mtlsc.apply.history import State
 from mtlsc.lab.client import request
 from mtlsc.lab.echo import running_echo_backend
 from mtlsc.lab.nginx import running_nginx

@@ -5,8 +5,8 @@ parsed, laid out by fmt, lowered with located errors, merged across blocks (docs
 from __future__ import annotations
 
 from mtlsc import ir, pipeline
-from mtlsc.diff import run_diff
-from mtlsc.fmt import format_paths
+from mtlsc.review.diff import run_diff
+from mtlsc.review.fmt import format_paths
 
 HEAD = """server a.example.com {
   certificate "/tmp/x.crt" key "/tmp/x.key"

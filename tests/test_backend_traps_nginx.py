@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mtlsc import dn, ir
-from mtlsc.evaluate import Client, evaluate
+from mtlsc.model.evaluate import Client, evaluate
 from mtlsc.lab.pki import issue_client, write_pem
 from real_backends import (FRAMEWORKS, BackendUnavailable, route_spec, running_framework_lab, send,
                            without_and_with_cert)

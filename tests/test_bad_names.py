@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mtlsc import der, dn
+from mtlsc import dn
+from mtlsc.pki import der
 from support import run_cli
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)

@@ -29,7 +29,7 @@ def test_synthetic_policies_compile_without_errors(tmp_path):
 
 def test_sampled_allow_lists_keep_tests_small(tmp_path):
     """A 300-identity allow list gets cast.IDENTITY_SAMPLE identity cases, not 300."""
-    from mtlsc.cast import IDENTITY_SAMPLE
+    from mtlsc.model.cast import IDENTITY_SAMPLE
 
     result = pipeline.compile_policy([str(synth.write_policy(tmp_path, synth.Shape(3, 300, cas=1)))])
     script = result.outputs["tests.sh"]

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from mtlsc import ir, pipeline
 from mtlsc.checks import CHECKS, CheckContext, lockout, run_checks
 from mtlsc.emit import nginx as emit_nginx
-from mtlsc.evaluate import Client, evaluate, probe_path
+from mtlsc.model.evaluate import Client, evaluate, probe_path
 from mtlsc.lab import pki as labpki
 from support import REPO
 

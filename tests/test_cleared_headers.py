@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from mtlsc import ast, ir
-from mtlsc.fmt import format_text
+from mtlsc.review.fmt import format_text
 from mtlsc.lower import lower
 from mtlsc.lower.headers import union
 from mtlsc.nginx_facts import FORWARD_FIELDS, WELL_KNOWN_IDENTITY_HEADERS
@@ -174,7 +174,7 @@ def test_fmt_lays_both_statements_out_canonically():
 
 # ---- diff ----------------------------------------------------------------------------------------
 def _changes(old: str, new: str):
-    from mtlsc.diff import diff_policies
+    from mtlsc.review.diff import diff_policies
 
     return [(c.kind, c.subject, c.message) for c in diff_policies((ok(old), None), (ok(new), None))]
 

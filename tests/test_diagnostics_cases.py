@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 
 from mtlsc import dn, pipeline
 from mtlsc.diagnostics import Severity
-from mtlsc.fmt import _tokens, quote
+from mtlsc.review.fmt import _tokens, quote
 from mtlsc.lab.pki import issue_client, write_pem
 from mtlsc.parse import _keywords, closest_keyword, keywords_after
 from support import HERE, REPO, assert_golden, run_cli

@@ -14,10 +14,10 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from cryptography.hazmat.primitives import hashes
 
-from mtlsc.diff import FAIL_ON, JSON_FORMAT, KINDS, Change, diff_policies, fails, render_diff, run_diff
-from mtlsc.diff_trust import identity_samples
-from mtlsc.evaluate import identity_matches
-from mtlsc.explain import explain, render_explanation
+from mtlsc.review.diff import FAIL_ON, JSON_FORMAT, KINDS, Change, diff_policies, fails, render_diff, run_diff
+from mtlsc.review.diff_trust import identity_samples
+from mtlsc.model.evaluate import identity_matches
+from mtlsc.review.explain import explain, render_explanation
 from mtlsc.gitrev import load_from_files, load_from_git
 from mtlsc.lab.pki import make_chain, make_crl, make_root, write_pem
 from strategies import policies

@@ -1,7 +1,7 @@
 """Differential test: three parties judge generated policies and requests, and must agree.
 
 - the oracle (tests/oracle.py): the generator's own meaning of the policy, from its spec;
-- mtlsc's model (`mtlsc.evaluate`) on the IR the compiler lowered;
+- mtlsc's model (`mtlsc.model.evaluate`) on the IR the compiler lowered;
 - real nginx running the compiled config, and the backend behind it: the echo backend (one
   for every server: a header one server forwards must not leak through another) or a real
   framework (Flask/Werkzeug, Express; one process per server, registered with that server's
@@ -34,15 +34,15 @@ from hypothesis import strategies as st
 
 import oracle
 from mtlsc import dn, pipeline
-from mtlsc.cast import cast, lookalike_verifies
-from mtlsc.evaluate import Client, evaluate
+from mtlsc.model.cast import cast, lookalike_verifies
+from mtlsc.model.evaluate import Client, evaluate
 from mtlsc.lab.client import request
 from mtlsc.lab.echo import running_echo_backend
 from mtlsc.lab.nginx import free_port, running_nginx
 from mtlsc.lab.pki import build_lab_pki, issue_client, write_pem
 from mtlsc.lab.run import LabError
 from mtlsc.output import write_atomic
-from mtlsc.uri import normalise_path
+from mtlsc.model.uri import normalise_path
 from oracle import AttrSpec, CaSpec, IdentitySpec, PolicySpec, Presented, RouteSpec, ServerSpec
 from real_backends import BackendUnavailable, running_backend, seen
 from strategies import Deployment, lab_specs, render, requests, target_of

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from mtlsc import dn
 from mtlsc.dn import AttrConstraint as C
-from mtlsc.dn_regex import confine
+from mtlsc.dn.regex import confine
 
 # ---- strategies -----------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Attribute identities and repeated attributes (issue #10 part 5), in pure Python.
 
-The rule (mtlsc.dn_match): every attribute an identity names occurs exactly once among the AVAs of
+The rule (mtlsc.dn.match): every attribute an identity names occurs exactly once among the AVAs of
 the subject (members of a multi-valued RDN count) and satisfies every constraint on it; other
 attributes may repeat. The model (`matches_constraints`) and the gate regex (`constraints_regex`,
 run here with Python `re`; test_dn_repeated_nginx.py runs it in nginx) implement it separately and
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from mtlsc import dn
 from mtlsc.dn import AttrConstraint as C
-from mtlsc.dn_regex import confine
+from mtlsc.dn.regex import confine
 
 GLOBEX = [C("CN", "re", "^globex-[a-z0-9-]+$"), C("O", "eq", "Globex Inc")]
 TWICE = [C("CN", "eq", "svc"), C("OU", "re", "^eng-[a-z-]+$"), C("organizationalUnitName", "re", "^[a-z-]+-core$")]

@@ -5,7 +5,7 @@ One lab (`running_lab`): a policy with attribute identities (a pattern and an ex
 constraints on one attribute through an alias, a value with `,` `+` `"` `\\`), a route per
 identity, and an optional route forwarding the subject so we see what nginx printed. Each subject
 below is minted by the lab's CA and sent to every route; nginx's status must be the table's and
-`mtlsc.evaluate`'s. The lab's own tests.sh then runs the cast's repeated-attribute near misses.
+`mtlsc.model.evaluate`'s. The lab's own tests.sh then runs the cast's repeated-attribute near misses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mtlsc import dn
-from mtlsc.evaluate import Client, evaluate
+from mtlsc.model.evaluate import Client, evaluate
 from mtlsc.lab.client import request
 from mtlsc.lab.pki import issue_client, write_pem
 from mtlsc.lab.run import running_lab, test_lab

@@ -8,7 +8,7 @@ import pytest
 
 from mtlsc import ir, pipeline
 from mtlsc.emit import quote
-from mtlsc.evaluate import identity_headers
+from mtlsc.model.evaluate import identity_headers
 from support import HERE, REPO, assert_golden
 
 POLICIES = sorted(p.relative_to(REPO) for p in (REPO / "policies").glob("*.mtls"))

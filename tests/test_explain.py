@@ -9,8 +9,8 @@ import shlex
 import pytest
 
 from mtlsc import pipeline
-from mtlsc.evaluate import evaluate
-from mtlsc.explain import JSON_FORMAT, explain, render_explanation, run_explain
+from mtlsc.model.evaluate import evaluate
+from mtlsc.review.explain import JSON_FORMAT, explain, render_explanation, run_explain
 from support import HERE, REPO, assert_golden
 
 POLICIES = sorted(p.relative_to(REPO) for p in (REPO / "policies").glob("*.mtls"))

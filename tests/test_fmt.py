@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtlsc.fmt import _tokens, format_paths, format_text, quote
+from mtlsc.review.fmt import _tokens, format_paths, format_text, quote
 from mtlsc.lower import lower
 from mtlsc.parse import parse, unescape
 from mtlsc.source import Source

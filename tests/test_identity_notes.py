@@ -1,6 +1,6 @@
 """Attribute identities compile to regexes a reviewer cannot read, so each map entry of the emitted
 config carries the rule in words: the constraints per attribute, and that each named attribute must
-occur once (the rule of mtlsc/dn_match.py, documented in docs/language.md under `identity`)."""
+occur once (the rule of mtlsc/dn/match.py, documented in docs/language.md under `identity`)."""
 
 from __future__ import annotations
 

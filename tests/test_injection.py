@@ -184,7 +184,7 @@ def compare(benign: list[dict], hostile_: list[dict], subst: list[tuple[str, str
     return user_args + sum(1 for d in benign if key(d) and _expected(nginx_value(d["args"][0]), subst) != nginx_value(d["args"][0]))
 
 
-# The map key of mtlsc's path-alias gate (mtlsc/locations.py `alias_regex`).
+# The map key of mtlsc's path-alias gate (mtlsc/model/locations.py `alias_regex`).
 CASE_GATE = "~^(?:(?!"
 
 

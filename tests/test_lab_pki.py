@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mtlsc import dn, ir
-from mtlsc.evaluate import Client, identity_matches
+from mtlsc.model.evaluate import Client, identity_matches
 from mtlsc.lab.pki import (
     CaChain, build_lab_pki, issue_client, issue_server, make_chain, make_crl, make_root, write_pem,
 )

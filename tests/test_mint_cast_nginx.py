@@ -17,7 +17,7 @@ from mtlsc.lab.echo import running_echo_backend
 from mtlsc.lab.nginx import free_port, nginx_command, running_nginx
 from mtlsc.output import write_atomic
 from mtlsc.policytest import find_server, load_tests
-from mtlsc.policytest_run import nginx_reasons, observe_model
+from mtlsc.policytest.run import nginx_reasons, observe_model
 from openssl_pki import make_user_pki
 from support import run_cli
 

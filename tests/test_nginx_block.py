@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mtlsc import pipeline
-from mtlsc.fmt import format_text
+from mtlsc.review.fmt import format_text
 from mtlsc.lab.pki import issue_server, make_root, write_pem
 from mtlsc.lower.nginx_block import ALLOWED
 from mtlsc.source import Source

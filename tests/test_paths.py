@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtlsc import ir, pipeline
-from mtlsc.evaluate import evaluate, find_route
-from mtlsc.locations import covers_text, locations
-from mtlsc.uri import forwarded_target, normalise_path, target_problem
+from mtlsc.model.evaluate import evaluate, find_route
+from mtlsc.model.locations import covers_text, locations
+from mtlsc.model.uri import forwarded_target, normalise_path, target_problem
 import oracle
 from test_properties import _compile_and_nginx_t
 

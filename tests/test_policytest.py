@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from mtlsc import dn, pipeline
 from mtlsc.lab.pki import issue_client, make_chain, make_root, write_pem
 from mtlsc.policytest import load_tests, normalise_path, policy_test_path
-from mtlsc.policytest_run import _nginx_time, counts, expect_with_model, render_results
+from mtlsc.policytest.run import _nginx_time, counts, expect_with_model, render_results
 from mtlsc.render import render
 from support import REPO
 
@@ -280,7 +280,7 @@ def test_a_key_that_does_not_match_the_certificate(tmp_path):
 
 
 def test_every_test_file_code_is_catalogued_and_exercised():
-    from mtlsc import policytest_schema as schema
+    from mtlsc.policytest import schema
     from mtlsc.codes import rules
 
     codes = {v for k, v in vars(schema).items() if k.isupper() and isinstance(v, str) and v.startswith("MTLS4")}

@@ -12,8 +12,8 @@ from cryptography import x509
 from mtlsc import pipeline
 from mtlsc.lab.run import running_lab
 from mtlsc.policytest import load_tests, normalise_path
-from mtlsc.uri import forwarded_target
-from mtlsc.policytest_run import _nginx_time, counts, expect_on_lab, expect_with_model, files_cas, render_results
+from mtlsc.model.uri import forwarded_target
+from mtlsc.policytest.run import _nginx_time, counts, expect_on_lab, expect_with_model, files_cas, render_results
 from mtlsc.render import render
 from support import REPO
 from test_policytest import write_file_pki

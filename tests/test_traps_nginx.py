@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mtlsc import dn
-from mtlsc.evaluate import Client, evaluate
+from mtlsc.model.evaluate import Client, evaluate
 from mtlsc.lab.client import plain_request, request
 from mtlsc.lab.pki import issue_client, make_crl, write_pem
 from mtlsc.lab.run import running_lab

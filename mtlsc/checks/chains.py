@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 
 from mtlsc import ir
-from mtlsc.ca_binding import impersonations, key_bound
-from mtlsc.chain_paths import ca_certs, intermediates, needed_depth, root_path
+from mtlsc.pki.binding import impersonations, key_bound
+from mtlsc.pki.chains import ca_certs, intermediates, needed_depth, root_path
 from mtlsc.checks.trust_files import bundle_span, ca_files, crl_span, in_system_trust_dir, public_match
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.pki import CertInfo, CrlInfo, describe

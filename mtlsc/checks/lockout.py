@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from mtlsc import dn, ir
 from mtlsc.diagnostics import Finding, Related, Severity
-from mtlsc.evaluate import find_route, probe_path
-from mtlsc.locations import ascii_lower
+from mtlsc.model.evaluate import find_route, probe_path
+from mtlsc.model.locations import ascii_lower
 
 
 def public_route_behind_required_listener(ctx):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 from mtlsc import dn, ir
-from mtlsc.ca_binding import KeyEntry, key_bound
+from mtlsc.pki.binding import KeyEntry, key_bound
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.emit import nginx as emit_nginx
 from mtlsc.emit import quote
-from mtlsc.locations import is_segment, locations, slash_twins
+from mtlsc.model.locations import is_segment, locations, slash_twins
 from mtlsc.nginx_facts import FORWARD_FIELDS, cross_resumption_servers, resumption_cve_possible
 
 

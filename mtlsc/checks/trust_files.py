@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from mtlsc import dn, ir
-from mtlsc.chain_paths import parsed
+from mtlsc.pki.chains import parsed
 from mtlsc.diagnostics import Finding
 from mtlsc.pki import CertInfo, CrlInfo, describe
 from mtlsc.source import Span, point

@@ -12,14 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from mtlsc import dn, ir
-from mtlsc.ca_binding import KeyEntry, key_bound
+from mtlsc.pki.binding import KeyEntry, key_bound
 from mtlsc.emit import quote, render
 from mtlsc.emit.quote import Safe
-from mtlsc.evaluate import BAD_TARGET, identity_headers
-from mtlsc.locations import INTERNAL_PREFIX, alias_gated, alias_regex, locations
+from mtlsc.model.evaluate import BAD_TARGET, identity_headers
+from mtlsc.model.locations import INTERNAL_PREFIX, alias_gated, alias_regex, locations
 from mtlsc.nginx_facts import FORWARD_FIELDS, cross_resumption_servers, resumption_cve_possible
 from mtlsc.pki import Pki, crl_file_pem, trust_file_pem
-from mtlsc.uri import NONCANONICAL
+from mtlsc.model.uri import NONCANONICAL
 
 HTTP_CONF = "nginx/00-mtlsc.conf"
 
@@ -277,7 +277,7 @@ class KeyCheck:
 @dataclass
 class KeyBinding:
     """Routes of CAs another CA of the server could impersonate check the client certificate's
-    signing key in njs (mtlsc.ca_binding); the module lives beside the trust file."""
+    signing key in njs (mtlsc.pki.binding); the module lives beside the trust file."""
 
     module: Safe
     file: Safe
@@ -481,7 +481,7 @@ def _identity_note(ident: ir.Identity) -> Safe:
 
 def _attrs_in_words(attrs: tuple[ir.AttrMatch, ...]) -> str:
     """`O = "Example Corp" and OU matches ^eng-, each present once`: the constraints per attribute,
-    in the order written, and the rule of mtlsc.dn_match that every named attribute occurs once."""
+    in the order written, and the rule of mtlsc.dn.match that every named attribute occurs once."""
     tests: dict[str, list[str]] = {}
     for a in attrs:
         tests.setdefault(a.attr, []).append(f"= {_literal(a.value)}" if a.op == "eq" else f"matches {a.value}")

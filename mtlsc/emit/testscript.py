@@ -1,7 +1,7 @@
 """IR -> tests.sh: per route, the clients that must get in and the ones that must not.
 
-Expected answers come from `mtlsc.evaluate`, the same model `mtlsc test` and the docs use; the
-client certificates are the cast of `mtlsc.cast`, so the lab PKI provides exactly these files.
+Expected answers come from `mtlsc.model.evaluate`, the same model `mtlsc test` and the docs use; the
+client certificates are the cast of `mtlsc.model.cast`, so the lab PKI provides exactly these files.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import ir
-from mtlsc.cast import Member, cast, lookalike_verifies, sample_names
+from mtlsc.model.cast import Member, cast, lookalike_verifies, sample_names
 from mtlsc.emit import quote, render
 from mtlsc.emit.quote import Safe
-from mtlsc.evaluate import allow_index, evaluate, identity_headers, probe_path
-from mtlsc.locations import ascii_lower
-from mtlsc.uri import normalise_path
+from mtlsc.model.evaluate import allow_index, evaluate, identity_headers, probe_path
+from mtlsc.model.locations import ascii_lower
+from mtlsc.model.uri import normalise_path
 
 # Headers a test sends to try to pass for someone else; the backend must never see them.
 SPOOF_MARK = "mtlsc-spoofed"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mtlsc import ir
 from mtlsc.emit.testscript import SPOOF_MARK
-from mtlsc.evaluate import find_route, identity_headers
+from mtlsc.model.evaluate import find_route, identity_headers
 from mtlsc.lab.echo import EchoRequest
 
 

@@ -16,8 +16,8 @@ from mtlsc.lab.nginx import NginxMissing, NginxStartError
 from mtlsc.lab.report import PolicyTests, report
 from mtlsc.lab.run import Lab, LabError, running_lab, test_lab, user_cas
 from mtlsc.lab.userca import CaKey, UserCaError
-from mtlsc.policytest_command import find_test_files, load_all
-from mtlsc.policytest_run import counts, expect_on_lab, files_cas, render_results, required_skips
+from mtlsc.policytest.command import find_test_files, load_all
+from mtlsc.policytest.run import counts, expect_on_lab, files_cas, render_results, required_skips
 from mtlsc.render import render
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mtlsc import dn, ir, pipeline
-from mtlsc.cast import cast
+from mtlsc.model.cast import cast
 from mtlsc.lab.pki import CaChain, MintedCast, PINNED_BY_FINGERPRINT, mint_cast
 from mtlsc.lab.userca import CaKey, UserCaError, load_user_ca
 from mtlsc.render import render

@@ -5,7 +5,7 @@ serial numbers are random). Never for production: keys are written unencrypted.
 
 `build_lab_pki` makes a PKI shaped like a policy and writes it where the policy and the emitted
 `tests.sh` expect it. Which client certificates exist, and their subjects, come from
-`mtlsc.cast`, the one definition shared with the test script generator.
+`mtlsc.model.cast`, the one definition shared with the test script generator.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from mtlsc import dn, ir
-from mtlsc.cast import Member, cast
+from mtlsc.model.cast import Member, cast
 
 # Certificates start a little before `now`, so a machine whose clock lags slightly still accepts them.
 BACKDATE = timedelta(hours=1)

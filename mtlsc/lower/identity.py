@@ -6,7 +6,7 @@ import difflib
 
 from mtlsc import ast, dn, ir, values
 from mtlsc.emit import quote
-from mtlsc.fmt import quote as quote_string
+from mtlsc.review.fmt import quote as quote_string
 from mtlsc.lower.common import Ctx
 from mtlsc.parse import keywords_after
 from mtlsc.source import Span

@@ -11,7 +11,7 @@ from mtlsc.lower.backend_tls import lower_backend_tls
 from mtlsc.lower.common import Ctx, nginx_string, once, resolve, suggest
 from mtlsc.lower.headers import usable_header
 from mtlsc.lower.nginx_block import lower_nginx_blocks
-from mtlsc.locations import INTERNAL_PREFIX
+from mtlsc.model.locations import INTERNAL_PREFIX
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.parse import LIST_TYPO_CUTOFF, keywords_after
 

@@ -19,13 +19,13 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from mtlsc.dn_regex import VALUE_TOKEN, DnError, candidates, confine, pcre_literal
+from mtlsc.dn.regex import VALUE_TOKEN, DnError, candidates, confine, pcre_literal
 
 
 @dataclass(frozen=True, slots=True)
 class AttrConstraint:
     """One condition on a subject: `eq` compares raw values exactly; `re` is an anchored pattern
-    over the value as nginx prints it (escaped), confined by mtlsc.dn_regex."""
+    over the value as nginx prints it (escaped), confined by mtlsc.dn.regex."""
 
     attr: str
     op: Literal["eq", "re"]

@@ -34,7 +34,7 @@ def load_all(files: list[str], policy: ir.Policy):
 
 
 def test_command(policies: list[str], tests: list[str] | None) -> int:
-    from mtlsc.policytest_run import counts, expect_with_model, render_results
+    from mtlsc.policytest.run import counts, expect_with_model, render_results
 
     front = pipeline.read_and_lower(policies)
     if front.policy is None:

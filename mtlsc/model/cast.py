@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import dn, ir
-from mtlsc.evaluate import AllowIndex, Client, allow_index, identity_matches
+from mtlsc.model.evaluate import AllowIndex, Client, allow_index, identity_matches
 
 STRANGER_SUBJECT = "CN=mtlsc-stranger,O=mtlsc lab"
 # Identities tested per allow list: a longer list is sampled (first, last and evenly between), so
@@ -108,7 +108,7 @@ REPEAT_VALUES = ("mtlsc-near", "ZZ", "0", "AA")  # C takes two letters
 
 def _repeat_candidates(good: list, i: int, attr: str, value: str) -> list[list[list]]:
     """The good subject plus a second `attr`: a named attribute must occur exactly once
-    (mtlsc.dn_match), since a backend reading the first (or last) one would see the other value.
+    (mtlsc.dn.match), since a backend reading the first (or last) one would see the other value.
     Four groups: a separate RDN first in the DN and last in it, and a multi-valued RDN
     (`CN=mallory+CN=globex-a`) that nginx prints with the intruder before and after the good
     AVA (nginx orders AVAs of an RDN by their DER, so each group tries values until one fits)."""

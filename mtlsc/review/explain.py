@@ -2,7 +2,7 @@
 
 Per server, one row per kind of client (no certificate, a certificate from a CA the server does not
 trust, any certificate of each CA it trusts, each identity it allows somewhere) and one column per
-route. Every cell is what `mtlsc.evaluate` answers for that client on a path the route really
+route. Every cell is what `mtlsc.model.evaluate` answers for that client on a path the route really
 handles (`probe_path`), so the matrix is the same model the emitted tests.sh asserts on nginx: the
 rules are never re-derived here.
 
@@ -20,9 +20,9 @@ import json
 from dataclasses import dataclass, fields, replace
 
 from mtlsc import ir
-from mtlsc.cast import Member, identity_subject, stranger_subject
-from mtlsc.evaluate import Client, allow_index, evaluate, probe_path
-from mtlsc.locations import covers_text
+from mtlsc.model.cast import Member, identity_subject, stranger_subject
+from mtlsc.model.evaluate import Client, allow_index, evaluate, probe_path
+from mtlsc.model.locations import covers_text
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.pki import Pki
 
@@ -46,7 +46,7 @@ class ClientRow:
 class Cell:
     verdict: str  # allow | deny | public
     status: int
-    reason: str  # ok | no_cert | bad_cert | forbidden | no_route (as mtlsc.evaluate says)
+    reason: str  # ok | no_cert | bad_cert | forbidden | no_route (as mtlsc.model.evaluate says)
     headers: tuple[str, ...]  # identity headers the backend receives with a value
 
 
@@ -110,7 +110,7 @@ def full_certificate(client: Client) -> Client:
 
 
 def identity_client(ident: ir.Identity, ca: str | None) -> Client:
-    """The certificate of the cast (`mtlsc.cast`) that `ident` matches, issued by `ca`."""
+    """The certificate of the cast (`mtlsc.model.cast`) that `ident` matches, issued by `ca`."""
     return full_certificate(Member("", "identity", ca, identity_subject(ident), ident).client(ca))
 
 

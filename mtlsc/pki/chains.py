@@ -2,7 +2,7 @@
 its root, and what pathLen and name constraints let a CA certificate sign.
 
 Shared by the checks (which report what these chains allow) and the emitter (which binds routes to
-CA keys where another CA could copy a name: `mtlsc.ca_binding`).
+CA keys where another CA could copy a name: `mtlsc.pki.binding`).
 """
 
 from __future__ import annotations

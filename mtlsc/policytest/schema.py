@@ -18,7 +18,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
-from mtlsc import cast, dn, files, ir
+from mtlsc import dn, files, ir
+from mtlsc.model import cast
 from mtlsc.diagnostics import Diagnostic, error
 from mtlsc.pki import load_pki
 from mtlsc.source import Source, Span

@@ -1,7 +1,7 @@
 """`mtlsc apply` and `mtlsc rollback`: install compiled policies into a running nginx without
 locking anyone out, and without touching a server nobody named.
 
-    compile (refuse on errors) -> lock -> plan server by server (mtlsc.apply_plan: added,
+    compile (refuse on errors) -> lock -> plan server by server (mtlsc.apply.plan: added,
     changed, unchanged, removed only when named, kept) -> preflight (no foreign file in the way,
     nginx -t passes on the current config, the master runs) -> snapshot the live files -> stage
     the new files beside their targets -> swap them in (rename) -> nginx -t -> reload (SIGHUP,
@@ -14,7 +14,7 @@ the user's nginx.conf includes, e.g. /etc/nginx/conf.d); each server's trust and
 `install` directory, where the compiled config reads them. `DIR/00-mtlsc.conf` is shared by every
 server installed and rendered for all of them. mtlsc only replaces or removes files it installed
 itself (DIR/.mtlsc/installed.json) and refuses to overwrite anyone else's. State, lock and history
-live in DIR/.mtlsc (see `mtlsc.apply_history`).
+live in DIR/.mtlsc (see `mtlsc.apply.history`).
 
 Every wait is bounded; processes are signalled only by the pid nginx wrote to its own pid file,
 after checking that the process is an nginx master.
@@ -36,12 +36,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from mtlsc import pipeline
-from mtlsc.apply_history import (APPLIED, INTERRUPTED, REFUSED, RESTORE_FAILED, ROLLED_BACK, Entry, Installed,
+from mtlsc.apply.history import (APPLIED, INTERRUPTED, REFUSED, RESTORE_FAILED, ROLLED_BACK, Entry, Installed,
                                  LockHeld, State, StateError, fsync_dir, sha256_file, write_file_atomic)
-from mtlsc.apply_history import STATE_DIR, format_history  # noqa: F401 (re-exported for the CLI)
-from mtlsc.apply_plan import (ADDED, CHANGED, KEPT, KINDS, REMOVED, UNCHANGED, Plan, PlanRefused, ServerChange,
+from mtlsc.apply.history import STATE_DIR, format_history  # noqa: F401 (re-exported for the CLI)
+from mtlsc.apply.plan import (ADDED, CHANGED, KEPT, KINDS, REMOVED, UNCHANGED, Plan, PlanRefused, ServerChange,
                               migrate_legacy, plan_apply, server_changes, smoke_selection)
-from mtlsc.apply_smoke import ClientCert, ErrorLogs, SmokeCheck, SmokePlan, error_log_paths, matches_server, run_smoke
+from mtlsc.apply.smoke import ClientCert, ErrorLogs, SmokeCheck, SmokePlan, error_log_paths, matches_server, run_smoke
 from mtlsc.diagnostics import Diagnostic
 from mtlsc.source import Source
 
@@ -655,7 +655,7 @@ def _revert(run: _Run, pid: int, snapshot, before: Installed, reloaded: bool, pl
 
 
 def _finish(run: _Run, entry: Entry, code: int, result: str, stage: str, message: str, **kw) -> ApplyResult:
-    from mtlsc.apply_history import now_iso
+    from mtlsc.apply.history import now_iso
 
     entry.result, entry.reason, entry.finished = result, message.splitlines()[0] if message else "", now_iso()
     with contextlib.suppress(OSError):
@@ -697,7 +697,7 @@ def _recover(run: _Run) -> None:
     state.set_installed(installed)
     state.set_pending(None)
     if entry is not None:
-        from mtlsc.apply_history import now_iso
+        from mtlsc.apply.history import now_iso
 
         entry.result, entry.reason, entry.finished = INTERRUPTED, "mtlsc stopped mid-change; files restored", now_iso()
         state.save(entry)

@@ -1,7 +1,7 @@
 """Which nginx locations a server's routes become, and which paths each one covers.
 
 One place for the route -> location rule, read by the emitter (the `location` blocks and the
-case-variant gate) and by the model (`mtlsc.evaluate`), so the two cannot drift apart:
+case-variant gate) and by the model (`mtlsc.model.evaluate`), so the two cannot drift apart:
 
 - `route = /p`  -> `location = /p`: exactly `/p`;
 - `route /p/`   -> `location ^~ /p/`: every path starting with `/p/` (nginx answers `/p` with 301);
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import ir
-from mtlsc.dn_regex import pcre_literal
+from mtlsc.dn.regex import pcre_literal
 
 # mtlsc's own internal locations (the key check of several CAs on one server) live under this
 # prefix; routes may not use it (MTLS036).

@@ -132,7 +132,7 @@ class ServerRecord:
     tickets: bool = True  # ssl_session_tickets on
     client_auth: str = ""  # handshake mode and trust file digest: servers sharing an address compare it
     cve: bool = False  # its policy's nginx target includes builds with CVE-2025-23419
-    smoke: dict = field(default_factory=dict)  # its smoke checks (mtlsc.apply_smoke.SmokePlan)
+    smoke: dict = field(default_factory=dict)  # its smoke checks (mtlsc.apply.smoke.SmokePlan)
 
     @classmethod
     def from_json(cls, data: dict) -> "ServerRecord":

@@ -1,6 +1,6 @@
 """The request-space half of `mtlsc diff`: who gets through where, before and after.
 
-Both versions of each server answer the same requests through `mtlsc.evaluate`: every route path
+Both versions of each server answer the same requests through `mtlsc.model.evaluate`: every route path
 of either version and a path under it, times the same client certificates (no certificate, one
 from a CA no server trusts, any certificate of each CA, each identity as defined before and now,
 and the sample certificates that tell a changed identity apart). Each (path, client) whose answer
@@ -14,11 +14,11 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from mtlsc import ir
-from mtlsc.cast import stranger_subject
-from mtlsc.diff import NARROWING, NEUTRAL, WIDENING, Change
-from mtlsc.diff_trust import IdentityChange, backend_paths_change, backend_tls_change, cert_word, depth_change
-from mtlsc.evaluate import Client, Outcome, evaluate, find_route, identity_headers
-from mtlsc.explain import UNTRUSTED_SUBJECT, full_certificate, identity_client, route_label
+from mtlsc.model.cast import stranger_subject
+from mtlsc.review.diff import NARROWING, NEUTRAL, WIDENING, Change
+from mtlsc.review.diff_trust import IdentityChange, backend_paths_change, backend_tls_change, cert_word, depth_change
+from mtlsc.model.evaluate import Client, Outcome, evaluate, find_route, identity_headers
+from mtlsc.review.explain import UNTRUSTED_SUBJECT, full_certificate, identity_client, route_label
 
 PROBE_SUFFIX = "mtlsc-probe"
 

@@ -6,10 +6,10 @@ Each `Change` is classified for review:
 - narrowing: someone loses access, or a check is added (clients may be locked out);
 - neutral: visible but neither (a rejection status, a backend URL, a re-issued CA certificate).
 
-Who gets through is never re-derived here: `mtlsc.diff_access` asks `mtlsc.evaluate` about both
+Who gets through is never re-derived here: `mtlsc.review.diff_access` asks `mtlsc.model.evaluate` about both
 versions over the same request space (probe paths x client certificates). What the evaluator does
-not model (CA files, CRLs, OCSP, verify depth, headers) is compared by `mtlsc.diff_trust` and the
-server comparison in `mtlsc.diff_access`.
+not model (CA files, CRLs, OCSP, verify depth, headers) is compared by `mtlsc.review.diff_trust` and the
+server comparison in `mtlsc.review.diff_access`.
 
 JSON output (`render_diff(changes, "json")`, sorted keys, documented in docs/review.md):
 `{"format": "mtlsc-diff/1", "summary": {"widening": N, "narrowing": N, "neutral": N},
@@ -58,7 +58,7 @@ def diff_policies(old: Side, new: Side) -> list[Change]:
     identity definitions. The pki may be None (CA file facts unknown): bundle and CRL contents are
     then not compared."""
     # Imported here: both modules build `Change`, defined above.
-    from mtlsc import diff_access, diff_trust
+    from mtlsc.review import diff_access, diff_trust
 
     renames = diff_trust.ca_renames(old, new)
     identities = diff_trust.identity_changes(old[0], new[0])

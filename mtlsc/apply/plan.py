@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtlsc import ir, pipeline
-from mtlsc.apply_history import Installed, ServerRecord, State
-from mtlsc.apply_smoke import SmokePlan, matches_server, smoke_plan
+from mtlsc.apply.history import Installed, ServerRecord, State
+from mtlsc.apply.smoke import SmokePlan, matches_server, smoke_plan
 from mtlsc.emit import emit_all
 from mtlsc.emit import nginx as emit_nginx
 from mtlsc.nginx_facts import resumption_cve_possible

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtlsc import dn, dn_regex, ir
-from mtlsc.diff import NARROWING, NEUTRAL, WIDENING, Change, Side
-from mtlsc.evaluate import Client, identity_matches
+from mtlsc import dn, ir
+from mtlsc.dn import regex as dn_regex
+from mtlsc.review.diff import NARROWING, NEUTRAL, WIDENING, Change, Side
+from mtlsc.model.evaluate import Client, identity_matches
 from mtlsc.pki import CaFacts, CertInfo, CrlInfo
 
 # ----- CAs ------------------------------------------------------------------------------------
@@ -334,7 +335,7 @@ def cert_word(c: Client) -> str:
 @dataclass(frozen=True, slots=True)
 class IdentityChange:
     """An identity whose definition changed, with the sample certificates that tell the versions
-    apart (they join the clients `mtlsc.diff_access` evaluates)."""
+    apart (they join the clients `mtlsc.review.diff_access` evaluates)."""
 
     name: str
     gained: tuple[Client, ...]  # matched by the new definition only

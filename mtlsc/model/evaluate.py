@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import dn, ir
-from mtlsc.locations import alias_gated, is_alias, locations
+from mtlsc.model.locations import alias_gated, is_alias, locations
 from mtlsc.nginx_facts import FORWARD_FIELDS
-from mtlsc.uri import forwarded_target, target_problem
+from mtlsc.model.uri import forwarded_target, target_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ BAD_TARGET = ir.Response(400, "request target not canonical")
 @dataclass(frozen=True, slots=True)
 class _RouteIndex:
     """A server's locations by path, so route lookups cost the path's length, not the route count
-    (policies with 10,000 routes; benchmarks/). Built from `mtlsc.locations`, like the config."""
+    (policies with 10,000 routes; benchmarks/). Built from `mtlsc.model.locations`, like the config."""
 
     exact: dict  # location name -> route, for `location =`
     prefix: dict  # location name -> route, for `location ^~`

@@ -2,7 +2,7 @@
 `x.mtls` (docs/language.md, "Policy tests").
 
 `load_tests` reads a test file against a lowered policy and returns `Expectation`s plus MTLS4xx
-diagnostics that point at the YAML line and column (never a traceback). `mtlsc.policytest_run`
+diagnostics that point at the YAML line and column (never a traceback). `mtlsc.policytest.run`
 checks the expectations with mtlsc's model or against a lab nginx and renders the report.
 """
 
@@ -16,14 +16,14 @@ import yaml
 
 from mtlsc import ir
 from mtlsc.diagnostics import Diagnostic, error
-from mtlsc.evaluate import find_route
-from mtlsc.policytest_schema import (
+from mtlsc.model.evaluate import find_route
+from mtlsc.policytest.schema import (
     CANNOT_READ, CERT_SPECIFIC, INVALID, METHODS, MISSING_KEY, NO_CLIENT, REASONS, SYNTAX, UNKNOWN_SERVER,
     UNTRUSTED, VARYING_FIELDS, CertFile, ClientSpec, Ctx, client_spec, did_you_mean, find_server, is_bool,
     mapping, text, TOKEN,
 )
 from mtlsc.source import Source, Span, point, read_source, span_field
-from mtlsc.uri import normalise_path
+from mtlsc.model.uri import normalise_path
 
 __all__ = ["CertFile", "ClientSpec", "Expectation", "NO_CLIENT", "UNTRUSTED", "find_server", "load_tests",
            "normalise_path", "policy_test_path", "route_label"]

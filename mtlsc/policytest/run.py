@@ -1,7 +1,7 @@
 """Policy tests, run: every expectation checked with mtlsc's model (`expect_with_model`: no nginx)
 or against a running lab nginx (`expect_on_lab`), and the report (`render_results`).
 
-The model is mtlsc.evaluate, the specification users read; the lab is the reality. Both see the
+The model is mtlsc.model.evaluate, the specification users read; the lab is the reality. Both see the
 request the same way: the path as nginx normalises it (`normalise_path`), the certificate as
 nginx prints it.
 """
@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from mtlsc import dn, ir
-from mtlsc.evaluate import BAD_TARGET, NO_ROUTE, Client, evaluate, identity_headers
+from mtlsc.model.evaluate import BAD_TARGET, NO_ROUTE, Client, evaluate, identity_headers
 from mtlsc.lab.client import Response, render_request, request, tls_context
 from mtlsc.lab.pki import USER_CAST_DAYS, Issued, issue_client, make_root, no_key, write_pem
 from mtlsc.lab.run import Lab
@@ -112,7 +112,7 @@ def observe_model(case: Expectation, policy: ir.Policy) -> Observed:
 
 
 def expect_with_model(policy: ir.Policy, expectations: list[Expectation]) -> list[Result]:
-    """Check every expectation with mtlsc.evaluate (no nginx, no certificates minted)."""
+    """Check every expectation with mtlsc.model.evaluate (no nginx, no certificates minted)."""
     results = []
     for case in expectations:
         observed = observe_model(case, policy)

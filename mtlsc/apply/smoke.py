@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mtlsc import ir
-from mtlsc.evaluate import evaluate, probe_path
+from mtlsc.model.evaluate import evaluate, probe_path
 
 PASS, REDIRECT, REFUSE = "pass", "redirect", "refuse"
 

@@ -17,11 +17,11 @@ import re
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type  # the only way to pick a string type
 
-from mtlsc import der
-from mtlsc.dn_match import (  # attribute identities: the model and the gate regex, re-exported
+from mtlsc.pki import der
+from mtlsc.dn.match import (  # attribute identities: the model and the gate regex, re-exported
     AttrConstraint, constraints_regex, example_value, matches_constraints, matches_subject,
 )
-from mtlsc.dn_regex import DnError, check_value_pattern, pcre_literal
+from mtlsc.dn.regex import DnError, check_value_pattern, pcre_literal
 
 __all__ = ["ATTRIBUTES", "AttrConstraint", "DnError", "canonical_attribute", "copied_form", "check_value_pattern",
            "constraints_regex", "escape_value", "example_value", "format_dn", "matches_constraints",
@@ -375,7 +375,7 @@ def _print_ava(data: bytes, oid: str, tag: int, element_at: int, value_at: int, 
 
 def nginx_dn_of(name: x509.Name | bytes) -> str:
     """What nginx puts in `$ssl_client_s_dn` for a certificate whose subject is `name`: a
-    cryptography Name, or the DER of a Name as the certificate carries it (mtlsc.der.cert_names).
+    cryptography Name, or the DER of a Name as the certificate carries it (mtlsc.pki.der.cert_names).
 
     Reads the DER as OpenSSL does: RDNs and the AVAs inside each RDN in reverse order, values
     decoded by string type (one-byte types as Latin-1, a quirk that double-encodes non-ASCII in

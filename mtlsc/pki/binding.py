@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from mtlsc import der, ir
-from mtlsc.chain_paths import ca_certs, chain_allows_sub_ca, intermediates, names_allow, parsed, root_path
+from mtlsc import ir
+from mtlsc.pki import der
+from mtlsc.pki.chains import ca_certs, chain_allows_sub_ca, intermediates, names_allow, parsed, root_path
 from mtlsc.pki import CertInfo
 
 # Curves njs WebCrypto verifies ECDSA on, with the size of r and s in its raw signature form.
