@@ -148,7 +148,7 @@ NOTES = """
 - `evaluate.find_route`, `identity_headers` and the redirect lookup: routes indexed by path once
   per server (was a scan of every route per lookup, called per route: quadratic at 10,000 routes).
 - `ir.Server.cas`: computed once (was rebuilt from every route on each use, per test case).
-- `checks.lockout.unused_waiver`: returns at once when the policy has no `waive` (it ran every
+- `checks.unused_waiver`: returns at once when the policy has no `waive` (it ran every
   check a second time).
 - `pipeline`: the garbage collector runs less often while a policy is processed (millions of
   objects that all stay alive; collection passes doubled a 10,000-route compile).

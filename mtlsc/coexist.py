@@ -15,12 +15,12 @@ emitted files adapt to it, and what mtlsc refuses (docs/language.md "Coexisting 
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from mtlsc import ir
 from mtlsc.diagnostics import Diagnostic, Related, Severity
-from mtlsc.nginx_conf import ConfError, Directive, Loaded, NginxFailed, http_blocks, load_path, load_running
+from mtlsc.nginx_conf import (ConfError, Directive, Loaded, NginxFailed, _user_listen, http_blocks, listen_key,
+                              load_path, load_running)
 from mtlsc.source import Source, Span, point
 
 CACHE_LINE = 64  # ngx_cacheline_size on x86-64 and most arm64: the smallest bucket nginx really uses
@@ -55,37 +55,6 @@ class HostError(Exception):
     def __init__(self, diagnostic: Diagnostic, sources: dict[str, Source]):
         super().__init__(diagnostic.message)
         self.diagnostic, self.sources = diagnostic, sources
-
-
-def listen_key(address: str | None, port: int) -> tuple[str, int]:
-    """One address as nginx compares listen sockets: `443`, `*:443` and `0.0.0.0:443` are one."""
-    if address in (None, "", "*", "0.0.0.0"):
-        return "*", port
-    try:
-        return str(ipaddress.ip_address(address.strip("[]"))), port
-    except ValueError:
-        return address.lower(), port
-
-
-def listen_text_key(text: str) -> tuple[str, int]:
-    """listen_key of a listen address as mtlsc writes it (`443`, `127.0.0.1:443`, `[::1]:443`)."""
-    return _user_listen(text) or (text, 0)
-
-
-def _user_listen(arg: str) -> tuple[str, int] | None:
-    """nginx's `listen` address forms: `443`, `ADDR`, `ADDR:443`, `[V6]:443`, `*:443`; None for unix sockets."""
-    if arg.startswith("unix:"):
-        return None
-    if arg.isdigit():
-        return listen_key(None, int(arg))
-    if arg.startswith("["):
-        host, _, rest = arg[1:].partition("]")
-        port = rest.removeprefix(":")
-        return listen_key(host, int(port) if port.isdigit() else 80)
-    host, sep, port = arg.rpartition(":")
-    if sep and port.isdigit():
-        return listen_key(host, int(port))
-    return listen_key(arg, 80)
 
 
 def _find(block, name: str) -> Directive | None:
@@ -172,7 +141,7 @@ def _span(d: Directive) -> Span:
 
 
 def check_host(policy: ir.Policy, views, host: Host) -> list[Diagnostic]:
-    from mtlsc.emit.nginx import _hash_sizes, hash_element, http_settings
+    from mtlsc.emit.http import _hash_sizes, hash_element, http_settings
 
     out: list[Diagnostic] = []
     longest = {

@@ -12,6 +12,7 @@ it against crossplane's lexer on generated text.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -330,3 +331,34 @@ def load_running(command: list[str]) -> Loaded:
 
 def http_blocks(loaded: Loaded) -> list[Directive]:
     return [d for d in loaded.tree if d.name == "http" and d.block is not None]
+
+
+def listen_key(address: str | None, port: int) -> tuple[str, int]:
+    """One address as nginx compares listen sockets: `443`, `*:443` and `0.0.0.0:443` are one."""
+    if address in (None, "", "*", "0.0.0.0"):
+        return "*", port
+    try:
+        return str(ipaddress.ip_address(address.strip("[]"))), port
+    except ValueError:
+        return address.lower(), port
+
+
+def listen_text_key(text: str) -> tuple[str, int]:
+    """listen_key of a listen address as mtlsc writes it (`443`, `127.0.0.1:443`, `[::1]:443`)."""
+    return _user_listen(text) or (text, 0)
+
+
+def _user_listen(arg: str) -> tuple[str, int] | None:
+    """nginx's `listen` address forms: `443`, `ADDR`, `ADDR:443`, `[V6]:443`, `*:443`; None for unix sockets."""
+    if arg.startswith("unix:"):
+        return None
+    if arg.isdigit():
+        return listen_key(None, int(arg))
+    if arg.startswith("["):
+        host, _, rest = arg[1:].partition("]")
+        port = rest.removeprefix(":")
+        return listen_key(host, int(port) if port.isdigit() else 80)
+    host, sep, port = arg.rpartition(":")
+    if sep and port.isdigit():
+        return listen_key(host, int(port))
+    return listen_key(arg, 80)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mtlsc import dn
-from mtlsc.pki import der
+from mtlsc.dn import der
 from support import run_cli
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)

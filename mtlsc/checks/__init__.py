@@ -35,6 +35,41 @@ class Check:
     find: Callable[[CheckContext], Iterable[Finding]]
 
 
+UNUSED_WAIVER = "MTLS149"
+
+
+def unused_waiver(ctx):
+    """What it catches: a `waive` that silences nothing: no finding of its code inside its block,
+    a code that no check reports, or an error (errors cannot be waived).
+
+    Why: a stale waiver would silently hide the next, possibly different, problem of that code
+    in its block; a waiver that cannot apply misleads readers into thinking a finding is
+    acknowledged. (Not about nginx: about keeping acknowledgements honest.)
+
+    Example: `waive MTLS207 "CA is dedicated"` in a route that has an `allow` list.
+
+    Fix: remove the waiver, or move it into the block whose finding it acknowledges.
+    """
+    if not ctx.policy.waivers:
+        return  # nothing to judge: running every check again would double the cost of `check`
+    severity = {c.code: c.severity for c in CHECKS}
+    fired = [(c.code, f.span) for c in CHECKS if c.find is not unused_waiver for f in c.find(ctx)]
+    mine = []  # this check's own findings, for waivers of MTLS149 itself
+    waivers = sorted(ctx.policy.waivers, key=lambda w: w.code == UNUSED_WAIVER)
+    for w in waivers:
+        found = fired if w.code != UNUSED_WAIVER else mine
+        if w.code not in severity:
+            message = f"no check reports `{w.code}`: a waiver cannot silence it"
+        elif severity[w.code] >= Severity.ERROR:
+            message = f"`{w.code}` is an error: a waiver cannot silence it"
+        elif not any(code == w.code and _within(span, w.scope) for code, span in found):
+            message = f"nothing in this block reports `{w.code}`: the waiver is unused"
+        else:
+            continue
+        mine.append((UNUSED_WAIVER, w.span))
+        yield Finding(w.span, message, "remove the waiver", label="silences nothing")
+
+
 CHECKS: tuple[Check, ...] = (
     Check("MTLS101", ERROR, lockout.public_route_behind_required_listener),
     Check("MTLS102", ERROR, chains.crl_missing_for_some_ca),
@@ -55,7 +90,7 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS117", ERROR, ocsp.ocsp_settings_differ_within_server),
     Check("MTLS118", ERROR, lockout.routes_differ_only_in_case),
     Check("MTLS119", ERROR, ocsp.ocsp_host_name_without_resolver),
-    Check("MTLS149", WARNING, lockout.unused_waiver),
+    Check("MTLS149", WARNING, unused_waiver),
     Check("MTLS201", ERROR, chains.issuer_dn_shared_between_cas),
     Check("MTLS202", WARNING, overtrust.over_broad_identity_pattern),
     Check("MTLS203", WARNING, overtrust.cn_only_identity),

@@ -4,7 +4,7 @@ silence nothing, so a stale acknowledgement cannot hide the next finding)."""
 from __future__ import annotations
 
 from mtlsc import dn, ir
-from mtlsc.diagnostics import Finding, Related, Severity
+from mtlsc.diagnostics import Finding, Related
 from mtlsc.model.evaluate import find_route, probe_path
 from mtlsc.model.locations import ascii_lower
 
@@ -323,40 +323,3 @@ def target_predates_421(ctx):
                 "target nginx 1.19.4 or later (`nginx \">= 1.22\"`), or give this server its own port",
                 related=(Related(other.span, "shares the listen address"),),
             )
-
-
-def unused_waiver(ctx):
-    """What it catches: a `waive` that silences nothing: no finding of its code inside its block,
-    a code that no check reports, or an error (errors cannot be waived).
-
-    Why: a stale waiver would silently hide the next, possibly different, problem of that code
-    in its block; a waiver that cannot apply misleads readers into thinking a finding is
-    acknowledged. (Not about nginx: about keeping acknowledgements honest.)
-
-    Example: `waive MTLS207 "CA is dedicated"` in a route that has an `allow` list.
-
-    Fix: remove the waiver, or move it into the block whose finding it acknowledges.
-    """
-    from mtlsc.checks import CHECKS, _within  # the registry imports this module: import late
-
-    if not ctx.policy.waivers:
-        return  # nothing to judge: running every check again would double the cost of `check`
-    severity = {c.code: c.severity for c in CHECKS}
-    fired = [(c.code, f.span) for c in CHECKS if c.find is not unused_waiver for f in c.find(ctx)]
-    mine = []  # this check's own findings, for waivers of MTLS149 itself
-    waivers = sorted(ctx.policy.waivers, key=lambda w: w.code == UNUSED_WAIVER)
-    for w in waivers:
-        found = fired if w.code != UNUSED_WAIVER else mine
-        if w.code not in severity:
-            message = f"no check reports `{w.code}`: a waiver cannot silence it"
-        elif severity[w.code] >= Severity.ERROR:
-            message = f"`{w.code}` is an error: a waiver cannot silence it"
-        elif not any(code == w.code and _within(span, w.scope) for code, span in found):
-            message = f"nothing in this block reports `{w.code}`: the waiver is unused"
-        else:
-            continue
-        mine.append((UNUSED_WAIVER, w.span))
-        yield Finding(w.span, message, "remove the waiver", label="silences nothing")
-
-
-UNUSED_WAIVER = "MTLS149"

@@ -8,8 +8,8 @@ would pass `cn ~ "^globex-..."` while a backend reading the first CN sees `mallo
 (docs/nginx-facts.md §F6). `matches_constraints` (the model) and `constraints_regex` (the gate) each
 implement the rule on their own; tests/test_dn_repeated*.py hold them to each other and to nginx.
 
-Imported through mtlsc.dn, which re-exports every public name here; mtlsc.dn's value helpers are
-looked up at call time so that either module may be imported first.
+Imported through mtlsc.dn, which re-exports every public name here; the value helpers come from
+mtlsc.dn.attributes, below both.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from mtlsc.dn.attributes import _canonical, _parse_value, escape_value
 from mtlsc.dn.regex import VALUE_TOKEN, DnError, candidates, confine, pcre_literal
 
 
@@ -34,12 +35,6 @@ class AttrConstraint:
     def __post_init__(self) -> None:
         if self.op not in ("eq", "re"):
             raise ValueError(f"unknown constraint op {self.op!r}")
-
-
-def _dn():
-    from mtlsc import dn  # a cycle at import time: dn re-exports this module
-
-    return dn
 
 
 def matches_subject(dn: str, subject: str) -> bool:
@@ -66,7 +61,7 @@ def _avas(dn: str) -> list[tuple[str, str]]:
 
 def _by_attribute(constraints) -> dict[str, list[AttrConstraint]]:
     """Constraints grouped by canonical attribute name (aliases are one attribute), in order."""
-    canonical = _dn()._canonical
+    canonical = _canonical
     groups: dict[str, list[AttrConstraint]] = {}
     for c in constraints:
         groups.setdefault(canonical(c.attr), []).append(c)
@@ -75,7 +70,7 @@ def _by_attribute(constraints) -> dict[str, list[AttrConstraint]]:
 
 def _holds(c: AttrConstraint, printed: str) -> bool:
     if c.op == "eq":
-        return printed == _dn().escape_value(c.value)  # escaping is one-to-one: compare printed forms
+        return printed == escape_value(c.value)  # escaping is one-to-one: compare printed forms
     return _confined(c.value).fullmatch(printed) is not None
 
 
@@ -98,7 +93,7 @@ def _confined(pattern: str) -> re.Pattern[str]:
 
 
 def _body(c: AttrConstraint) -> str:
-    return pcre_literal(_dn().escape_value(c.value)) if c.op == "eq" else confine(c.value)
+    return pcre_literal(escape_value(c.value)) if c.op == "eq" else confine(c.value)
 
 
 def _attribute_lookahead(attr: str, group: list[AttrConstraint]) -> str:
@@ -123,15 +118,14 @@ def constraints_regex(constraints) -> str:
 
 def example_value(pattern: str) -> str:
     """A short raw value whose nginx-printed form fully matches `pattern`."""
-    dn = _dn()
     rx = _confined(pattern)
     empty_ok = False
     for cand in candidates(pattern):
         try:
-            raw, end = dn._parse_value(cand, 0)
+            raw, end = _parse_value(cand, 0)
         except DnError:
             continue  # not something nginx prints (`\q`, a bare leading `#`, ...)
-        if end != len(cand) or dn.escape_value(raw) != cand or not rx.fullmatch(cand):
+        if end != len(cand) or escape_value(raw) != cand or not rx.fullmatch(cand):
             continue
         if raw:
             return raw

@@ -6,38 +6,21 @@ comments live in the templates beside this file.
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from mtlsc import dn, ir
-from mtlsc.pki.binding import KeyEntry, key_bound
-from mtlsc.emit import quote, render
+from mtlsc import ir
+from mtlsc.emit import quote
+from mtlsc.emit.http import HTTP_CONF, _default_listens, _hash_sizes, _listen_text, _sources, http_conf
+from mtlsc.emit.identity_maps import MapEntry, MapView, _identity_maps
 from mtlsc.emit.quote import Safe
+from mtlsc.emit.templates import render
 from mtlsc.model.evaluate import BAD_TARGET, identity_headers
 from mtlsc.model.locations import INTERNAL_PREFIX, alias_gated, alias_regex, locations
 from mtlsc.nginx_facts import FORWARD_FIELDS, cross_resumption_servers, resumption_cve_possible
 from mtlsc.pki import Pki, crl_file_pem, trust_file_pem
+from mtlsc.pki.binding import KeyEntry, key_bound
 from mtlsc.model.uri import NONCANONICAL
-
-HTTP_CONF = "nginx/00-mtlsc.conf"
-
-
-@dataclass
-class MapEntry:
-    key: Safe
-    value: Safe | int
-    note: Safe = Safe("")
-
-
-@dataclass
-class MapView:
-    note: Safe
-    source: Safe
-    var: Safe
-    default: Safe | int
-    entries: list[MapEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -95,65 +78,6 @@ def emit(policy: ir.Policy, pki: Pki, taken_prefixes: frozenset[str] = frozenset
     return out
 
 
-def http_conf(sources: Iterable[str], listens: Iterable[str], hash_sizes: tuple[int, int],
-              host: ir.HostNginx | None = None) -> str:
-    """HTTP_CONF for servers from `sources` listening on `listens` (one entry per server and listen
-    address): `mtlsc apply` renders it for every server installed in one nginx, whichever policy each
-    came from. `host`: the user's own nginx config (mtlsc.coexist), whose default servers and hash
-    settings are left to it."""
-    from mtlsc.coexist import listen_text_key
-
-    listens = list(listens)
-    taken = host.default_servers if host else frozenset()
-    keyed = {t: listen_text_key(t) for t in set(listens)}
-    settings = http_settings(hash_sizes, len(listens), host)
-    theirs = [quote.bare(t) for t in sorted(keyed) if keyed[t] in taken]
-    # Named only when something is left to it: otherwise the file is the one a blind compile makes.
-    adapted = host is not None and (theirs or any(h.theirs for h in settings))
-    return render("nginx_http.conf.j2", sources=[quote.comment(p) for p in sorted(set(sources))],
-                  defaults=[quote.bare(t) for t in sorted(keyed) if keyed[t] not in taken], theirs=theirs,
-                  settings=settings, origin=quote.comment(host.origin) if adapted else None)
-
-
-@dataclass
-class HttpSetting:
-    name: Safe
-    value: int
-    theirs: bool  # the user's nginx config sets it: mtlsc leaves it out (nginx refuses a duplicate)
-
-
-def http_settings(hash_sizes: tuple[int, int], servers: int, host: ir.HostNginx | None) -> list[HttpSetting]:
-    """The hash sizes mtlsc needs for `servers` servers (listen addresses counted each), each left to
-    the user's config when it sets it (mtlsc.coexist checks that the user's value is big enough)."""
-    var_bucket, var_max = variables_hash_sizes(servers)
-    taken = host.http_settings if host else frozenset()
-    return [HttpSetting(Safe(name), value, name in taken) for name, value in (
-        ("map_hash_bucket_size", hash_sizes[0]), ("map_hash_max_size", hash_sizes[1]),
-        ("variables_hash_bucket_size", var_bucket), ("variables_hash_max_size", var_max))]
-
-
-def hash_element(name_length: int) -> int:
-    """Bytes one name takes in an nginx hash bucket (ngx_hash.h NGX_HASH_ELT_SIZE, 64-bit)."""
-    return 8 + ((name_length + 2 + 7) // 8) * 8
-
-
-# Variables mtlsc's maps declare per server, generously (a few, plus 2-4 per distinct allow list).
-VARIABLES_PER_SERVER = 32
-
-
-def variables_hash_sizes(servers: int) -> tuple[int, int]:
-    """variables_hash sizes for the variables mtlsc's servers declare, beside nginx's own (about 150
-    in a stock build), its modules' and the user's: with nginx's defaults (64, 1024) some ten
-    servers' maps already made every `nginx -t` warn `could not build optimal variables_hash`.
-    A function of the number of servers only, so that `compile` and `apply` (which renders this for
-    servers of several compiles) agree. Names stay under 46 characters (variable_prefixes): one
-    takes at most 64 bytes of a bucket, and a 128-byte bucket holds two to five."""
-    max_size = 2048
-    while max_size < 4 * (VARIABLES_PER_SERVER * servers + 512):  # 512: room for everyone else's variables
-        max_size *= 2
-    return 128, max_size
-
-
 @dataclass(frozen=True)
 class ServerHttp:
     """What one server's file needs of HTTP_CONF, and the variable prefix it took."""
@@ -176,35 +100,6 @@ def server_http(policy: ir.Policy, pki: Pki, taken_prefixes: frozenset[str] = fr
 def _js_table(table: dict[str, list[dict]]) -> str:
     """The key table as a JS object literal: JSON of base64 and fixed words, sorted for stable output."""
     return json.dumps(table, indent=4, sort_keys=True)
-
-
-def _sources(policy: ir.Policy) -> list[str]:
-    return [s.span.path for s in policy.servers if s.span]
-
-
-def _listen_text(listen: ir.Listen) -> str:
-    return f"{listen.address}:{listen.port}" if listen.address else str(listen.port)
-
-
-def _default_listens(policy: ir.Policy) -> list[str]:
-    """Every address mtlsc listens on gets a default server mtlsc owns (docs/nginx-facts.md §5)."""
-    return [_listen_text(l) for s in policy.servers for l in s.listens]
-
-
-def _hash_sizes(views) -> tuple[int, int]:
-    """map_hash sizes that fit the longest key and the largest map (nginx refuses to start otherwise)."""
-    # Regex keys are compiled, not hashed: only exact keys need room in a bucket.
-    keys = [e.key for v in views for m in v.maps for e in m.entries if not e.key.startswith('"~')]
-    longest = max((len(k) for k in keys), default=0)
-    need = hash_element(longest) + 8  # plus the bucket's terminating pointer
-    bucket = 64
-    while bucket < need:
-        bucket *= 2
-    largest = max((len(m.entries) for v in views for m in v.maps), default=0)
-    max_size = 2048
-    while max_size < 2 * largest:
-        max_size *= 2
-    return bucket, max_size
 
 
 @dataclass
@@ -434,73 +329,6 @@ def _ca_binding_maps(server, pki, prefix, ca_index) -> list[MapView]:
                             quote.nginx_var(f"{prefix}not_ca{i}"), 0,
                             [MapEntry(quote.map_key(f"SUCCESS:ca{i}"), 0), MapEntry(quote.map_regex("^SUCCESS:"), 1)]))
     return maps
-
-
-def _identity_maps(server: ir.Server, prefix: str, maps: list[MapView]) -> dict[tuple[str, ...], Safe]:
-    """One deny variable per distinct allow list: hashed maps for exact keys, one regex per pattern."""
-    gates: dict[tuple[str, ...], Safe] = {}
-    for route in server.routes:
-        key = tuple(sorted(i.name for i in route.allow))
-        if not key or key in gates:
-            continue
-        n = len(gates) + 1
-        parts = []
-        by_source = {
-            "subject": (Safe("$ssl_client_s_dn"), [i for i in route.allow if i.kind in (ir.IdentityKind.SUBJECT, ir.IdentityKind.ATTRS)]),
-            "fingerprint": (Safe("$ssl_client_fingerprint"), [i for i in route.allow if i.kind is ir.IdentityKind.FINGERPRINT]),
-            "serial": (quote.nginx_concat("ssl_client_serial", "ssl_client_i_dn"), [i for i in route.allow if i.kind is ir.IdentityKind.SERIAL]),
-        }
-        for label, (source, idents) in by_source.items():
-            if not idents:
-                continue
-            var = f"{prefix}allow{n}_{label[:4]}"  # subj / fing / seri: short names hash in 64 bytes
-            view = MapView(quote.comment(f"1 when the certificate is one of: {', '.join(i.name for i in idents)}"),
-                           source, quote.nginx_var(var), 0)
-            for ident in sorted(idents, key=lambda i: i.name):
-                view.entries.append(MapEntry(_identity_key(ident), 1, _identity_note(ident)))
-            maps.append(view)
-            parts.append(var)
-        deny = f"{prefix}deny{n}"
-        # Exact keys for every combination holding a 1 (at most 7): a hashed lookup, where a
-        # `~1` regex cost a PCRE match per request (benchmarks/: 10% of a keep-alive request).
-        passing = [":".join(bits) for bits in itertools.product("01", repeat=len(parts)) if "1" in bits]
-        maps.append(MapView(quote.comment(f"1 unless the certificate is one of: {', '.join(key)}"),
-                            quote.nginx_concat(*parts), quote.nginx_var(deny), 1,
-                            [MapEntry(quote.map_key(k), 0) for k in passing]))
-        gates[key] = quote.nginx_var(deny)
-    return gates
-
-
-def _identity_note(ident: ir.Identity) -> Safe:
-    """The comment on an identity's map entry. An attribute identity's key is a regex no reviewer
-    can read, so its comment states the rule the regex implements (docs/nginx-facts.md §7, §F6)."""
-    if ident.kind is not ir.IdentityKind.ATTRS:
-        return quote.comment(f"identity {ident.name}")
-    return quote.comment(f"identity {ident.name}: {_attrs_in_words(ident.attrs)}")
-
-
-def _attrs_in_words(attrs: tuple[ir.AttrMatch, ...]) -> str:
-    """`O = "Example Corp" and OU matches ^eng-, each present once`: the constraints per attribute,
-    in the order written, and the rule of mtlsc.dn.match that every named attribute occurs once."""
-    tests: dict[str, list[str]] = {}
-    for a in attrs:
-        tests.setdefault(a.attr, []).append(f"= {_literal(a.value)}" if a.op == "eq" else f"matches {a.value}")
-    rule = " and ".join(f"{attr} {' and '.join(t)}" for attr, t in tests.items())
-    return rule + (", each present once" if len(tests) > 1 else ", present once")
-
-
-def _literal(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _identity_key(ident: ir.Identity) -> Safe:
-    if ident.kind is ir.IdentityKind.SUBJECT:
-        return quote.map_key(ident.subject)  # hashed, ASCII case-insensitive: X.509 caseIgnoreMatch
-    if ident.kind is ir.IdentityKind.ATTRS:
-        return quote.map_regex(dn.constraints_regex(tuple(dn.AttrConstraint(a.attr, a.op, a.value) for a in ident.attrs)))
-    if ident.kind is ir.IdentityKind.FINGERPRINT:
-        return quote.map_key(ident.fingerprint)
-    return quote.map_key(f"{ident.serial}:{ident.issuer}")
 
 
 def _location(server, loc: Location, prefix, ca_index, identity_gate, key_checks) -> LocationView:

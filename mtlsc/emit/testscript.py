@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from mtlsc import ir
 from mtlsc.model.cast import Member, cast, lookalike_verifies, sample_names
-from mtlsc.emit import quote, render
+from mtlsc.emit import quote
 from mtlsc.emit.quote import Safe
+from mtlsc.emit.templates import render
 from mtlsc.model.evaluate import allow_index, evaluate, identity_headers, probe_path
 from mtlsc.model.locations import ascii_lower
 from mtlsc.model.uri import normalise_path

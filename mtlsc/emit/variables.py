@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import ir
-from mtlsc.emit import quote, render
+from mtlsc.emit import quote
 from mtlsc.emit.quote import Safe
+from mtlsc.emit.templates import render
 from mtlsc.nginx_facts import FORWARD_FIELDS, VARIABLES
 
 

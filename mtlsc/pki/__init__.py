@@ -4,7 +4,7 @@ Every file problem becomes a located diagnostic (the file's string in the policy
 exception: MTLS901 unreadable, MTLS301 bundle without a certificate, MTLS302 CRL file without a
 CRL, MTLS303 private key in a file, MTLS304 damaged PEM block, MTLS305 a block of the wrong kind,
 MTLS035 a certificate nginx reads whose name strings cryptography refuses.
-Names are printed from the certificate's own bytes (mtlsc.pki.der), never from a re-encoding.
+Names are printed from the certificate's own bytes (mtlsc.dn.der), never from a re-encoding.
 The compiled trust and CRL files are rebuilt from the parsed objects, so junk, keys and stray
 blocks in the user's files never reach nginx.
 """
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from mtlsc import dn, files, ir
-from mtlsc.pki import der
+from mtlsc.dn import der
 from mtlsc.diagnostics import Diagnostic, error, warning
 from mtlsc.source import Span, point
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mtlsc import ir
-from mtlsc.pki import der
+from mtlsc.dn import der
 from mtlsc.pki.chains import ca_certs, chain_allows_sub_ca, intermediates, names_allow, parsed, root_path
 from mtlsc.pki import CertInfo
 

@@ -19,37 +19,13 @@ JSON output (`render_diff(changes, "json")`, sorted keys, documented in docs/rev
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
-from mtlsc import ir
 from mtlsc.diagnostics import has_errors
-from mtlsc.pki import Pki
+from mtlsc.review import diff_access, diff_trust
+from mtlsc.review.change import FAIL_ON, JSON_FORMAT, KINDS, NARROWING, NEUTRAL, WIDENING, Change, Side
 
-WIDENING, NARROWING, NEUTRAL = "widening", "narrowing", "neutral"
-KINDS = (WIDENING, NARROWING, NEUTRAL)  # also the order of the rendered sections
-FAIL_ON = ("widening", "narrowing", "any")
-JSON_FORMAT = "mtlsc-diff/1"
-
-Side = tuple[ir.Policy, Pki | None]
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One change in access, classified.
-
-    `server` is the server's first name (None for a change of a CA or identity, which affects
-    every server using it); `route` is the route as written (`= /healthz`, `/partner/`) or None;
-    `subject` names who or what changed (a client, `ca partners`, `identity globex`, a header);
-    `old` / `new` are short values (`403 forbidden`, `2`, a fingerprint) when there are any."""
-
-    kind: str
-    server: str | None
-    route: str | None
-    subject: str
-    message: str
-    old: str | None = None
-    new: str | None = None
-
+__all__ = ["FAIL_ON", "JSON_FORMAT", "KINDS", "NARROWING", "NEUTRAL", "WIDENING", "Change", "Side", "diff_policies",
+           "counts", "fails", "render_diff", "run_diff", "strongest"]
 
 def diff_policies(old: Side, new: Side) -> list[Change]:
     """Every change in access from `old` to `new`, each a (policy, pki) pair.
@@ -57,9 +33,6 @@ def diff_policies(old: Side, new: Side) -> list[Change]:
     Order: per server (as the new policy lists them, removed servers last), then CA trust, then
     identity definitions. The pki may be None (CA file facts unknown): bundle and CRL contents are
     then not compared."""
-    # Imported here: both modules build `Change`, defined above.
-    from mtlsc.review import diff_access, diff_trust
-
     renames = diff_trust.ca_renames(old, new)
     identities = diff_trust.identity_changes(old[0], new[0])
     changes = diff_access.server_changes(old[0], new[0], renames, identities)

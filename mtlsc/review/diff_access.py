@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from mtlsc import ir
 from mtlsc.model.cast import stranger_subject
-from mtlsc.review.diff import NARROWING, NEUTRAL, WIDENING, Change
+from mtlsc.review.change import NARROWING, NEUTRAL, WIDENING, Change
 from mtlsc.review.diff_trust import IdentityChange, backend_paths_change, backend_tls_change, cert_word, depth_change
 from mtlsc.model.evaluate import Client, Outcome, evaluate, find_route, identity_headers
 from mtlsc.review.explain import UNTRUSTED_SUBJECT, full_certificate, identity_client, route_label

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mtlsc import dn, ir
 from mtlsc.dn import regex as dn_regex
-from mtlsc.review.diff import NARROWING, NEUTRAL, WIDENING, Change, Side
+from mtlsc.review.change import NARROWING, NEUTRAL, WIDENING, Change, Side
 from mtlsc.model.evaluate import Client, identity_matches
 from mtlsc.pki import CaFacts, CertInfo, CrlInfo
 
