@@ -7,6 +7,11 @@ printed as `\\XX`, so the string is pure ASCII. Each claim is pinned by tests/te
 against the real nginx and openssl binaries; the quirks they found are noted where they matter.
 
 Values here are *raw* (unescaped) strings unless a name says "escaped" or "nginx form".
+
+Modules: `attributes` (attribute names, one value escaped and read back), `der` (names read from a
+certificate's own bytes), `regex` (user value patterns confined to one value), `examples` (values
+a pattern matches), `match` (attribute identities: the model and the gate regex). This module
+reads and prints whole DNs and re-exports the rest.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mtlsc.dn.attributes import _canonical, _parse_value, escape_value
-from mtlsc.dn.regex import VALUE_TOKEN, DnError, candidates, confine, pcre_literal
+from mtlsc.dn.examples import candidates
+from mtlsc.dn.regex import VALUE_TOKEN, DnError, confine, pcre_literal
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ end inside an escape pair nor run past the unescaped `,`/`+` ending the value: t
 
 from __future__ import annotations
 
-import itertools
 import re
 # Private, but its opcodes are stable across CPython 3.11-3.13; it classifies single atoms only.
 import re._constants as sre_c
@@ -382,52 +381,3 @@ def confine(pattern: str) -> str:
 def check_value_pattern(pattern: str) -> None:
     """Raise DnError (offset into `pattern`) if the pattern is not anchored or not confinable."""
     confine(pattern)
-
-
-# ---- examples: escaped-form strings a pattern may match -------------------------------------
-
-_CAP = 8
-
-
-def _ordered(chars: frozenset[str], prefer: str) -> list[str]:
-    return sorted(chars, key=lambda c: (prefer.find(c) if c in prefer else len(prefer) + ord(c)))[:4]
-
-
-def _cands(node: object) -> list[str]:
-    if isinstance(node, AnyChar):
-        return ["a", "0", "-", "\\,"]
-    if isinstance(node, Chars):
-        return _ordered(_token_chars(node), _PREFER)
-    if node.kind == "seq":
-        parts = list(_seq_parts(node.items))
-        return ["".join(combo) for combo in itertools.islice(itertools.product(*parts), _CAP)]
-    if node.kind == "alt":
-        lists = [_cands(b) for b in node.items]
-        return [c for c in itertools.chain.from_iterable(itertools.zip_longest(*lists)) if c is not None][:_CAP]
-    if node.kind in ("group", "atomic"):
-        return _cands(node.items[0])
-    item = _cands(node.items[0])
-    hi = node.hi if node.hi is not None else node.lo + 3
-    counts = sorted(range(node.lo, hi + 1), key=lambda n: (n == 0, n))[:3]  # prefer non-empty
-    return [
-        "".join(combo) for n in counts for combo in itertools.islice(itertools.product(item, repeat=n), 3)
-    ][:_CAP]
-
-
-def _seq_parts(items: tuple) -> Iterator[list[str]]:
-    i = 0
-    while i < len(items):
-        if _is_backslash(items[i]) and i + 1 < len(items):
-            nxt = items[i + 1]
-            chars = frozenset(PRINTABLE) if isinstance(nxt, AnyChar) else nxt.chars
-            yield ["\\" + c for c in _ordered(chars, _PREFER_PAIR + "0123456789ABCDEF")]
-            i += 2
-        else:
-            yield _cands(items[i])
-            i += 1
-
-
-def candidates(pattern: str) -> list[str]:
-    """A few escaped-form strings the confined pattern may match, simplest first; not all are
-    things nginx prints (`\\q`, a bare leading `#`), so the caller checks each."""
-    return _cands(parse_pattern(pattern))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import dn, ir
-from mtlsc.dn import regex as dn_regex
+from mtlsc.dn import examples as dn_examples
 from mtlsc.review.change import NARROWING, NEUTRAL, WIDENING, Change, Side
 from mtlsc.model.evaluate import Client, identity_matches
 from mtlsc.pki import CaFacts, CertInfo, CrlInfo
@@ -280,7 +280,7 @@ _MAX_SAMPLES = 64
 
 
 def _value_samples(pattern: str) -> list[str]:
-    base = [c for c in dn_regex.candidates(pattern) if "\\" not in c]
+    base = [c for c in dn_examples.candidates(pattern) if "\\" not in c]
     out = list(base)
     for c in base[:4]:
         for i in range(len(c) + 1):
