@@ -76,7 +76,7 @@ DECIDES = ("auth_request", "access_by_lua", "access_by_lua_block", "access_by_lu
 _ENV_TEMPLATE = re.compile(r"\$\{[A-Z][A-Z0-9_]*\}|\{\{|\}\}|\{%|%\}|<%")
 _CONTEXT_BLOCKS = ("http", "server", "location", "if", "limit_except", "upstream", "map", "geo", "split_clients",
                    "types", "events", "stream", "mail", "match")
-_KEYED_BLOCKS = ("map", "geo", "split_clients", "types", "upstream", "match")
+KEYED_BLOCKS = ("map", "geo", "split_clients", "types", "upstream", "match")
 
 
 def _walk(block, inside: str = ""):
@@ -90,7 +90,7 @@ def _walk(block, inside: str = ""):
 def not_understood(config: Config) -> list[Diagnostic]:
     out = []
     for d, inside in _walk(config.loaded.tree):
-        if inside in _KEYED_BLOCKS:  # keys and values, not directives
+        if inside in KEYED_BLOCKS:  # keys and values, not directives
             continue
         template = next((i for i, w in enumerate(d.words) if _ENV_TEMPLATE.search(w.raw)), None)
         if template is not None:
