@@ -137,3 +137,17 @@ def test_configs_it_does_not_understand_give_located_diagnostics_never_a_traceba
     for line in err.splitlines():
         if line.startswith(("error[", "warning[")):
             assert "-->" in err
+
+
+@pytest.mark.parametrize("policy", ["partner-api.mtls", "multi-ca.mtls", "revocation.mtls", "service-mesh.mtls"])
+def test_mtlscs_own_compiled_output_passes_the_audit(policy, tmp_path):
+    from mtlsc import pipeline
+    from mtlsc.output import write_atomic
+
+    result = pipeline.compile_policy([str(REPO / "policies" / policy)], now=NOW)
+    assert not result.failed
+    write_atomic(tmp_path / "out", result.outputs)
+    (tmp_path / "nginx.conf").write_text("http {\n    include out/nginx/*.conf;\n}\n")
+    found = audit([str(tmp_path / "nginx.conf")], now=NOW).diagnostics
+    no_crl = "crl" not in (REPO / "policies" / policy).read_text()
+    assert {d.code for d in found if d.severity is not Severity.NOTE} == ({"MTLS546"} if no_crl else set())

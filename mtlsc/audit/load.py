@@ -112,10 +112,8 @@ def _read_disk(main: str, out: Input) -> dict[str, str]:
                     out.io_error = True
                 continue
             texts[name] = text
-            if text.startswith(MTLSC_HEADER):
-                continue
             try:
-                items = parse(blank_lua(text), name)
+                items = parse(_readable(text), name)
             except ConfError:
                 continue  # reported with the others below
             for d in _walk(items):
@@ -136,14 +134,22 @@ def _span_of_include(d: Directive) -> Span:
     return Span(d.path, w.line, w.col, w.end_line, w.end_col)
 
 
+def _readable(text: str) -> str:
+    """The text to parse: Lua blanked; mtlsc's own files audited like any other (nginx_conf leaves
+    them out when fitting mtlsc's output to a config, by their first line: shifted by a space here,
+    which moves no line)."""
+    text = blank_lua(text)
+    return " " + text if text.startswith(MTLSC_HEADER) else text
+
+
 def _loaded(main: str, texts: dict[str, str], origin: str, out: Input) -> None:
     for name, text in texts.items():
         out.sources[name] = Source(name, text)
     usable = {}
     for name, text in texts.items():
         try:
-            parse(blank_lua(text), name)
-            usable[name] = blank_lua(text)
+            parse(_readable(text), name)
+            usable[name] = _readable(text)
         except ConfError as exc:
             out.diagnostics.append(_conf_error(exc, name, text))
     if main not in usable:
