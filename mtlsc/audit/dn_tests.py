@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mtlsc import dn
 from mtlsc.audit.flow import strip_parens
-from mtlsc.audit.model import Config, own, span_word
+from mtlsc.audit.model import Config, span_word
 from mtlsc.audit.report import finding
 from mtlsc.audit.sample import example
 from mtlsc.diagnostics import Diagnostic
@@ -185,9 +185,3 @@ def dn_findings(config: Config) -> list[Diagnostic]:
         out += _regex_findings(t) if t.regex else _string_findings(t)
     return out
 
-
-def is_dn_condition(d: Directive) -> bool:
-    return d.name == "if" and _if_test(d) is not None
-
-
-__all__ = ["DnTest", "collect", "dn_findings", "is_dn_condition", "own"]

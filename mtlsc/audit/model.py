@@ -60,10 +60,11 @@ class HeaderSet:
 
     @property
     def client_vars(self) -> tuple[str, ...]:
-        return tuple(sorted({w for w in _variables(self.value) if w.startswith("ssl_client_")}))
+        return tuple(sorted({w for w in variables(self.value) if w.startswith("ssl_client_")}))
 
 
-def _variables(text: str) -> list[str]:
+def variables(text: str) -> list[str]:
+    """The names of the `$var` / `${var}` references in a value."""
     out, i = [], 0
     while True:
         i = text.find("$", i)
@@ -83,8 +84,6 @@ def _variables(text: str) -> list[str]:
             out.append(text[i + 1:j])
         i = j
 
-
-variables = _variables
 
 
 @dataclass
@@ -242,11 +241,6 @@ def build(loaded: Loaded) -> Config:
             if d.name == "server" and d.block is not None:
                 servers.append(_server(d, http if http is not bare else None))
     return Config(loaded, servers, maps, https)
-
-
-def default_listen(server: Server) -> list[Listen]:
-    """nginx listens on *:80 for a server without `listen`."""
-    return server.listens
 
 
 def address_groups(config: Config) -> dict[tuple[str, int], list[tuple[Server, Listen]]]:

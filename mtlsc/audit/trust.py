@@ -15,7 +15,7 @@ from mtlsc.chain_paths import ca_certs, needed_depth
 from mtlsc.checks.trust_files import in_system_trust_dir, public_match
 from mtlsc.diagnostics import Diagnostic, Related
 from mtlsc.nginx_conf import Directive
-from mtlsc.pki import CertInfo, CrlInfo, describe, load_pki
+from mtlsc.pki import CertInfo, describe, load_pki
 
 
 def conf_prefix(config: Config) -> str:
@@ -147,4 +147,3 @@ def trust_findings(config: Config, now: datetime) -> list[Diagnostic]:
     return out
 
 
-__all__ = ["trust_findings", "resolve", "CrlInfo"]
