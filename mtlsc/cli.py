@@ -146,6 +146,24 @@ def _parser() -> argparse.ArgumentParser:
                      "CERT: the key's certificate when it is not in the bundle)")
     lab.add_argument("--allow-skips", action="store_true",
                      help="cases skipped for want of a certificate (a CA without --ca-key) do not fail the lab")
+    au = sub.add_parser("audit", help="find the traps of docs/nginx-facts.md in a hand-written nginx config",
+                        description="Read nginx configuration (includes followed; `-` reads `nginx -T` output from "
+                        "stdin) and report each trap mtlsc closes by construction at its nginx file:line "
+                        "(docs/audit.md). Exit codes as for `check`.")
+    au.add_argument("configs", nargs="+", metavar="CONFIG", help="nginx.conf (or a file of server blocks), or - for stdin")
+    au.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+    au.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    au.add_argument("--now", type=_when, help="check CRL dates as of this time (ISO 8601)")
+    im = sub.add_parser("import", help="write the .mtls policy equivalent to a hand-written nginx config",
+                        description="Translate what is expressible (CAs, servers, routes, verify modes, identity "
+                        "gates, forwarded headers) into a policy, with a comment at every construct left out and "
+                        "why. --prove runs both on real nginx and prints where they answer differently.")
+    im.add_argument("configs", nargs="+", metavar="CONFIG", help="nginx.conf (or a file of server blocks), or - for stdin")
+    im.add_argument("-o", "--output", required=True, type=Path, metavar="POLICY", help="the .mtls file to write")
+    im.add_argument("--prove", action="store_true",
+                    help="run the original config and the compiled policy on real nginx (loopback, throwaway PKI) "
+                    "with the same clients and print the answers that differ")
+    im.add_argument("--nginx", metavar="BIN", help="the nginx binary for --prove")
     mc = sub.add_parser("mint-cast", help="mint the client certificates tests.sh expects from your own CA's key",
                         description="Issue, with your CA's key, every client certificate the emitted tests.sh uses "
                         "(identities, near misses, a stranger, an expired one, one to revoke, look-alikes), into "
@@ -215,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             from mtlsc.lab.command import lab_command
             return lab_command(args.policies, keep=args.keep, workdir=args.workdir, nginx=args.nginx, tests=args.tests,
                                ca_keys=args.ca_key, allow_skips=args.allow_skips)
+        if args.command in ("audit", "import"):
+            from mtlsc.audit.command import audit_command, import_command
+            if args.command == "audit":
+                return audit_command(args.configs, fmt=args.format, strict=args.strict, now=args.now)
+            return import_command(args.configs, args.output, prove=args.prove, nginx=args.nginx)
         if args.command == "mint-cast":
             from mtlsc.lab.mintcast import mint_cast_command
             if args.days < 1:

@@ -77,6 +77,44 @@ _OTHER: dict[str, tuple[str, str, Severity]] = {
     "MTLS408": ("unusable-client", "no certificate can be made or read for a test client", Severity.ERROR),
     "MTLS409": ("certificate-specific-header", "an exact value for a header of a minted certificate",
                 Severity.ERROR),
+    # `mtlsc audit` of a hand-written nginx configuration (5xx, docs/audit.md)
+    "MTLS500": ("cannot-read-nginx-file", "a file of the audited nginx configuration cannot be read", Severity.ERROR),
+    "MTLS501": ("not-understood", "a construct of the audited configuration mtlsc does not model", Severity.NOTE),
+    "MTLS510": ("default-server-hole", "the default server of an address verifies clients unlike a server behind it",
+                Severity.ERROR),
+    "MTLS511": ("verify-on-locks-out", "`ssl_verify_client on` on a server with probe or public locations",
+                Severity.ERROR),
+    "MTLS512": ("unverified-certificate-reaches", "`optional_no_ca`: an unverified certificate reaches a proxied location",
+                Severity.ERROR),
+    "MTLS513": ("optional-unchecked", "`optional`: a proxied location never checks `$ssl_client_verify`",
+                Severity.WARNING),
+    "MTLS514": ("identity-header-dropped", "a proxied location does not set or clear an identity header",
+                Severity.ERROR),
+    "MTLS515": ("underscores-in-headers", "`underscores_in_headers on` where identity headers are forwarded",
+                Severity.ERROR),
+    "MTLS520": ("dn-regex-unanchored", "a DN regex that matches inside another attribute's value", Severity.ERROR),
+    "MTLS521": ("dn-regex-comma-unsafe", "a DN regex that an escaped `\\,` in a value satisfies", Severity.ERROR),
+    "MTLS522": ("dn-case-or-form", "a DN test assuming a letter case or a form nginx does not print",
+                Severity.WARNING),
+    "MTLS523": ("if-misuse", "an `if` that never fires, or does more than refuse", Severity.WARNING),
+    "MTLS530": ("regex-location-takes-over", "a regex location takes requests away from a gated prefix location",
+                Severity.ERROR),
+    "MTLS531": ("raw-target-forwarded", "an open location forwards the raw target to a gated location's backend",
+                Severity.WARNING),
+    "MTLS540": ("public-ca-trusted", "a public CA or a system store verifies client certificates", Severity.ERROR),
+    "MTLS541": ("trusted-certificate-verifies-clients", "`ssl_trusted_certificate` widens the client trust set",
+                Severity.WARNING),
+    "MTLS542": ("crl-missing-for-ca", "`ssl_crl` has no CRL for a CA certificate of the chain", Severity.ERROR),
+    "MTLS543": ("crl-out-of-date", "a CRL past its nextUpdate, or not yet valid", Severity.ERROR),
+    "MTLS544": ("verify-depth-too-small", "`ssl_verify_depth` below what the CA file's chains need", Severity.ERROR),
+    "MTLS545": ("trust-file-not-read", "a CA or CRL file the configuration names could not be read here",
+                Severity.NOTE),
+    "MTLS546": ("no-revocation", "a server verifies clients with neither `ssl_crl` nor `ssl_ocsp`", Severity.WARNING),
+    "MTLS547": ("tls13-off", "`ssl_protocols` (or nginx 1.22's default) leaves TLS 1.3 off", Severity.WARNING),
+    "MTLS548": ("session-outlives-revocation", "a shared session cache or fixed ticket key resumes revoked clients",
+                Severity.WARNING),
+    "MTLS549": ("plain-listener-verifies", "client verification on a server that also listens without TLS",
+                Severity.ERROR),
     "MTLS900": ("cannot-read-policy", "a policy file cannot be read", Severity.ERROR),
     "MTLS901": ("cannot-read-file", "a CA or CRL file the policy names cannot be read", Severity.ERROR),
     "MTLS902": ("cannot-write-output", "the output directory cannot be written", Severity.ERROR),
@@ -87,7 +125,8 @@ def rules() -> dict[str, Rule]:
     """Every code, check or not, sorted by code."""
     from mtlsc.checks import CHECKS
 
-    out = {code: Rule(code, slug, summary, summary, sev, "docs/diagnostics.md") for code, (slug, summary, sev) in _OTHER.items()}
+    out = {code: Rule(code, slug, summary, summary, sev, "docs/audit.md" if code.startswith("MTLS5") else "docs/diagnostics.md")
+           for code, (slug, summary, sev) in _OTHER.items()}
     for check in CHECKS:
         doc = inspect.getdoc(check.find) or ""
         first = doc.split("\n\n", 1)[0].replace("\n", " ")
@@ -95,3 +134,8 @@ def rules() -> dict[str, Rule]:
         out[check.code] = Rule(check.code, check.find.__name__.replace("_", "-"), summary, doc, check.severity,
                                "docs/checks.md")
     return dict(sorted(out.items()))
+
+
+def severity_of(code: str) -> Severity:
+    """The severity a code not from the check registry is reported with."""
+    return _OTHER[code][2]
