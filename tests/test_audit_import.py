@@ -42,27 +42,27 @@ def test_dn_tests_become_identities_when_they_are_exact_or_safe(pattern, regex, 
 
 
 def test_routes_modes_identities_and_forwarded_headers():
-    text = _imported("dn_unanchored.conf").text
+    text = render(_imported("dn_unanchored.conf"))
     assert "identity acme { o \"Acme\" }" in text
     assert 'route /orders/ { require clients  allow acme  forward verify subject as "X-Client-DN" }' in text
     assert "handshake require" in text
-    text = _imported("blog_optional.conf").text
+    text = render(_imported("blog_optional.conf"))
     assert 'route /admin/ { require clients  allow any  forward subject as "X-SSL-Client-DN" }' in text
     assert "route /reports/ { optional clients  forward verify }" in text
 
 
 def test_every_construct_left_out_gets_a_comment_saying_why():
-    text = _imported("paths.conf").text
+    text = render(_imported("paths.conf"))
     assert "# not carried over: regex `location ~ \\.(json|csv)$` (paths.conf:19)" in text
-    text = _imported("ingress_nginx.conf").text
+    text = render(_imported("ingress_nginx.conf"))
     assert "no exact name (it was a catch-all)" in text
     assert "not carried over: `listen 80` (ingress_nginx.conf:33) has no TLS" in text
     assert "was a string prefix (it also matched `/invoices-x`)" in text
-    text = _imported("verify_on.conf").text
+    text = render(_imported("verify_on.conf"))
     assert "imported as `public`" in text and "`return 200 ok\\n`" in text
-    text = _imported("optional_no_ca.conf").text
+    text = render(_imported("optional_no_ca.conf"))
     assert "`ssl_verify_client optional_no_ca` is not carried over" in text
-    text = _imported("if_misuse.conf").text
+    text = render(_imported("if_misuse.conf"))
     assert "no location could be carried over" not in text  # the server stays, its static files noted
     assert "the original answered with files or nginx itself" in text
 

@@ -11,7 +11,10 @@ from datetime import datetime, timezone
 from mtlsc.audit.dn_tests import dn_findings
 from mtlsc.audit.load import read_inputs
 from mtlsc.audit.model import Config, build
-from mtlsc.audit.traps import ALL
+from mtlsc.audit.traps import (default_server_hole, identity_headers, if_misuse, optional_traps, underscores,
+                               verify_on_lockout)
+from mtlsc.audit.traps_paths import raw_target, regex_takeover
+from mtlsc.audit.traps_tls import tls_settings
 from mtlsc.audit.trust import trust_findings
 from mtlsc.audit.unknown import not_understood
 from mtlsc.diagnostics import Diagnostic, Severity, has_errors, sorted_diagnostics
@@ -28,6 +31,11 @@ class AuditResult:
     @property
     def failed(self) -> bool:
         return self.io_error or has_errors(self.diagnostics)
+
+
+# Every trap, in report order: one function per trap family, as mtlsc.checks registers its checks.
+ALL = (default_server_hole, verify_on_lockout, optional_traps, identity_headers, underscores, if_misuse,
+       regex_takeover, raw_target, tls_settings)
 
 
 def audit_config(config: Config, now: datetime) -> list[Diagnostic]:

@@ -32,7 +32,7 @@ def audit_command(paths: list[str], fmt: str = "text", strict: bool = False, now
 
 def import_command(paths: list[str], output: Path, prove: bool = False, nginx: str | None = None) -> int:
     from mtlsc.audit import audit
-    from mtlsc.audit.importer import import_configs
+    from mtlsc.audit.importer import import_configs, render as render_policy
 
     result = audit(paths, _stdin(paths))
     if result.io_error or not result.configs:
@@ -40,7 +40,7 @@ def import_command(paths: list[str], output: Path, prove: bool = False, nginx: s
         return EXIT_USAGE
     policy = import_configs(result.configs)
     try:
-        output.write_text(policy.text, encoding="utf-8")
+        output.write_text(render_policy(policy), encoding="utf-8")
     except OSError as exc:
         sys.stderr.write(f"error[MTLS902]: cannot write {output}: {exc.strerror or exc}\n")
         return EXIT_USAGE

@@ -14,16 +14,14 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 
-from mtlsc import dn
 from mtlsc.audit import dn_tests
 from mtlsc.audit.flow import Client
+from mtlsc.audit.import_identity import _dn_sample, _q, identity_body
+from mtlsc.audit.import_model import Imported, PCa, PIdentity, PRoute, PServer
 from mtlsc.audit.model import ARRAY_HEADERS, Config, Location, Server, own
-from mtlsc.audit.sample import example
 from mtlsc.audit.traps import ANY_CERT, NO_CERT, is_probe, proxied, refuses
 from mtlsc.audit.trust import resolve
-from mtlsc.dn_regex import DnError, check_value_pattern
 from mtlsc.lower.nginx_block import ALLOWED
 from mtlsc.nginx_conf import Directive
 from mtlsc.nginx_facts import reserved_header
@@ -34,16 +32,10 @@ FIELDS = {"ssl_client_verify": ("verify", "X-Client-Verify"), "ssl_client_s_dn":
           "ssl_client_v_start": ("not_before", "X-Client-Not-Before"),
           "ssl_client_v_end": ("not_after", "X-Client-Not-After"),
           "ssl_client_v_remain": ("days_remaining", "X-Client-Days-Remaining")}
-_ANY_VALUE = {"[^,]+", "[^,]*", ".+", ".*", "(.+)", "(.*)", "([^,]+)", "([^,]*)", "[^,]+?", ".+?", ".*?"}
-_LITERAL = re.compile(r"(?:[A-Za-z0-9 _@:/-]|\\.)*")
 _PATH = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+/?)*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _IGNORED = {"proxy_pass", "proxy_set_header", "if", "set", "return", "break", "location", "include",
             "access_log", "error_log"} | set(ARRAY_HEADERS)
-
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _where(d: Directive) -> str:
@@ -55,166 +47,6 @@ def _slug(text: str, fallback: str) -> str:
     if not s or not s[0].isalpha():
         s = f"{fallback}_{s}" if s else fallback
     return s[:40]
-
-
-@dataclass
-class PCa:
-    name: str
-    bundle: str
-    crl: str | None
-    depth: int | None
-    comments: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PIdentity:
-    name: str
-    body: str  # `subject "..."` or `cn "x"  o ~ "^...$"`
-    origin: str
-    comments: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PRoute:
-    exact: bool
-    path: str
-    mode: str  # "public", "optional", "require"
-    ca: str | None
-    allow: list[str]
-    allow_any: bool
-    forward: list[tuple[str, str | None]]  # (field, header or None for the default)
-    backend: str | None
-    nginx: list[str]
-    origin: Location
-    comments: list[str] = field(default_factory=list)
-
-    @property
-    def key(self) -> tuple[bool, str]:
-        return self.exact, self.path
-
-
-@dataclass
-class PServer:
-    names: tuple[str, ...]
-    listens: list[str]
-    certificate: str
-    key: str
-    backend: str
-    routes: list[PRoute]
-    handshake_require: bool
-    origin: Server
-    comments: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Imported:
-    cas: list[PCa]
-    identities: list[PIdentity]
-    servers: list[PServer]
-    comments: list[str]
-    origins: list[str]
-
-    @property
-    def text(self) -> str:
-        return render(self)
-
-    def summary(self) -> str:
-        routes = sum(len(s.routes) for s in self.servers)
-        notes = len(self.comments) + sum(len(s.comments) + sum(len(r.comments) for r in s.routes) for s in self.servers)
-        notes += sum(len(c.comments) for c in self.cas) + sum(len(i.comments) for i in self.identities)
-        return (f"{len(self.servers)} server(s), {routes} route(s), {len(self.cas)} CA(s), "
-                f"{len(self.identities)} identit{'y' if len(self.identities) == 1 else 'ies'}, {notes} comment(s) "
-                "on what was not carried over")
-
-
-# ---- identities from DN tests ------------------------------------------------------------------
-
-def _split_commas(p: str) -> list[str] | None:
-    parts, cur, depth, i = [], [], 0, 0
-    while i < len(p):
-        ch = p[i]
-        if ch == "\\" and i + 1 < len(p):
-            cur.append(p[i:i + 2])
-            i += 2
-            continue
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            return None
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
-    return parts
-
-
-def identity_body(t: dn_tests.DnTest) -> tuple[str | None, list[str]]:
-    """The identity statement for a DN test, or None, with what was changed on the way."""
-    notes: list[str] = []
-    if not t.regex:
-        try:
-            return f"subject {_q(dn.format_dn(dn.parse_dn(t.pattern)))}", notes
-        except dn.DnError:
-            copied = dn.copied_form(t.pattern)
-            if copied is None:
-                return None, [f"`{t.pattern}` is not a DN nginx prints"]
-            return f"subject {_q(copied[1])}", [f"written as nginx prints it (the original `{t.pattern}` never matched)"]
-    p = t.pattern
-    if t.icase:
-        notes.append("case-insensitive (`~*`) in the original; attribute constraints compare case-sensitively")
-    start, end = p.startswith("^"), p.endswith("$") and not p.endswith("\\$")
-    p = p[1:] if start else p
-    p = p[:-1] if end else p
-    for tail in ("(,|$)", "(?:,|$)", "(,.*)?", ","):
-        if p.endswith(tail):
-            p, end = p[: -len(tail)], False
-            break
-    parts = _split_commas(p)
-    if parts is None:
-        return None, [f"the regex `{t.pattern}` has alternatives"]
-    parts = [x for x in parts if x != ""]
-    constraints, literal = [], True
-    for part in parts:
-        m = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*)=(.*)", part)
-        attr = dn.canonical_attribute(m[1]) if m else None
-        if m is None or attr is None:
-            return None, [f"`{part}` in `{t.pattern}` is not ATTRIBUTE=VALUE"]
-        value = m[2]
-        if value in _ANY_VALUE:
-            literal = False
-            continue
-        if _LITERAL.fullmatch(value):
-            constraints.append((attr, "eq", re.sub(r"\\(.)", r"\1", value)))
-            continue
-        try:
-            check_value_pattern(f"^{value}$")
-        except DnError as exc:
-            return None, [f"the value pattern `{value}` cannot be confined to one attribute ({exc.message})"]
-        constraints.append((attr, "re", f"^{value}$"))
-        literal = False
-    if not constraints:
-        return None, [f"`{t.pattern}` constrains no attribute"]
-    if start and end and literal and len(constraints) == len(parts):
-        text = ",".join(f"{a}={v}" for a, _, v in constraints)
-        try:
-            return f"subject {_q(dn.format_dn(dn.parse_dn(text)))}", notes
-        except dn.DnError:
-            pass
-    if not start or not end:
-        notes.append("each named attribute must now occur exactly once, as a whole value")
-    body = "  ".join(f"{a.lower()} {_q(v)}" if op == "eq" else f"{a.lower()} ~ {_q(v)}" for a, op, v in constraints)
-    return body, notes
-
-
-def _dn_sample(t: dn_tests.DnTest) -> str | None:
-    if not t.regex:
-        return t.pattern
-    return example(t.pattern, t.icase)
 
 
 # ---- routes ---------------------------------------------------------------------------------------

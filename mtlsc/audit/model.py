@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mtlsc.coexist import listen_text_key
+from mtlsc.nginx_conf import listen_text_key
 from mtlsc.nginx_conf import Directive, Loaded
 from mtlsc.source import Span
 

@@ -222,7 +222,7 @@ class _Rewriter:
         if name not in KNOWN and d.block is None:
             return []
         if name == "listen":
-            from mtlsc.coexist import listen_text_key
+            from mtlsc.nginx_conf import listen_text_key
             key = listen_text_key(d.args[0])
             flags = [a for a in d.args[1:] if a in _LISTEN_KEEP]
             if "ssl" not in flags or key not in self.ports:

@@ -11,7 +11,7 @@ from datetime import datetime
 from mtlsc import ir
 from mtlsc.audit.model import Config, Server, span_of, span_word
 from mtlsc.audit.report import finding
-from mtlsc.chain_paths import ca_certs, needed_depth
+from mtlsc.pki.chains import ca_certs, needed_depth
 from mtlsc.checks.trust_files import in_system_trust_dir, public_match
 from mtlsc.diagnostics import Diagnostic, Related
 from mtlsc.nginx_conf import Directive
