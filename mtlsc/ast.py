@@ -188,6 +188,34 @@ class BackendTls:
 
 
 @dataclass(frozen=True, slots=True)
+class Tls:
+    """`tls modern|intermediate|old`: the Mozilla profile of the server's own TLS."""
+
+    profile: Word
+    span: Span = span_field()
+    keyword: ClassVar[str] = "tls"
+
+
+@dataclass(frozen=True, slots=True)
+class Hsts:
+    """`hsts 2y [include_subdomains] [preload]` or `hsts off`."""
+
+    max_age: Word
+    options: tuple[Word, ...]
+    span: Span = span_field()
+    keyword: ClassVar[str] = "hsts"
+
+
+@dataclass(frozen=True, slots=True)
+class Stapling:
+    """`stapling on|off`: OCSP stapling of the server's own certificate."""
+
+    mode: Word
+    span: Span = span_field()
+    keyword: ClassVar[str] = "stapling"
+
+
+@dataclass(frozen=True, slots=True)
 class Handshake:
     mode: Word
     span: Span = span_field()

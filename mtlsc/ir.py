@@ -139,6 +139,35 @@ class BackendTls:
 
 
 @dataclass(frozen=True, slots=True)
+class Hsts:
+    """The Strict-Transport-Security header every answer of the server carries."""
+
+    max_age: int  # seconds
+    include_subdomains: bool = False
+    preload: bool = False
+
+    @property
+    def value(self) -> str:
+        return f"max-age={self.max_age}" + ("; includeSubDomains" if self.include_subdomains else "") + (
+            "; preload" if self.preload else "")
+
+
+DEFAULT_HSTS = Hsts(63072000)  # two years, Mozilla's `hsts_min_age`; no includeSubDomains unless said
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """The server's own TLS (docs/language.md "Server TLS"): `tls`, `hsts`, `stapling`."""
+
+    profile: str = "intermediate"  # a key of mtlsc.tls_profiles.PROFILES
+    hsts: Hsts | None = DEFAULT_HSTS  # None: `hsts off`
+    stapling: bool = False  # OCSP stapling of the server certificate
+    profile_span: Span | None = span_field()  # None where the statement is not written
+    hsts_span: Span | None = span_field()
+    stapling_span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class NginxDirective:
     """One directive of an `nginx { }` block, checked by lowering (docs/language.md "Your own nginx
     directives"): its words exactly as written, so that nginx reads them as the checks did."""
@@ -198,6 +227,7 @@ class Server:
     # all of them, so no server lets a client's own value through (lower/headers.py).
     identity_headers: tuple[str, ...] = ()
     nginx: tuple[NginxDirective, ...] = ()  # the server's `nginx { }` blocks, in order
+    tls: ServerTls = ServerTls()
     # `cas`, computed once: it is asked for per route and per test case (benchmarks/).
     _cas: tuple[Ca, ...] | None = field(default=None, init=False, compare=False, hash=False, repr=False)
 

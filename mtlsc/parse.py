@@ -354,6 +354,15 @@ class _ToAst(Transformer):
     def backend_verify(self, meta, c):
         return ast.BackendTls("backend_verify", tuple(c), self._span(meta))
 
+    def tls(self, meta, c):
+        return ast.Tls(c[0], self._span(meta))
+
+    def hsts(self, meta, c):
+        return ast.Hsts(c[0], tuple(c[1:]), self._span(meta))
+
+    def stapling(self, meta, c):
+        return ast.Stapling(c[0], self._span(meta))
+
     def handshake(self, meta, c):
         return ast.Handshake(c[0], self._span(meta))
 

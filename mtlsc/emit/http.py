@@ -13,17 +13,20 @@ from mtlsc import ir
 from mtlsc.emit import quote
 from mtlsc.emit.quote import Safe
 from mtlsc.emit.templates import render
+from mtlsc.emit.tls import DefaultServer, default_tls
 from mtlsc.nginx_conf import listen_text_key
 
 HTTP_CONF = "nginx/00-mtlsc.conf"
 
 
 def http_conf(sources: Iterable[str], listens: Iterable[str], hash_sizes: tuple[int, int],
-              host: ir.HostNginx | None = None) -> str:
+              host: ir.HostNginx | None = None, profiles: dict[str, str] | None = None) -> str:
     """HTTP_CONF for servers from `sources` listening on `listens` (one entry per server and listen
     address): `mtlsc apply` renders it for every server installed in one nginx, whichever policy each
     came from. `host`: the user's own nginx config (mtlsc.coexist), whose default servers and hash
-    settings are left to it."""
+    settings are left to it. `profiles`: the TLS profile of the servers of each listen address
+    (default `intermediate`), whose protocols, TLS 1.3 suites and groups its default server carries
+    for them (docs/nginx-facts.md §14)."""
     listens = list(listens)
     taken = host.default_servers if host else frozenset()
     keyed = {t: listen_text_key(t) for t in set(listens)}
@@ -31,8 +34,10 @@ def http_conf(sources: Iterable[str], listens: Iterable[str], hash_sizes: tuple[
     theirs = [quote.bare(t) for t in sorted(keyed) if keyed[t] in taken]
     # Named only when something is left to it: otherwise the file is the one a blind compile makes.
     adapted = host is not None and (theirs or any(h.theirs for h in settings))
+    profiles = profiles or {}
     return render("nginx_http.conf.j2", sources=[quote.comment(p) for p in sorted(set(sources))],
-                  defaults=[quote.bare(t) for t in sorted(keyed) if keyed[t] not in taken], theirs=theirs,
+                  defaults=[DefaultServer(quote.bare(t), default_tls(profiles.get(t, "intermediate")))
+                            for t in sorted(keyed) if keyed[t] not in taken], theirs=theirs,
                   settings=settings, origin=quote.comment(host.origin) if adapted else None)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from mtlsc import ir
 from mtlsc.emit import quote
 from mtlsc.emit.http import HTTP_CONF, _default_listens, _hash_sizes, _listen_text, _sources, http_conf
+from mtlsc.emit.tls import TlsView, listen_profiles, location_hsts, tls_view
 from mtlsc.emit.identity_maps import MapEntry, MapView, _identity_maps
 from mtlsc.emit.quote import Safe
 from mtlsc.emit.templates import render
@@ -21,6 +22,7 @@ from mtlsc.nginx_facts import FORWARD_FIELDS, cross_resumption_servers, resumpti
 from mtlsc.pki import Pki, crl_file_pem, trust_file_pem
 from mtlsc.pki.binding import KeyEntry, key_bound
 from mtlsc.model.uri import NONCANONICAL
+from mtlsc.tls_profiles import FFDHE2048_PEM
 
 
 @dataclass
@@ -40,6 +42,7 @@ class LocationView:
     key_check: Safe | None = None  # the internal URI that checks the certificate's signing key
     nginx: list[Safe] = field(default_factory=list)  # the route's own `nginx { }` directives
     nginx_origin: Safe = Safe("")
+    hsts: Safe | None = None  # the server's HSTS again, where the route's own add_header drops the server's
 
 
 _LAST_VIEWS: tuple = ()  # (policy, pki, views, taken prefixes) of the last call: two checks and the emitter share it
@@ -71,10 +74,13 @@ def emit(policy: ir.Policy, pki: Pki, taken_prefixes: frozenset[str] = frozenset
             out[f"mtls/{server.slug}.ca.pem"] = trust_file_pem(pki, [c.name for c in server.cas])
             if any(c.crls for c in server.cas):
                 out[f"mtls/{server.slug}.crl.pem"] = crl_file_pem(pki, [c.name for c in server.cas])
+        if view.tls.dhparam:
+            out[f"mtls/{server.slug}.dh.pem"] = FFDHE2048_PEM
         if view.key_binding:
             out[f"mtls/{server.slug}.keys.js"] = render("keys.js.j2", b=view.key_binding,
                                                          table=Safe(_js_table(view.key_binding.table)))
-    out[HTTP_CONF] = http_conf(_sources(policy), _default_listens(policy), _hash_sizes(views), policy.host)
+    out[HTTP_CONF] = http_conf(_sources(policy), _default_listens(policy), _hash_sizes(views), policy.host,
+                               listen_profiles(policy))
     return out
 
 
@@ -132,6 +138,7 @@ class ServerView:
     tickets: bool = True  # off where CVE-2025-23419 could let a session skip a client check
     nginx: list[Safe] = field(default_factory=list)  # the server's own `nginx { }` directives
     nginx_origin: Safe = Safe("")
+    tls: TlsView | None = None
 
 
 # The system trust store of Debian and Ubuntu: what `https://` backends are verified against when the
@@ -264,6 +271,7 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         key_binding=binding,
         nginx=[quote.nginx_directive(d.words) for d in server.nginx],
         nginx_origin=_nginx_origin(server.nginx),
+        tls=tls_view(policy, server, ocsp is not None),
     )
 
 
@@ -358,4 +366,5 @@ def _location(server, loc: Location, prefix, ca_index, identity_gate, key_checks
         key_check=key_checks.get(route.ca.name) if route.ca else None,
         nginx=[quote.nginx_directive(d.words) for d in route.nginx],
         nginx_origin=_nginx_origin(route.nginx),
+        hsts=location_hsts(server, route),
     )

@@ -41,19 +41,20 @@ class UserCa:
 
 @dataclass(frozen=True, slots=True)
 class LabPki:
-    """What `build_lab_pki` wrote: `clients/<ca>/<member>.crt|.key`, `server/<slug>.crt|.key`,
-    `server-ca.pem`, and the CA and CRL files at the paths the policy names (for a user's CA
+    """What `build_lab_pki` wrote: `clients/<ca>/<member>.crt|.key`, `server/<slug>.crt|.key` (with
+    the issuing CA: mtlsc.lab.server_pki), `server-ca.pem` (the roots), and the CA and CRL files at the paths the policy names (for a user's CA
     only the CRLs it re-signs: its certificates stay the user's files)."""
 
     out_dir: Path
     chains: Mapping[str, CaChain]
     clients_dir: Path
-    server_ca: Path  # PEM of the CA that issued the lab server certificates
+    server_ca: Path  # PEM of the roots of the lab server certificates
     unsatisfiable: tuple[str, ...]  # identities no fresh certificate can satisfy (fingerprint pins)
     # What the lab's OCSP responder must answer other than `good`: (issuer, serial, status).
     ocsp_status: tuple[tuple[x509.Certificate, int, str], ...] = ()
     ocsp_urls: Mapping[str, str] = field(default_factory=dict)  # ca with `ocsp` -> OCSP URL of its certificates
     not_minted: Mapping[str, str] = field(default_factory=dict)  # cast member file -> why it was not written
+    server_issuers: Mapping[str, Issued] = field(default_factory=dict)  # server slug -> the CA that issued its certificate
 
     def client(self, name: str) -> tuple[Path, Path]:
         """(certificate, key) of a cast member, e.g. `client("partners/id-acme")`."""
@@ -287,13 +288,12 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
     minted = mint_cast(members, chains, out_dir / "clients", now=now, aia=urls, serial_pos=serial_pos, gaps=gaps,
                        days=USER_CAST_DAYS if user_cas else 365)
     _write_crls(policy, chains, user_cas, minted.revoked, base_dir, now, crl_valid)
-    server_ca = make_root("mtlsc lab server CA", now=now)
-    write_pem(out_dir / "server-ca.pem", server_ca.cert)
-    for server in policy.servers:
-        names = [*server.names, "127.0.0.1", "localhost"]
-        _write_issued(out_dir / "server" / server.slug, issue_server(server_ca, names, now=now))
+    from mtlsc.lab.server_pki import write_server_pki  # it imports this module
+
+    servers = write_server_pki(policy, out_dir, now=now, ocsp_url=ocsp_url)
     return LabPki(out_dir, chains, out_dir / "clients", out_dir / "server-ca.pem",
-                  tuple(sorted(set(minted.unsatisfiable))), tuple(minted.ocsp_status), urls, minted.not_minted)
+                  tuple(sorted(set(minted.unsatisfiable))), tuple(minted.ocsp_status), urls, minted.not_minted,
+                  {slug: issuing for slug, (_, issuing) in servers.items()})
 
 
 # Certificates the lab issues with a user's CA key are real credentials of that CA: they live a

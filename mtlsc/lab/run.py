@@ -182,7 +182,7 @@ def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime,
     clients = sum(1 for _ in pki.clients_dir.rglob("*.crt"))
     progress(f"pki: {len(pki.chains)} CA(s), {clients} client certificates ({time.monotonic() - started:.1f} s)"
              + (f"; {len(pki.not_minted)} not minted" if pki.not_minted else ""))
-    if ocsp is not None and pki.ocsp_urls:
+    if ocsp is not None and (pki.ocsp_urls or any(s.tls.stapling for s in front.policy.servers)):
         _teach_responder(ocsp, pki, now)
         progress(f"ocsp: responder {ocsp.url} for ca {', '.join(sorted(pki.ocsp_urls))}; certificates name "
                  f"{ocsp_url}; {sum(s == 'revoked' for _, _, s in pki.ocsp_status)} revoked, "
@@ -204,6 +204,8 @@ def _teach_responder(ocsp: OcspResponder, pki: LabPki, now: datetime) -> None:
             ocsp.answer_for(member, now=now)
     for issuer, serial, status in pki.ocsp_status:
         ocsp.set_status(issuer, serial, status)
+    for issuing in pki.server_issuers.values():  # `stapling on`: nginx asks about its own certificate
+        ocsp.answer_for(issuing, now=now)
 
 
 @contextmanager

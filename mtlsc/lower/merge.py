@@ -15,6 +15,7 @@ from mtlsc.diagnostics import Related
 from mtlsc.lower.common import Ctx
 from mtlsc.lower.nginx_block import REPEATABLE
 from mtlsc.lower.server import DEFAULT_INSTALL_DIR, DEFAULT_REJECTIONS
+from mtlsc.lower.tls import merge_tls
 
 _SCALARS = ("certificate", "key", "backend", "handshake_require", "install_dir", "rejections", "backend_tls")
 
@@ -52,7 +53,7 @@ def _merge_group(ctx: Ctx, group: list[ir.Server]) -> ir.Server:
     routes = [_with_backend(ctx, r, values["backend"]) for r in routes]
     return ir.Server(
         names=first.names, listens=first.listens, routes=tuple(routes), span=first.span,
-        nginx=_nginx(ctx, group),
+        nginx=_nginx(ctx, group), tls=merge_tls(ctx, group),
         handshake_span=next((s.handshake_span for s in group if s.handshake_span), None), **values,
         **_backend_paths(ctx, group),
     )

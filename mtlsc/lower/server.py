@@ -11,6 +11,7 @@ from mtlsc.lower.backend_tls import lower_backend_tls
 from mtlsc.lower.common import Ctx, nginx_string, once, resolve, suggest
 from mtlsc.lower.headers import usable_header
 from mtlsc.lower.nginx_block import lower_nginx_blocks
+from mtlsc.lower.tls import lower_server_tls, own_hsts
 from mtlsc.model.locations import INTERNAL_PREFIX
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.parse import LIST_TYPO_CUTOFF, keywords_after
@@ -60,7 +61,7 @@ def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Serv
     if not routes and not any(isinstance(r, ast.Route) for r in node.body):
         ctx.err("MTLS011", node.names[0].span, f"{where} has no routes",
                 "add at least one `route`; paths without a route are refused")
-    return ir.Server(
+    server = ir.Server(
         names=tuple(names),
         listens=tuple(listens) or (ir.Listen(None, 443, node.span),),
         certificate=nginx_string(ctx, cert.cert, "the certificate path") if cert else "",
@@ -79,7 +80,11 @@ def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Serv
         backend_paths_span=paths.span if paths else None,
         backend_tls=lower_backend_tls(ctx, node.body),
         nginx=lower_nginx_blocks(ctx, node.body, where, "server"),
+        tls=lower_server_tls(ctx, node.body, where),
     )
+    for directives in (server.nginx, *(r.nginx for r in routes)):
+        own_hsts(ctx, directives)
+    return server
 
 
 BACKEND_PATH_WORDS = ("case_sensitive", "literal_semicolons", "strict_slashes")

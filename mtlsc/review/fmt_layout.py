@@ -83,6 +83,12 @@ def _flat(node) -> str:
             return f"{keyword} " + " key ".join(quote(v.value) if isinstance(v, ast.Str) else v.value for v in values)
         case ast.Handshake(mode):
             return f"handshake {mode.value}"
+        case ast.Tls(profile):
+            return f"tls {profile.value}"
+        case ast.Hsts(max_age, options):
+            return " ".join(["hsts", max_age.value, *(w.value for w in options)])
+        case ast.Stapling(mode):
+            return f"stapling {mode.value}"
         case ast.Install(directory):
             return f"install {quote(directory.value)}"
         case ast.Reject(reason, status, body):
