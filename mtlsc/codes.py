@@ -53,6 +53,7 @@ _OTHER: dict[str, tuple[str, str, Severity]] = {
                 Severity.ERROR),
     "MTLS038": ("unreadable-nginx-block", "an `nginx { }` block nginx would not read as simple directives",
                 Severity.ERROR),
+    "MTLS040": ("hsts-preload-requirements", "`hsts ... preload` without what the HSTS preload list requires", Severity.ERROR),
     "MTLS050": ("cannot-read-nginx-config", "the nginx config mtlsc's files join cannot be read", Severity.ERROR),
     "MTLS051": ("nginx-hash-too-small", "your nginx config's hash bucket size is too small for mtlsc's names",
                 Severity.ERROR),

@@ -215,6 +215,7 @@ class Server:
     rejections: Rejections
     span: Span = span_field()
     handshake_span: Span | None = span_field()
+    certificate_span: Span | None = span_field()  # the `certificate` statement
     # `backend_paths case_sensitive` / `literal_semicolons`: the backend tells `/A` from `/a`, and
     # reads `;` as an ordinary character, so mtlsc need not refuse paths that differ only so.
     backend_case_sensitive: bool = False

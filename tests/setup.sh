@@ -4,7 +4,8 @@
 #   MTLSC_NEWEST=1 bash tests/setup.sh   the newest release of every dependency, no pins
 # Installs nginx and its njs module with apt-get when missing (the tests start their own nginx on
 # loopback, so the system service apt may start is stopped and disabled), mtlsc with its test
-# extra, and the Express test backend's npm packages when that backend is in the tree.
+# extra, sslyze in a virtual environment of its own (tests/sslyze-constraints.txt), and the Express
+# test backend's npm packages when that backend is in the tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -32,6 +33,17 @@ if [ "${MTLSC_NEWEST:-}" = 1 ]; then
   python -m pip install -q -U --upgrade-strategy eager -e '.[test]'
 else
   python -m pip install -q -c constraints.txt -e '.[test]'
+fi
+
+# sslyze grades the lab's TLS against Mozilla's profiles (tests/test_server_tls_nginx.py). It needs an
+# older cryptography than mtlsc pins, so it gets a virtual environment of its own (mtlsc runs its
+# command line; $MTLSC_SSLYZE overrides where).
+SSLYZE_VENV=/opt/mtlsc-sslyze
+[ -x "$SSLYZE_VENV/bin/pip" ] || python -m venv "$SSLYZE_VENV"
+if [ "${MTLSC_NEWEST:-}" = 1 ]; then
+  "$SSLYZE_VENV/bin/pip" install -q -U --upgrade-strategy eager sslyze
+else
+  "$SSLYZE_VENV/bin/pip" install -q -c tests/sslyze-constraints.txt sslyze
 fi
 
 if [ -f "$EXPRESS/package-lock.json" ]; then

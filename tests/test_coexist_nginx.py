@@ -4,7 +4,7 @@
   mtlsc's files compiled without looking at it make `nginx -t` fail (`a duplicate default server`,
   `directive is duplicate`); compiled with `--nginx-conf`, and installed by `mtlsc apply` (which reads
   `nginx -T` itself), they pass `nginx -t` with no warning, twelve servers' variables included.
-- `nginx { }` directives reach the client: the server's HSTS header is on every answer, and a route's
+- `nginx { }` directives reach the client: the server's HSTS header (`hsts`) is on every answer, and a route's
   `client_max_body_size` refuses a larger body with 413 where the rest of the server accepts it.
 """
 
@@ -48,8 +48,9 @@ server {name} {{
   certificate "{tmp}/srv.crt" key "{tmp}/srv.key"
   backend "{backend}"
   install "{tmp}/out/mtls"
+  hsts 2y include_subdomains
   nginx {{
-    add_header Strict-Transport-Security "{HSTS}" always;
+    add_header X-Content-Type-Options nosniff always;
     client_max_body_size 1m;
   }}
   route = /healthz {{ public }}

@@ -60,6 +60,9 @@ server api.example.com {
   backend_name "backend.internal"
   backend_client_certificate "/c.crt" key "/c.key"
   backend_verify off
+  tls intermediate
+  hsts 2y include_subdomains preload
+  stapling off
   install "/etc/nginx/mtls"
   reject forbidden 403 "no"
   route /a/ { forward serial issuer as "X-Client-Issuer"  require partners  allow old }

@@ -66,12 +66,12 @@ def _codes(result) -> list[str]:
 
 def test_server_and_route_directives_land_after_mtlscs_own_lines(pki, tmp_path):
     r = _compile(pki, tmp_path, _policy(
-        pki, 'nginx {\n    add_header Strict-Transport-Security "max-age=63072000" always;\n    access_log off;\n  }',
+        pki, 'nginx {\n    add_header X-Content-Type-Options nosniff always;\n    access_log off;\n  }',
         "nginx { client_max_body_size 10m; proxy_read_timeout 300s; }"))
     assert not r.failed, [(d.code, d.message) for d in r.diagnostics]
     conf = _server_conf(r)
     server = conf[conf.index("server {"):]
-    hsts = server.index('    add_header Strict-Transport-Security "max-age=63072000" always;\n')
+    hsts = server.index('    add_header X-Content-Type-Options nosniff always;\n')
     assert server.index("access_log off;") > hsts > server.index("underscores_in_headers off;")
     assert hsts < server.index("location = /healthz")
     # `route /api` is two locations (`= /api`, `^~ /api/`): the directives go in both, after proxy_pass
@@ -126,7 +126,7 @@ def test_mtls037_triggers_for_a_server_only_directive_in_a_route(pki, tmp_path):
 
 def test_mtls037_clean_for_the_documented_everyday_directives(pki, tmp_path):
     r = _compile(pki, tmp_path, _policy(pki, """nginx {
-    add_header Strict-Transport-Security "max-age=63072000; includeSubDomains" always;
+    add_header X-Content-Type-Options nosniff always;
     add_header X-Frame-Options DENY always;
     client_header_timeout 10s;
     keepalive_timeout 30s;

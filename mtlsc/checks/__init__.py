@@ -2,7 +2,7 @@
 
 A check is a pure function `(ctx) -> Iterable[Finding]`. Its code and severity live here, in
 CHECKS, and nowhere else; its docstring (What / Why / Example / Fix) is its documentation and
-matches its entry in docs/checks.md. Codes: 1xx lockout, 2xx over-trust, 3xx trust files.
+matches its entry in docs/checks.md. Codes: 1xx lockout, 2xx over-trust, 3xx trust and certificate files.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 from mtlsc import ir
 from mtlsc.diagnostics import Diagnostic, Finding, Severity
-from mtlsc.checks import chains, lockout, ocsp, overtrust, trust_files
+from mtlsc.checks import chains, lockout, ocsp, overtrust, server_tls, trust_files
 from mtlsc.pki import Pki
 
 ERROR, WARNING, NOTE = Severity.ERROR, Severity.WARNING, Severity.NOTE
@@ -108,6 +108,9 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS237", WARNING, overtrust.unverified_https_backend),
     Check("MTLS238", NOTE, overtrust.session_tickets_off_for_cve),
     Check("MTLS239", ERROR, chains.ca_key_not_bindable),
+    Check("MTLS240", WARNING, server_tls.old_tls_profile),
+    Check("MTLS241", ERROR, server_tls.tls_profiles_differ_on_address),
+    Check("MTLS242", NOTE, server_tls.default_server_decides_tls),
     Check("MTLS306", ERROR, trust_files.crl_expired),
     Check("MTLS307", ERROR, trust_files.crl_not_yet_valid),
     Check("MTLS308", WARNING, trust_files.crl_expiring_soon),
@@ -118,6 +121,15 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS313", ERROR, trust_files.not_a_ca_certificate),
     Check("MTLS314", ERROR, trust_files.ca_without_key_cert_sign),
     Check("MTLS315", ERROR, trust_files.leaf_certificate_in_bundle),
+    Check("MTLS320", NOTE, server_tls.server_files_not_checked),
+    Check("MTLS321", ERROR, server_tls.server_certificate_unusable),
+    Check("MTLS322", ERROR, server_tls.server_key_mismatch),
+    Check("MTLS323", ERROR, server_tls.server_certificate_expired),
+    Check("MTLS324", WARNING, server_tls.server_certificate_expiring_soon),
+    Check("MTLS325", WARNING, server_tls.server_chain_incomplete),
+    Check("MTLS326", WARNING, server_tls.server_certificate_outside_profile),
+    Check("MTLS327", ERROR, server_tls.server_name_not_covered),
+    Check("MTLS328", WARNING, server_tls.stapling_not_possible),
 )
 
 

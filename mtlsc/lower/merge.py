@@ -54,7 +54,8 @@ def _merge_group(ctx: Ctx, group: list[ir.Server]) -> ir.Server:
     return ir.Server(
         names=first.names, listens=first.listens, routes=tuple(routes), span=first.span,
         nginx=_nginx(ctx, group), tls=merge_tls(ctx, group),
-        handshake_span=next((s.handshake_span for s in group if s.handshake_span), None), **values,
+        handshake_span=next((s.handshake_span for s in group if s.handshake_span), None),
+        certificate_span=next((s.certificate_span for s in group if s.certificate_span), None), **values,
         **_backend_paths(ctx, group),
     )
 

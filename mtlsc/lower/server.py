@@ -74,6 +74,7 @@ def lower_server(ctx: Ctx, node: ast.Server, cas: dict, idents: dict) -> ir.Serv
         rejections=_rejections(ctx, node.body),
         span=node.span,
         handshake_span=handshake.span if handshake else None,
+        certificate_span=cert.span if cert else None,
         backend_case_sensitive="case_sensitive" in words,
         backend_literal_semicolons="literal_semicolons" in words,
         backend_strict_slashes="strict_slashes" in words,
