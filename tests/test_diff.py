@@ -72,6 +72,11 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
     "ca_renamed": [(O, "CA `partners` renamed to `partner_ca` (same certificates)")],
     "text_only": [],
     "handshake_require_added": [(N, "`handshake require` added")],
+    "tls_weakened": [(W, "TLS profile `intermediate` -> `old`: now accepts TLSv1, TLSv1.1")],
+    "tls_strengthened": [(N, "TLS profile `intermediate` -> `modern`")],
+    "hsts_weakened": [(W, "HSTS `max-age=63072000; includeSubDomains` -> `max-age=31536000`")],
+    "hsts_removed": [(W, "HSTS no longer sent")],
+    "stapling_on": [(O, "OCSP stapling on")],
     "handshake_require_removed": [(W, "`handshake require` removed")],
     # The pull request of docs/review.md (test_review_doc_shows_real_output keeps the page true).
     "review_pr": [(N, "identity acme: now refused with 403 forbidden"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from mtlsc import ir
 from mtlsc.model.cast import stranger_subject
 from mtlsc.review.change import NARROWING, NEUTRAL, WIDENING, Change
+from mtlsc.review.diff_tls import tls_change
 from mtlsc.review.diff_trust import IdentityChange, backend_paths_change, backend_tls_change, cert_word, depth_change
 from mtlsc.model.evaluate import Client, Outcome, evaluate, find_route, identity_headers
 from mtlsc.review.explain import UNTRUSTED_SUBJECT, full_certificate, identity_client, route_label
@@ -297,6 +298,7 @@ def server_facts(server: str, old_srv: ir.Server, new_srv: ir.Server) -> list[Ch
         if o != n:
             out.append(Change(NEUTRAL, server, None, what, f"{what.replace('_', ' ')} `{o}` -> `{n}`", o, n))
     out += backend_paths_change(server, old_srv, new_srv) + backend_tls_change(server, old_srv, new_srv)
+    out += tls_change(server, old_srv, new_srv)
     # The policy-wide union lowering computed (hand-built servers have none: the server's own).
     before, after = ({h.lower(): h for h in s.identity_headers or identity_headers(s)} for s in (old_srv, new_srv))
     out += [Change(WIDENING, server, None, f"header {h}", f"header `{h}` is no longer cleared: a client can send its "
