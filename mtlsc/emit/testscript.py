@@ -40,7 +40,8 @@ class TlsCase:
     title: Safe
     host: Safe
     port: int
-    mode: Safe  # none | unknown | tls12
+    mode: Safe  # none | unknown | tls13 | tls12 | tls10 | *-refused (tests.sh check_tls) | hsts
+    expect: Safe = Safe("-")  # hsts: the Strict-Transport-Security value every answer carries ("-": none)
 
 
 def _w(s: str) -> Safe:
@@ -219,10 +220,27 @@ def _server_cases(server: ir.Server, members: list[Member]) -> tuple[list[Case],
     tls = [
         TlsCase(_w(f"{server.names[0]}: handshake without SNI is refused"), _w(host), port, Safe("none")),
         TlsCase(_w(f"{server.names[0]}: handshake with an unknown SNI name is refused"), _w(host), port, Safe("unknown")),
-        TlsCase(_w(f"{server.names[0]}: TLS 1.3 is accepted"), _w(host), port, Safe("tls13")),
-        TlsCase(_w(f"{server.names[0]}: TLS 1.2 is accepted"), _w(host), port, Safe("tls12")),
     ]
-    return cases, tls
+    return cases, tls + _profile_cases(server, host, port)
+
+
+# What each profile must accept and refuse (mtlsc.tls_profiles), as tests.sh's check_tls modes.
+_PROFILE_MODES = {
+    "modern": (("tls13", "TLS 1.3 is accepted"), ("tls12-refused", "TLS 1.2 is refused (tls modern)")),
+    "intermediate": (("tls13", "TLS 1.3 is accepted"), ("tls12", "TLS 1.2 is accepted"),
+                     ("tls11-refused", "TLS 1.1 is refused"), ("cbc-refused", "a TLS 1.2 CBC suite is refused")),
+    "old": (("tls13", "TLS 1.3 is accepted"), ("tls12", "TLS 1.2 is accepted"), ("tls10", "TLS 1.0 is accepted (tls old)")),
+}
+
+
+def _profile_cases(server: ir.Server, host: str, port: int) -> list[TlsCase]:
+    name = server.names[0]
+    out = [TlsCase(_w(f"{name}: {text}"), _w(host), port, Safe(mode)) for mode, text in _PROFILE_MODES[server.tls.profile]]
+    out.append(TlsCase(_w(f"{name}: TLS 1.3 key exchange on X448 is refused"), _w(host), port, Safe("x448-refused")))
+    hsts = server.tls.hsts
+    out.append(TlsCase(_w(f"{name}: every answer carries HSTS {hsts.value}" if hsts else f"{name}: no HSTS (hsts off)"),
+                       _w(host), port, Safe("hsts"), _w(hsts.value) if hsts else Safe("-")))
+    return out
 
 
 def emit(policy: ir.Policy, pki) -> dict[str, str]:
