@@ -289,18 +289,9 @@ class _ToAst(Transformer):
     def ocsp(self, meta, c):
         return ast.Ocsp(c[0], c[1], c[2], self._span(meta))
 
-    def responder(self, meta, c):
-        return c[0]
-
-    def ocsp_cache(self, meta, c):
-        return c[0]
-
     def resolver(self, meta, c):
         *addresses, timeout = c
         return ast.Resolver(tuple(addresses), timeout, self._span(meta))
-
-    def resolver_timeout(self, meta, c):
-        return c[0]
 
     def identity(self, meta, c):
         return ast.Identity(c[0], tuple(c[1:]), self._span(meta))
@@ -397,8 +388,8 @@ class _ToAst(Transformer):
     def field(self, meta, c):
         return ast.Field(c[0], c[1], self._span(meta))
 
-    def field_name(self, meta, c):
+    def _only_child(self, meta, c):
         return c[0]
 
-    def header(self, meta, c):
-        return c[0]
+    # rules that only wrap their one value
+    responder = ocsp_cache = resolver_timeout = field_name = header = _only_child

@@ -17,8 +17,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtlsc import ir, pipeline
 from mtlsc.checks import CHECKS, CheckContext, run_checks
-from mtlsc.checks.server_tls import covers
-from mtlsc.lab import pki as lab
+from mtlsc.checks.server_cert import covers
+from mtlsc.lab import certs as lab
 from mtlsc.lab.server_pki import _ca, _leaf
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mtlsc.lab import pki as lab
+from mtlsc.lab import certs as lab
 from mtlsc.lab.client import request
 from mtlsc.lab.nginx import free_port, running_nginx, test_config
 from mtlsc.lab.run import running_lab

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 from mtlsc import ir
 from mtlsc.diagnostics import Diagnostic, Finding, Severity
-from mtlsc.checks import chains, lockout, ocsp, overtrust, server_tls, trust_files
+from mtlsc.checks import chains, lockout, ocsp, overtrust, server_cert, server_tls, trust_files
 from mtlsc.pki import Pki
 
 ERROR, WARNING, NOTE = Severity.ERROR, Severity.WARNING, Severity.NOTE
@@ -121,15 +121,15 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS313", ERROR, trust_files.not_a_ca_certificate),
     Check("MTLS314", ERROR, trust_files.ca_without_key_cert_sign),
     Check("MTLS315", ERROR, trust_files.leaf_certificate_in_bundle),
-    Check("MTLS320", NOTE, server_tls.server_files_not_checked),
-    Check("MTLS321", ERROR, server_tls.server_certificate_unusable),
-    Check("MTLS322", ERROR, server_tls.server_key_mismatch),
-    Check("MTLS323", ERROR, server_tls.server_certificate_expired),
-    Check("MTLS324", WARNING, server_tls.server_certificate_expiring_soon),
-    Check("MTLS325", WARNING, server_tls.server_chain_incomplete),
-    Check("MTLS326", WARNING, server_tls.server_certificate_outside_profile),
-    Check("MTLS327", ERROR, server_tls.server_name_not_covered),
-    Check("MTLS328", WARNING, server_tls.stapling_not_possible),
+    Check("MTLS320", NOTE, server_cert.server_files_not_checked),
+    Check("MTLS321", ERROR, server_cert.server_certificate_unusable),
+    Check("MTLS322", ERROR, server_cert.server_key_mismatch),
+    Check("MTLS323", ERROR, server_cert.server_certificate_expired),
+    Check("MTLS324", WARNING, server_cert.server_certificate_expiring_soon),
+    Check("MTLS325", WARNING, server_cert.server_chain_incomplete),
+    Check("MTLS326", WARNING, server_cert.server_certificate_outside_profile),
+    Check("MTLS327", ERROR, server_cert.server_name_not_covered),
+    Check("MTLS328", WARNING, server_cert.stapling_not_possible),
 )
 
 

@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from mtlsc import ast, ir
 from mtlsc.diagnostics import Related
 from mtlsc.lower.common import Ctx, once, suggest
+from mtlsc.parse import LIST_TYPO_CUTOFF, keywords_after
 from mtlsc.tls_profiles import PROFILES
 
 HSTS_OPTIONS = ("include_subdomains", "preload")
@@ -55,7 +57,7 @@ def _hsts(ctx: Ctx, stmt: ast.Hsts) -> ir.Hsts | None:
         return None
     age = _max_age(ctx, word)
     seen: dict[str, ast.Word] = {}
-    for w in stmt.options:
+    for w in _options(ctx, stmt.options):
         if w.value not in HSTS_OPTIONS:
             ctx.err("MTLS012", w.span, f"`{w.value}` is not an `hsts` option",
                     suggest(w.value, HSTS_OPTIONS) or "options: `include_subdomains`, `preload`", label="unknown option")
@@ -67,6 +69,21 @@ def _hsts(ctx: Ctx, stmt: ast.Hsts) -> ir.Hsts | None:
     if out.preload and age is not None:
         _preload_requirements(ctx, stmt, out, seen["preload"])
     return out
+
+
+def _options(ctx: Ctx, words: tuple[ast.Word, ...]) -> tuple[ast.Word, ...]:
+    """The options up to a misspelt statement: `hsts` reads every name up to the next statement, so
+    `hsts 2y  staplig on` reads as two options; report the statement it looks like, once."""
+    statements = keywords_after("server a {")
+    for i, w in enumerate(words):
+        close = [] if w.value in HSTS_OPTIONS else difflib.get_close_matches(
+            w.value.lower(), statements, n=1, cutoff=LIST_TYPO_CUTOFF)
+        if close:
+            ctx.err("MTLS003", w.span, f"`{w.value}` is read as an `hsts` option: is it a misspelt `{close[0]}`?",
+                    f"did you mean `{close[0]}`? `hsts` reads every name up to the next statement, so a misspelt "
+                    "statement and its arguments read as options", label="read as an option")
+            return words[:i]
+    return words
 
 
 def _max_age(ctx: Ctx, word: ast.Word) -> int | None:
