@@ -130,6 +130,7 @@ class ServerRecord:
     prefix: str = ""  # its nginx variable prefix: no other server may use it
     hash_sizes: list[int] = field(default_factory=lambda: [64, 2048])  # map_hash sizes its maps need
     tickets: bool = True  # ssl_session_tickets on
+    tls: str = "intermediate"  # its TLS profile: its address's default server carries the protocols
     client_auth: str = ""  # handshake mode and trust file digest: servers sharing an address compare it
     cve: bool = False  # its policy's nginx target includes builds with CVE-2025-23419
     smoke: dict = field(default_factory=dict)  # its smoke checks (mtlsc.apply.smoke.SmokePlan)

@@ -87,7 +87,7 @@ def _new_servers(result: pipeline.Result, conf_dir: Path, conf_prefix: Callable[
     for server in result.policy.servers:
         slug = server.slug
         mine = {str(conf_dir / f"{slug}.conf"): outputs[f"nginx/{slug}.conf"].encode()}
-        for suffix in (".ca.pem", ".crl.pem", ".keys.js"):
+        for suffix in (".ca.pem", ".crl.pem", ".keys.js", ".dh.pem"):
             if f"mtls/{slug}{suffix}" in outputs:
                 mine[str(_install_dir(server, conf_prefix) / f"{slug}{suffix}")] = outputs[f"mtls/{slug}{suffix}"].encode()
         files.update(mine)
@@ -96,7 +96,7 @@ def _new_servers(result: pipeline.Result, conf_dir: Path, conf_prefix: Callable[
         records[slug] = ServerRecord(
             slug=slug, label=plan.label, policy=str(Path(server.span.path).resolve()), entry=0, files=sorted(mine),
             names=list(server.names), listens=list(h.listens), prefix=h.prefix, hash_sizes=list(h.hash_sizes),
-            tickets=h.tickets, client_auth=_client_auth(server.handshake_require, outputs.get(f"mtls/{slug}.ca.pem")),
+            tickets=h.tickets, tls=server.tls.profile, client_auth=_client_auth(server.handshake_require, outputs.get(f"mtls/{slug}.ca.pem")),
             cve=cve, smoke=plan.to_json())
     return records, files, outputs
 
@@ -147,6 +147,11 @@ def conflicts(new: dict[str, ServerRecord], kept: dict[str, ServerRecord]) -> li
                     f"{n.label} ({Path(n.policy).name}) and {k.label} (installed from {k.policy}) both serve "
                     f"{names[0]} on {shared[0]}: nginx would answer it with one of them and only warn. Rename one, "
                     f"or remove the installed one in the same apply (--remove {k.label})")
+            elif n.tls != k.tls:
+                problems.append(
+                    f"{n.label} ({Path(n.policy).name}, tls {n.tls}) and {k.label} (installed from {k.policy}, tls {k.tls}) "
+                    f"share {shared[0]}: nginx gives every server of an address the protocols of its default server "
+                    "(docs/checks.md MTLS241). Give them one `tls` profile, or different addresses")
             elif n.client_auth != k.client_auth and (n.tickets or k.tickets) and (n.cve or k.cve):
                 problems.append(
                     f"{n.label} ({Path(n.policy).name}) and {k.label} (installed from {k.policy}) share {shared[0]} "
@@ -167,7 +172,8 @@ def shared_file(servers: dict[str, ServerRecord], host: ir.HostNginx | None = No
         return None
     recs = servers.values()
     sizes = (max(r.hash_sizes[0] for r in recs), max(r.hash_sizes[1] for r in recs))
-    text = emit_nginx.http_conf([r.policy for r in recs], [t for r in recs for t in r.listens], sizes, host)
+    text = emit_nginx.http_conf([r.policy for r in recs], [t for r in recs for t in r.listens], sizes, host,
+                                {t: r.tls for r in recs for t in r.listens})
     return text.encode()
 
 
