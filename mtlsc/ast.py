@@ -34,6 +34,7 @@ class Str:
 class NginxTarget:
     version: Str
     span: Span = span_field()
+    modules: tuple[Word, ...] = ()  # `with njs`
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class AttrRe:
 class Fingerprint:
     value: Str
     span: Span = span_field()
+    algorithm: Word | None = None  # `fingerprint sha256 "..."`; None: told by the length
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from mtlsc.san import SanRule
 from mtlsc.source import Span, span_field
 
 
@@ -78,6 +79,8 @@ class IdentityKind(enum.Enum):
     ATTRS = "attrs"  # per-attribute exact values or anchored patterns, all must hold
     FINGERPRINT = "fingerprint"  # SHA-1 of the certificate, $ssl_client_fingerprint
     SERIAL = "serial"  # serial number + issuer DN
+    SHA256 = "sha256"  # SHA-256 of the certificate's DER, computed in njs (mtlsc/emit/san.js.j2)
+    SAN = "san"  # a subjectAltName rule (mtlsc.san), read in njs
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +89,15 @@ class Identity:
     kind: IdentityKind
     subject: str | None = None  # canonical RFC 2253 form, as nginx prints $ssl_client_s_dn
     attrs: tuple[AttrMatch, ...] = ()
-    fingerprint: str | None = None  # 40 lowercase hex digits
+    fingerprint: str | None = None  # 40 (SHA-1) or, for SHA256, 64 lowercase hex digits
     serial: str | None = None  # uppercase hex, as nginx prints $ssl_client_serial
     issuer: str | None = None  # canonical RFC 2253 form of the issuer DN
+    san: SanRule | None = None
     span: Span = span_field()
+
+    @property
+    def needs_njs(self) -> bool:
+        return self.kind in (IdentityKind.SAN, IdentityKind.SHA256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +275,7 @@ class Policy:
     cleared_headers: tuple[str, ...] = ()  # `clear_headers` names, as first written, in order
     resolver: Resolver | None = None  # `resolver`: None, nginx cannot look up host names in OCSP URLs
     host: "HostNginx | None" = None  # the nginx config mtlsc's files join, when it was read (mtlsc.coexist)
+    njs: bool = False  # `nginx "..." with njs`: the target loads ngx_http_js_module (SAN identities, SHA-256 pins)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+ENC = ("the values in certificate order, comma-separated, each percent-encoded: every byte but "
+       "`A-Z a-z 0-9 - . _ ~ : / @` as `%XX` (uppercase hex), so a `,` inside a value arrives as `%2C`")
+
+
 @dataclass(frozen=True, slots=True)
 class Variable:
     name: str  # without the `$`
@@ -94,6 +98,31 @@ VARIABLES: dict[str, Variable] = {
             "Use it to warn clients about renewal.",
             (1, 11, 7),
         ),
+        Variable(
+            "ssl_client_raw_cert",
+            "the PEM of the client certificate; mtlsc's njs module reads its subjectAltNames and SHA-256 from it",
+            "no certificate was sent",
+            "Not forwarded as such: forward `cert` if the backend needs the certificate.",
+            (1, 13, 5),
+        ),
+        # Computed in njs from $ssl_client_raw_cert (mtlsc/emit/san.js.j2): per server `$<prefix><name>`.
+        Variable("san_uri", "the URI subjectAltNames: " + ENC, "no certificate was sent, or it has no URI SAN, or "
+                 "mtlsc could not read its SANs", "Split on `,` first, then percent-decode each value; "
+                 "authorise on `spiffe_id` or on mtlsc's gate rather than on any one of several URIs.", (1, 22, 0)),
+        Variable("san_dns", "the DNS subjectAltNames, as written in the certificate (any case): " + ENC,
+                 "no certificate was sent, or it has no DNS SAN", "Split on `,`, percent-decode, compare "
+                 "ASCII case-insensitively; a value may itself start with `*.` (a wildcard certificate).", (1, 22, 0)),
+        Variable("san_email", "the e-mail (rfc822Name) subjectAltNames: " + ENC, "no certificate was sent, or it has "
+                 "no e-mail SAN", "Split on `,`, percent-decode (`@` arrives as is).", (1, 22, 0)),
+        Variable("san_ip", "the IP subjectAltNames, IPv4 dotted, IPv6 in RFC 5952 form (`2001:db8::1`), "
+                 "comma-separated", "no certificate was sent, or it has no IP SAN", "Split on `,`.", (1, 22, 0)),
+        Variable("spiffe_id", "the certificate's SPIFFE ID: its only URI SAN, when that is a valid SPIFFE ID "
+                 "(`spiffe://trust-domain/path`, which needs no encoding)", "no certificate, none or several URI "
+                 "SANs, or the one URI is not a valid SPIFFE ID", "Use it as the workload's identity; never "
+                 "fall back to a URI of `san_uri` when it is empty.", (1, 22, 0)),
+        Variable("sha256", "SHA-256 of the DER certificate: 64 lowercase hex digits", "no certificate was sent",
+                 "Use it as a stable, collision-resistant key for one certificate (it changes on renewal).",
+                 (1, 22, 0)),
     )
 }
 
@@ -101,8 +130,9 @@ VARIABLES: dict[str, Variable] = {
 @dataclass(frozen=True, slots=True)
 class ForwardField:
     name: str  # the word in `forward ...`
-    variable: str  # the nginx variable it carries
+    variable: str  # the nginx variable it carries; for an njs field, the suffix of the server's js_set variable
     default_header: str
+    njs: bool = False  # computed in njs from $ssl_client_raw_cert (mtlsc/emit/san.js.j2)
 
 
 FORWARD_FIELDS: dict[str, ForwardField] = {
@@ -117,6 +147,13 @@ FORWARD_FIELDS: dict[str, ForwardField] = {
         ForwardField("not_before", "ssl_client_v_start", "X-Client-Not-Before"),
         ForwardField("not_after", "ssl_client_v_end", "X-Client-Not-After"),
         ForwardField("days_remaining", "ssl_client_v_remain", "X-Client-Days-Remaining"),
+        # subjectAltNames, each value percent-encoded, comma-separated (the generated variables.md)
+        ForwardField("san_uri", "san_uri", "X-Client-San-Uri", njs=True),
+        ForwardField("san_dns", "san_dns", "X-Client-San-Dns", njs=True),
+        ForwardField("san_email", "san_email", "X-Client-San-Email", njs=True),
+        ForwardField("san_ip", "san_ip", "X-Client-San-Ip", njs=True),
+        ForwardField("spiffe_id", "spiffe_id", "X-Client-Spiffe-Id", njs=True),
+        ForwardField("fingerprint_sha256", "sha256", "X-Client-Fingerprint-Sha256", njs=True),
     )
 }
 

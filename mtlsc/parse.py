@@ -266,7 +266,10 @@ class _ToAst(Transformer):
         return ast.PolicyFile(self.path, tuple(items), self._span(meta))
 
     def nginx_target(self, meta, c):
-        return ast.NginxTarget(c[0], self._span(meta))
+        return ast.NginxTarget(c[0], self._span(meta), (c[1],) if c[1] is not None else ())
+
+    def nginx_with(self, meta, c):
+        return c[0]
 
     def waive(self, meta, c):
         return ast.Waive(c[0], c[1], self._span(meta))
@@ -306,7 +309,7 @@ class _ToAst(Transformer):
         return ast.AttrRe(c[0], c[1], self._span(meta))
 
     def fingerprint(self, meta, c):
-        return ast.Fingerprint(c[0], self._span(meta))
+        return ast.Fingerprint(c[1], self._span(meta), c[0])
 
     def serial(self, meta, c):
         return ast.Serial(c[0], self._span(meta))

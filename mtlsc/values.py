@@ -175,18 +175,16 @@ def route_path(text: str) -> str:
     return text
 
 
-def fingerprint(text: str) -> str:
+def fingerprint(text: str, algorithm: str | None = None) -> str:
+    """40 (SHA-1) or 64 (SHA-256) lowercase hex digits; `algorithm` (`sha1`/`sha256`) fixes which."""
     hexdigits = text.replace(":", "").lower()
-    if re.fullmatch(r"[0-9a-f]{64}", hexdigits):
-        raise ValueProblem(
-            "SHA-256 fingerprints are not available in nginx",
-            "`$ssl_client_fingerprint` is SHA-1: pin with `openssl x509 -noout -fingerprint -sha1 -in CERT`",
-        )
-    if not re.fullmatch(r"[0-9a-f]{40}", hexdigits):
-        raise ValueProblem(
-            f"`{text}` is not a SHA-1 fingerprint",
-            "write 40 hex digits, with or without `:` (`openssl x509 -noout -fingerprint -sha1 -in CERT`)",
-        )
+    sizes = {"sha1": 40, "sha256": 64}
+    wanted = (sizes[algorithm],) if algorithm else (40, 64)
+    if not re.fullmatch(r"[0-9a-f]+", hexdigits) or len(hexdigits) not in wanted:
+        what = {None: "a SHA-1 or SHA-256", "sha1": "a SHA-1", "sha256": "a SHA-256"}[algorithm]
+        return_help = ("write 40 (SHA-1) or 64 (SHA-256) hex digits, with or without `:` "
+                       "(`openssl x509 -noout -fingerprint -sha256 -in CERT`)")
+        raise ValueProblem(f"`{text}` is not {what} fingerprint", return_help)
     return hexdigits
 
 

@@ -40,7 +40,7 @@ def test_case_diagnostics(case):
 
 # Every statement the examples leave out, so that the corpus holds every keyword of the grammar.
 ALL_STATEMENTS = """\
-nginx ">= 1.22"
+nginx ">= 1.22" with njs
 clear_headers "X-Custom"
 resolver "127.0.0.53" timeout 5s
 waive MTLS149 "corpus"

@@ -124,6 +124,15 @@ def _expected_headers(server) -> dict[str, str]:
     return dict.fromkeys(sorted(names), '""')
 
 
+def _forwarded_variable(view, field: str) -> str:
+    """`$ssl_client_...`, or for a field read in njs the server's js_set variable bound to it."""
+    spec = FORWARD_FIELDS[field]
+    if not spec.njs:
+        return f"${spec.variable}"
+    bound = [str(j.var) for j in (view.san.js_sets if view.san else ()) if str(j.function).endswith(".fwd_" + spec.variable)]
+    return bound[0] if len(bound) == 1 else "(no js_set variable)"
+
+
 def identity_header_not_set_or_cleared(ctx):
     """What it catches: a proxied location of the emitted config that neither sets nor clears
     one of its server's identity headers, or sets one the route does not forward. An
@@ -142,7 +151,7 @@ def identity_header_not_set_or_cleared(ctx):
         expected = _expected_headers(server)
         for route, loc in zip([loc.route for loc in locations(server)], view.locations):
             want = dict(expected)
-            want.update({f.header.lower(): f"${FORWARD_FIELDS[f.field].variable}" for f in route.forward})
+            want.update({f.header.lower(): _forwarded_variable(view, f.field) for f in route.forward})
             got = {str(name).lower(): str(value) for name, value in loc.headers}
             wrong = sorted(h for h in want if got.get(h) != want[h])
             if wrong or len(view.locations) != len(locations(server)):

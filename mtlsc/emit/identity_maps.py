@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from mtlsc import dn, ir
 from mtlsc.emit import quote
+from mtlsc.emit import san as san_emit
 from mtlsc.emit.quote import Safe
 
 
@@ -29,8 +30,10 @@ class MapView:
     entries: list[MapEntry] = field(default_factory=list)
 
 
-def _identity_maps(server: ir.Server, prefix: str, maps: list[MapView]) -> dict[tuple[str, ...], Safe]:
-    """One deny variable per distinct allow list: hashed maps for exact keys, one regex per pattern."""
+def _identity_maps(server: ir.Server, prefix: str, maps: list[MapView],
+                   san_module: san_emit.SanModule) -> dict[tuple[str, ...], Safe]:
+    """One deny variable per distinct allow list: hashed maps for exact keys, one regex per pattern,
+    and for SAN identities and SHA-256 pins one njs variable (emit/san.py)."""
     gates: dict[tuple[str, ...], Safe] = {}
     for route in server.routes:
         key = tuple(sorted(i.name for i in route.allow))
@@ -53,6 +56,9 @@ def _identity_maps(server: ir.Server, prefix: str, maps: list[MapView]) -> dict[
                 view.entries.append(MapEntry(_identity_key(ident), 1, _identity_note(ident)))
             maps.append(view)
             parts.append(var)
+        njs = san_emit.njs_identities(route.allow)
+        if njs:
+            parts.append(san_emit.add_allow_list(san_module, prefix, n, njs))
         deny = f"{prefix}deny{n}"
         # Exact keys for every combination holding a 1 (at most 7): a hashed lookup, where a
         # `~1` regex cost a PCRE match per request (benchmarks/: 10% of a keep-alive request).

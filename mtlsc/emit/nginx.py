@@ -14,6 +14,8 @@ from mtlsc.emit import quote
 from mtlsc.emit.http import HTTP_CONF, _default_listens, _hash_sizes, _listen_text, _sources, http_conf
 from mtlsc.emit.tls import TlsView, listen_profiles, location_hsts, tls_view
 from mtlsc.emit.identity_maps import MapEntry, MapView, _identity_maps
+from mtlsc.emit import san as san_emit
+from mtlsc.emit.san import SanModule
 from mtlsc.emit.quote import Safe
 from mtlsc.emit.templates import render
 from mtlsc.model.evaluate import BAD_TARGET, identity_headers
@@ -76,6 +78,8 @@ def emit(policy: ir.Policy, pki: Pki, taken_prefixes: frozenset[str] = frozenset
                 out[f"mtls/{server.slug}.crl.pem"] = crl_file_pem(pki, [c.name for c in server.cas])
         if view.tls.dhparam:
             out[f"mtls/{server.slug}.dh.pem"] = FFDHE2048_PEM
+        if view.san is not None:
+            out[f"mtls/{server.slug}.san.js"] = render("san.js.j2", m=view.san, table=view.san.js())
         if view.key_binding:
             out[f"mtls/{server.slug}.keys.js"] = render("keys.js.j2", b=view.key_binding,
                                                          table=Safe(_js_table(view.key_binding.table)))
@@ -135,6 +139,7 @@ class ServerView:
     cas_note: list[Safe]
     upstream_tls: "UpstreamTls | None" = None
     key_binding: "KeyBinding | None" = None
+    san: SanModule | None = None  # SAN identities, SHA-256 pins, SAN forwarding: js_set in njs (emit/san.py)
     tickets: bool = True  # off where CVE-2025-23419 could let a session skip a client check
     nginx: list[Safe] = field(default_factory=list)  # the server's own `nginx { }` directives
     nginx_origin: Safe = Safe("")
@@ -237,10 +242,12 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
     if len(cas) > 1:
         maps += _ca_binding_maps(server, pki, prefix, ca_index)
     target_gates = _target_gates(server, prefix, maps)
-    identity_gate = _identity_maps(server, prefix, maps)
+    san_module = san_emit.module_for(server, prefix)
+    identity_gate = _identity_maps(server, prefix, maps, san_module)
     binding = _key_binding(server, pki, prefix, ca_index) if len(cas) > 1 else None
     key_checks = {c.ca: c.uri for c in binding.checks} if binding else {}
-    views = [_location(server, loc, prefix, ca_index, identity_gate, key_checks) for loc in locations(server)]
+    views = [_location(server, loc, prefix, ca_index, identity_gate, key_checks, san_module)
+             for loc in locations(server)]
     ocsp = next((c.ocsp for c in cas if c.ocsp), None)
     install = server.install_dir.rstrip("/")
     return ServerView(
@@ -269,6 +276,7 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         cas_note=[quote.comment(f"ca {c.name}: depth {c.depth}, {len(c.crls)} CRL file(s)") for c in cas],
         upstream_tls=_upstream_tls(server),
         key_binding=binding,
+        san=san_module if san_module.functions else None,
         nginx=[quote.nginx_directive(d.words) for d in server.nginx],
         nginx_origin=_nginx_origin(server.nginx),
         tls=tls_view(policy, server, ocsp is not None),
@@ -339,7 +347,7 @@ def _ca_binding_maps(server, pki, prefix, ca_index) -> list[MapView]:
     return maps
 
 
-def _location(server, loc: Location, prefix, ca_index, identity_gate, key_checks) -> LocationView:
+def _location(server, loc: Location, prefix, ca_index, identity_gate, key_checks, san_module) -> LocationView:
     route = loc.route
     rej = server.rejections
     gates: list[Gate] = []
@@ -351,7 +359,8 @@ def _location(server, loc: Location, prefix, ca_index, identity_gate, key_checks
     if route.allow:
         gates.append(Gate(identity_gate[tuple(sorted(i.name for i in route.allow))], _response(rej.forbidden),
                           quote.comment("identity not on the allow list")))
-    forwarded = {f.header.lower(): FORWARD_FIELDS[f.field].variable for f in route.forward}
+    forwarded = {f.header.lower(): san_emit.forward_variable(san_module, prefix, f.field) if FORWARD_FIELDS[f.field].njs
+                 else FORWARD_FIELDS[f.field].variable for f in route.forward}
     headers = [(quote.header_name(h), quote.nginx_var(forwarded[h.lower()]) if h.lower() in forwarded else Safe('""'))
                for h in identity_headers(server)]
     mode = route.mode.value + (f" {route.ca.name}" if route.ca else "")

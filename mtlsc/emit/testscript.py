@@ -141,7 +141,7 @@ def _cases_for_route(server: ir.Server, route: ir.Route, grouped: _Cast) -> list
                 continue
             add(f"identity {m.identity.name}", m, spoof=True)
         elif m.kind == "near" and route.allow and m.ca == route.ca.name and m.identity.name in allowed:
-            add(f"near miss of identity {m.identity.name} ({m.subject})", m, spoof=True)
+            add(f"near miss of identity {m.identity.name} ({m.shown})", m, spoof=True)
         elif m.kind == "stranger":
             same_ca = route.ca is not None and m.ca == route.ca.name
             if route.mode is ir.Mode.PUBLIC or not same_ca:

@@ -49,6 +49,8 @@ def _gate_variables(server: ir.Server) -> dict[str, list[str]]:
                 ir.IdentityKind.ATTRS: ["ssl_client_s_dn"],
                 ir.IdentityKind.FINGERPRINT: ["ssl_client_fingerprint"],
                 ir.IdentityKind.SERIAL: ["ssl_client_serial", "ssl_client_i_dn"],
+                ir.IdentityKind.SAN: ["ssl_client_raw_cert"],
+                ir.IdentityKind.SHA256: ["ssl_client_raw_cert"],
             }[ident.kind]
             for v in var:
                 used.setdefault(v, []).append(r.path)
@@ -69,7 +71,8 @@ def _table(server: ir.Server) -> ServerTable:
                             for h, paths in sorted(headers.get(name, {}).items())) or "not forwarded"
         gate_routes = ", ".join(f"`{p}`" for p in dict.fromkeys(gates.get(name, [])))
         rows.append(VariableRow(
-            name=_md(f"`${name}`"), holds=_md(v.holds), empty_when=_md(v.empty_when),
+            name=_md(f"`${name}`" if name.startswith("ssl_") else f"`{name}` (njs, from `$ssl_client_raw_cert`)"),
+            holds=_md(v.holds), empty_when=_md(v.empty_when),
             headers=_md(carried), used_by=_md(f"gate of {gate_routes}" if gate_routes else "-"),
             backend_should=_md(v.backend_should),
         ))

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from mtlsc.san import Sans
+
 
 # Certificates start a little before `now`, so a machine whose clock lags slightly still accepts them.
 BACKDATE = timedelta(hours=1)
@@ -184,10 +186,11 @@ def make_chain(prefix: str, intermediates: int, *, now: datetime,
 
 def issue_client(issuer: Issued, subject: x509.Name, *, now: datetime, days: int = 365,
                  not_before: datetime | None = None, serial: int | None = None,
-                 ocsp_url: str | None = None) -> Issued:
+                 ocsp_url: str | None = None, sans: Sans = Sans()) -> Issued:
     """A client (leaf) certificate valid from `not_before` (default: just before `now`) for `days`.
 
-    An expired certificate: `not_before=now - timedelta(days=30), days=1`.
+    An expired certificate: `not_before=now - timedelta(days=30), days=1`. `sans` go in its
+    subjectAltName, critical when the subject is empty (RFC 5280 §4.2.1.6), as in SPIFFE SVIDs.
     """
     key = _new_key()
     start = not_before or now - BACKDATE
@@ -197,7 +200,20 @@ def issue_client(issuer: Issued, subject: x509.Name, *, now: datetime, days: int
          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
     if ocsp_url:
         b = b.add_extension(_aia(ocsp_url), critical=False)
+    if sans.names:
+        b = b.add_extension(x509.SubjectAlternativeName([_general_name(k, v) for k, v in sans.names]),
+                            critical=len(subject) == 0)
     return _signed(b, issuer.key, key)
+
+
+def _general_name(kind: str, value: str) -> x509.GeneralName:
+    if kind == "uri":
+        return x509.UniformResourceIdentifier(value)
+    if kind == "dns":
+        return x509.DNSName(value)
+    if kind == "email":
+        return x509.RFC822Name(value)
+    return x509.IPAddress(ipaddress.ip_address(bytes.fromhex(value)))
 
 
 def issue_ocsp_signer(issuer: Issued, *, now: datetime, days: int = 365) -> Issued:

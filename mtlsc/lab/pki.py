@@ -66,7 +66,7 @@ class LabPki:
 
 
 def _x509_name(subject: str) -> x509.Name:
-    return dn.x509_name(dn.parse_dn(subject))
+    return dn.x509_name(dn.parse_dn(subject)) if subject else x509.Name([])
 
 
 def _serial_issuers(ca: ir.Ca, members: list[Member]) -> tuple[dict[int, x509.Name], dict[str, int]]:
@@ -126,7 +126,7 @@ def _mint(m: Member, chain: CaChain, serial_pos: dict[str, int], now: datetime,
         if issuer is None or issuer.cert.subject != _x509_name(ident.issuer) or not 0 < serial <= MAX_SERIAL:
             return f"pinned by serial {ident.serial} of `{ident.issuer}`, which no certificate of the lab's chain is named"
         return issue_client(issuer, subject, now=now, serial=serial, ocsp_url=ocsp_url, days=days)
-    return issue_client(signer, subject, now=now, ocsp_url=ocsp_url, days=days)
+    return issue_client(signer, subject, now=now, ocsp_url=ocsp_url, days=days, sans=m.sans)
 
 
 def _write_issued(base: Path, issued: Issued, chain: tuple[x509.Certificate, ...] = ()) -> None:

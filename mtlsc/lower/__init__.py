@@ -14,7 +14,7 @@ from mtlsc.lower.headers import cleared_headers, with_identity_headers
 from mtlsc.lower.identity import lower_identity
 from mtlsc.lower.merge import merge_servers
 from mtlsc.lower.server import lower_server
-from mtlsc.nginx_facts import MIN_NGINX
+from mtlsc.nginx_facts import FORWARD_FIELDS, MIN_NGINX
 from mtlsc.source import Span
 
 DEFAULT_NGINX = (1, 22, 0)
@@ -23,7 +23,9 @@ DEFAULT_NGINX = (1, 22, 0)
 def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnostic]]:
     """Lower parsed files into one policy. Returns None when any error was found."""
     ctx = Ctx()
-    version = _lower_target(ctx, [i for f in files for i in f.items if isinstance(i, ast.NginxTarget)])
+    targets = [i for f in files for i in f.items if isinstance(i, ast.NginxTarget)]
+    version = _lower_target(ctx, targets)
+    njs = _lower_modules(ctx, targets)
     cas = _unique(ctx, "ca", [(i, _lower_ca(ctx, i, f.path)) for f in files for i in f.items if isinstance(i, ast.Ca)])
     idents = _unique(
         ctx, "identity", [(i, lower_identity(ctx, i)) for f in files for i in f.items if isinstance(i, ast.Identity)]
@@ -36,6 +38,8 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
     waivers = tuple(w for f in files for w in _waivers(f.items, Span(f.path, 1, 1, 10**9, 1)))
     resolver = _lower_resolver(ctx, [i for f in files for i in f.items if isinstance(i, ast.Resolver)])
     _no_server(ctx, files)
+    if not njs:
+        _needs_njs(ctx, idents, merged)
     if ctx.diags:
         return None, ctx.diags
     policy = ir.Policy(
@@ -46,8 +50,49 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
         waivers,
         cleared,
         resolver,
+        njs=njs,
     )
     return policy, []
+
+
+def _lower_modules(ctx, targets: list[ast.NginxTarget]) -> bool:
+    """`nginx "..." with njs`: said once is enough, but every file that names a target must agree."""
+    said = []
+    for t in targets:
+        for m in t.modules:
+            if m.value != "njs":
+                ctx.err("MTLS012", m.span, f"`{m.value}` is not a module mtlsc uses",
+                        "write `with njs` when the target nginx loads ngx_http_js_module; leave it out otherwise")
+        said.append(any(m.value == "njs" for m in t.modules))
+    if len(set(said)) > 1:
+        first = next(t for t, s in zip(targets, said) if s != said[0] or t is targets[0])
+        other = next(t for t, s in zip(targets, said) if s != said[0])
+        ctx.err("MTLS023", other.span, "the policy files disagree on whether the target nginx has njs",
+                "say `with njs` on every `nginx` target statement, or on none", related=[Related(first.span, "first target here")])
+    return any(said)
+
+
+NJS_PACKAGE = "libnginx-mod-http-js"
+
+
+def _needs_njs(ctx, idents: dict, servers: list[ir.Server]) -> None:
+    """MTLS030: SAN identities, SHA-256 pins and SAN forwarding are read in njs, which stock nginx
+    lacks: the policy must say the target loads it, or nginx -t would stop at `unknown directive`."""
+    help = (f'load njs in the target nginx (Debian/Ubuntu: `apt-get install {NJS_PACKAGE}`, then '
+            f'`load_module modules/ngx_http_js_module.so;`) and say so: `nginx ">= 1.22" with njs`')
+    used = {i.name for s in servers for r in s.routes for i in r.allow}
+    for name in sorted(used):
+        ident = idents.get(name)
+        if ident is not None and ident.needs_njs:
+            what = "a SHA-256 pin" if ident.kind is ir.IdentityKind.SHA256 else "a SAN identity"
+            ctx.err("MTLS030", ident.span, f"identity `{name}` is {what}: nginx reads it only through njs, "
+                    "and the policy does not say the target has njs", help, label="needs njs")
+    for s in servers:
+        for r in s.routes:
+            for f in r.forward:
+                if FORWARD_FIELDS[f.field].njs:
+                    ctx.err("MTLS030", f.span, f"`forward {f.field}` is read through njs, and the policy does not say "
+                            "the target has njs", help, label="needs njs")
 
 
 def _no_server(ctx, files: list[ast.PolicyFile]) -> None:
@@ -91,6 +136,10 @@ def _identity_key(ident: ir.Identity) -> tuple | None:
         return ("fingerprint", ident.fingerprint)
     if ident.kind is ir.IdentityKind.SERIAL:
         return ("serial", ident.serial, ident.issuer.lower())
+    if ident.kind is ir.IdentityKind.SHA256:
+        return ("sha256", ident.fingerprint)
+    if ident.kind is ir.IdentityKind.SAN:
+        return ("san", ident.san.kind, ident.san.value, ident.san.pattern)
     return None
 
 

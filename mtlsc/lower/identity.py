@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from mtlsc import ast, dn, ir, values
+from mtlsc import ast, dn, ir, san, values
 from mtlsc.emit import quote
 from mtlsc.review.fmt import quote as quote_string
 from mtlsc.lower.common import Ctx
@@ -45,12 +45,6 @@ def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
     if name == "any":
         ctx.err("MTLS012", node.name.span, "`any` is reserved", "`allow any` means every certificate of the CA; pick another name")
     body = [s for s in node.body if not isinstance(s, ast.Waive)]
-    for san in (s for s in body if isinstance(s, ast.San)):
-        ctx.err(
-            "MTLS030", san.span, "SAN matching is not available in stock nginx",
-            "nginx has no variable for subjectAltName; match the subject (`cn`, `subject`) or pin a `fingerprint`",
-            label="nginx cannot see SANs",
-        )
     unknown = [s for s in body if isinstance(s, (ast.AttrEq, ast.AttrRe)) and dn.canonical_attribute(s.attr.value) is None]
     for s in unknown:  # first: a misspelt `serial` or `subject` must not read as "mixes attrs and serial"
         ctx.err("MTLS014", s.attr.span, f"`{s.attr.value}` is not a DN attribute nginx prints",
@@ -62,12 +56,13 @@ def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
         ir.IdentityKind.ATTRS: [s for s in body if isinstance(s, (ast.AttrEq, ast.AttrRe))],
         ir.IdentityKind.FINGERPRINT: [s for s in body if isinstance(s, ast.Fingerprint)],
         ir.IdentityKind.SERIAL: [s for s in body if isinstance(s, (ast.Serial, ast.Issuer))],
+        ir.IdentityKind.SAN: [s for s in body if isinstance(s, ast.San)],
     }
     used = [k for k, stmts in kinds.items() if stmts]
     if not used:
-        if not any(isinstance(s, ast.San) for s in body):
-            ctx.err("MTLS014", node.name.span, f"identity `{name}` matches nothing",
-                    'give a `subject "CN=..."`, attribute matches such as `cn "x"`, a `fingerprint` or `serial` + `issuer`')
+        ctx.err("MTLS014", node.name.span, f"identity `{name}` matches nothing",
+                'give a `subject "CN=..."`, attribute matches such as `cn "x"`, a `fingerprint`, `serial` + `issuer` '
+                'or a `san`')
         return None
     if len(used) > 1:
         ctx.err("MTLS014", kinds[used[1]][0].span, f"identity `{name}` mixes {used[0].value} and {used[1].value} matching",
@@ -83,11 +78,9 @@ def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
             return None
         return subject and ir.Identity(name, kind, subject=subject, span=node.span)
     if kind is ir.IdentityKind.FINGERPRINT:
-        try:
-            return ir.Identity(name, kind, fingerprint=values.fingerprint(stmts[0].value.value), span=node.span)
-        except values.ValueProblem as p:
-            ctx.err("MTLS030" if "SHA-256" in p.message else "MTLS014", stmts[0].value.span, p.message, p.help)
-            return None
+        return _fingerprint_identity(ctx, name, stmts[0], node.span)
+    if kind is ir.IdentityKind.SAN:
+        return _san_identity(ctx, name, stmts[0], node.span)
     if kind is ir.IdentityKind.SERIAL:
         return _serial_identity(ctx, node, stmts)
     attrs = [a for a in (_attr(ctx, s) for s in stmts) if a is not None]
@@ -97,6 +90,35 @@ def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
     if _too_long(ctx, node.span, f"the regex compiled from identity `{name}`", "~" + regex):
         return None
     return ir.Identity(name, kind, attrs=tuple(attrs), span=node.span)
+
+
+def _fingerprint_identity(ctx: Ctx, name: str, stmt: ast.Fingerprint, span: Span) -> ir.Identity | None:
+    """SHA-1 (`$ssl_client_fingerprint`) or SHA-256 (njs), by `sha1`/`sha256` or by length."""
+    algorithm = stmt.algorithm.value.lower() if stmt.algorithm else None
+    if algorithm not in (None, "sha1", "sha256"):
+        ctx.err("MTLS012", stmt.algorithm.span, f"`{stmt.algorithm.value}` is not a fingerprint algorithm",
+                "write `fingerprint sha256 \"...\"`, `fingerprint sha1 \"...\"`, or leave it out: the length tells")
+        return None
+    try:
+        digits = values.fingerprint(stmt.value.value, algorithm)
+    except values.ValueProblem as p:
+        ctx.err("MTLS014", stmt.value.span, p.message, p.help)
+        return None
+    kind = ir.IdentityKind.SHA256 if len(digits) == 64 else ir.IdentityKind.FINGERPRINT
+    return ir.Identity(name, kind, fingerprint=digits, span=span)
+
+
+def _san_identity(ctx: Ctx, name: str, stmt: ast.San, span: Span) -> ir.Identity | None:
+    try:
+        rule = san.policy_rule(stmt.kind.value, stmt.value.value)
+    except san.SanProblem as p:
+        where = stmt.kind.span if stmt.kind.value not in san.KINDS else _content(stmt.value)
+        ctx.err("MTLS014", where, p.message, p.help)
+        return None
+    if quote.length_problem(rule.regex() if rule.pattern else rule.value, reserve=2):
+        ctx.err("MTLS020", stmt.value.span, "the SAN value is too long for one nginx argument", "shorten it")
+        return None
+    return ir.Identity(name, ir.IdentityKind.SAN, san=rule, span=span)
 
 
 def _too_long(ctx: Ctx, span: Span, what: str, emitted: str) -> bool:

@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import dn, ir
+from mtlsc.model import san_cast
 from mtlsc.model.evaluate import AllowIndex, Client, allow_index, identity_matches
+from mtlsc.san import Sans
 
 STRANGER_SUBJECT = "CN=mtlsc-stranger,O=mtlsc lab"
 # Identities tested per allow list: a longer list is sampled (first, last and evenly between), so
@@ -33,17 +35,28 @@ class Member:
     subject: str  # nginx form; for a fingerprint identity, unknown until the user supplies it
     identity: ir.Identity | None = None  # for `near`: the identity it imitates
     imitates: str | None = None  # for `lookalike`: the CA whose issuing CA's name its sub-CA copies
+    sans: Sans = Sans()  # its subjectAltNames (SAN identities and their near misses)
+    note: str = ""  # for a SAN near miss: what it tries
 
     @property
     def mintable(self) -> bool:
         """False for fingerprint pins: only the user's own certificate has that fingerprint."""
-        return self.identity is None or self.identity.kind is not ir.IdentityKind.FINGERPRINT
+        return self.identity is None or self.identity.kind not in (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SHA256)
+
+    @property
+    def shown(self) -> str:
+        """How a test case names it: the subject, or for a SAN near miss what it tries."""
+        return self.note or self.subject
 
     def client(self, verified_by: str | None) -> Client:
         """How nginx sees this certificate, for the evaluator."""
         ident = self.identity
         if ident is not None and ident.kind is ir.IdentityKind.FINGERPRINT:
             return Client(self.subject, "", fingerprint=ident.fingerprint, verified_by=verified_by)
+        if ident is not None and ident.kind is ir.IdentityKind.SHA256 and self.kind == "identity":
+            return Client(self.subject, "", sha256=ident.fingerprint, verified_by=verified_by)
+        if self.sans.names:
+            return Client(self.subject, "", verified_by=verified_by, sans=self.sans)
         if ident is not None and ident.kind is ir.IdentityKind.SERIAL:
             return Client(self.subject, ident.issuer, serial=ident.serial, verified_by=verified_by)
         return Client(self.subject, "", verified_by=verified_by, foreign_issuer=self.kind == "lookalike")
@@ -51,6 +64,8 @@ class Member:
 
 def identity_subject(identity: ir.Identity) -> str:
     """A subject that satisfies the identity (SUBJECT and ATTRS kinds)."""
+    if identity.kind is ir.IdentityKind.SAN:
+        return san_cast.identity_subject(identity.san)
     if identity.kind is ir.IdentityKind.SUBJECT:
         return identity.subject
     if identity.kind is ir.IdentityKind.ATTRS:
@@ -172,6 +187,22 @@ def near_subjects(identity: ir.Identity, allowed: tuple[ir.Identity, ...] | Allo
     return out
 
 
+def _san_near(ca: str, ident: ir.Identity, on_ca: AllowIndex) -> list[Member]:
+    """The SAN near misses of `ident` that no identity allowed on `ca` matches."""
+    out: list[Member] = []
+    for what, subject, sans in san_cast.near_candidates(ident.san):
+        if not _mintable_subject(subject) or any(sans == m.sans and subject == m.subject for m in out):
+            continue
+        if on_ca.matches(Client(subject, "", sans=sans)):
+            continue  # the policy really allows it: not a counter-example
+        out.append(Member(f"{ca}/near-{ident.name}-{len(out) + 1}", "near", ca, subject, ident, sans=sans, note=what))
+    return out
+
+
+def _mintable_subject(subject: str) -> bool:
+    return subject == "" or _mintable(dn.parse_dn(subject))
+
+
 def lookalike_verifies(server: ir.Server) -> bool:
     """Whether nginx verifies a look-alike's chain on `server` (when its sub-CA's signer may sign
     one): there must be room for the sub-CA in the verify depth, and no CRL or OCSP check, which
@@ -236,12 +267,15 @@ def cast(policy: ir.Policy) -> list[Member]:
             members.append(Member(f"{ca.name}/ocsp-down", "ocsp-down", ca.name, stranger))
         for name in sorted(sampled[ca.name]):
             ident = allowed[ca.name][name]
-            members.append(Member(f"{ca.name}/id-{name}", "identity", ca.name, identity_subject(ident), ident))
+            sans = san_cast.example_sans(ident.san) if ident.kind is ir.IdentityKind.SAN else Sans()
+            members.append(Member(f"{ca.name}/id-{name}", "identity", ca.name, identity_subject(ident), ident, sans=sans))
         on_ca = allow_index(tuple(allowed[ca.name][n] for n in sorted(allowed[ca.name])))  # once per CA
         for name in sorted(sampled[ca.name]):
             ident = allowed[ca.name][name]
             for n, subject in enumerate(near_subjects(ident, on_ca), 1):
                 members.append(Member(f"{ca.name}/near-{name}-{n}", "near", ca.name, subject, ident))
+            if ident.kind is ir.IdentityKind.SAN:
+                members += _san_near(ca.name, ident, on_ca)
     members += _lookalikes(policy, members, stranger)
     first_subject = next((i.subject for i in policy.identities if i.kind is ir.IdentityKind.SUBJECT), None)
     members.append(Member(f"{UNTRUSTED_DIR}/client", "untrusted", None, first_subject or "CN=mtlsc-untrusted,O=mtlsc lab"))

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtlsc import dn, ir
+from mtlsc import dn, ir, san
 from mtlsc.model.locations import alias_gated, is_alias, locations
-from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.model.uri import forwarded_target, target_problem
+from mtlsc.nginx_facts import FORWARD_FIELDS
+from mtlsc.san import Sans
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class Client:
     # (a look-alike of another CA's issuer, say): a server with several CAs refuses it on every
     # CA-bound route, by name or by key (docs/language.md "Several CAs on one server").
     foreign_issuer: bool = False
+    sans: Sans = Sans()  # subjectAltNames (mtlsc.san), read in njs
+    sha256: str = ""  # SHA-256 of the DER, lowercase hex ("" unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,10 @@ def identity_matches(identity: ir.Identity, client: Client) -> bool:
         return dn.matches_constraints(client.subject, attr_constraints(identity))
     if kind is ir.IdentityKind.FINGERPRINT:
         return client.fingerprint.lower() == identity.fingerprint
+    if kind is ir.IdentityKind.SHA256:
+        return client.sha256.lower() == identity.fingerprint
+    if kind is ir.IdentityKind.SAN:
+        return san.matches(identity.san, client.sans)
     return client.serial.upper() == identity.serial and client.issuer.lower() == identity.issuer.lower()
 
 
@@ -152,7 +159,7 @@ def allow_index(allow: tuple[ir.Identity, ...]) -> AllowIndex:
         subjects={i.subject.lower(): i for i in allow if i.kind is kinds.SUBJECT},
         fingerprints={i.fingerprint: i for i in allow if i.kind is kinds.FINGERPRINT},
         serials={(i.serial, i.issuer.lower()): i for i in allow if i.kind is kinds.SERIAL},
-        patterns=tuple(i for i in allow if i.kind is kinds.ATTRS),
+        patterns=tuple(i for i in allow if i.kind in (kinds.ATTRS, kinds.SAN, kinds.SHA256)),
     )
 
 
@@ -167,10 +174,22 @@ def verify_value(client: Client | None) -> str:
 def _headers(route: ir.Route, client: Client | None) -> tuple[tuple[str, str], ...]:
     out = []
     for f in route.forward:
-        value = verify_value(client) if f.field == "verify" else getattr(client, f.field, "")
+        value = verify_value(client) if f.field == "verify" else _field(client, f.field)
         if value:  # nginx omits a header whose value is empty (docs/nginx-facts.md §6)
             out.append((f.header, value))
     return tuple(out)
+
+
+def _field(client: Client | None, name: str) -> str:
+    if client is None:
+        return ""
+    if name.startswith("san_"):
+        return san.forwarded(client.sans, name[4:])
+    if name == "spiffe_id":
+        return san.encode_value(client.sans.spiffe_id)
+    if name == "fingerprint_sha256":
+        return client.sha256
+    return getattr(client, name, "")
 
 
 def _reject(server: ir.Server, reason: str, route: ir.Route | None) -> Outcome:

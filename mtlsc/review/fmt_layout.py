@@ -54,7 +54,7 @@ def _flat(node) -> str:
             keyword, items = _list(node)
             return " ".join([keyword] + [text for text, _ in items])
         case ast.NginxTarget(version):
-            return f"nginx {quote(version.value)}"
+            return f"nginx {quote(version.value)}" + "".join(f" with {m.value}" for m in node.modules)
         case ast.Waive(code, reason):
             return f"waive {code.value} {quote(reason.value)}"
         case ast.Depth(value):
@@ -69,8 +69,10 @@ def _flat(node) -> str:
             return f"{attr.value} {quote(value.value)}"
         case ast.AttrRe(attr, pattern):
             return f"{attr.value} ~ {quote(pattern.value)}"
-        case ast.Fingerprint(value) | ast.Serial(value):
-            return f"{'fingerprint' if isinstance(node, ast.Fingerprint) else 'serial'} {quote(value.value)}"
+        case ast.Fingerprint(value):
+            return "fingerprint " + (f"{node.algorithm.value} " if node.algorithm else "") + quote(value.value)
+        case ast.Serial(value):
+            return f"serial {quote(value.value)}"
         case ast.San(kind, value):
             return f"san {kind.value} {quote(value.value)}"
         case ast.Listen(address):
