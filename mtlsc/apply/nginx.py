@@ -44,7 +44,11 @@ class NginxControl:
             return False, f"nginx -t did not finish within {NGINX_T_TIMEOUT:.0f}s"
         except OSError as exc:
             return False, f"cannot run {self.binary}: {exc.strerror or exc}"
-        return proc.returncode == 0, (proc.stderr + proc.stdout).strip()
+        out = (proc.stderr + proc.stdout).strip()
+        if 'unknown directive "js_' in out:
+            from mtlsc.lab.nginx import NJS_HINT
+            out += f"\n{NJS_HINT}; load it with `load_module modules/ngx_http_js_module.so;` in nginx.conf"
+        return proc.returncode == 0, out
 
     def build_info(self) -> dict[str, str]:
         """The `--prefix=`, `--conf-path=` and `--pid-path=` nginx was built with (`nginx -V`)."""

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 from mtlsc import ir
 from mtlsc.diagnostics import Diagnostic, Finding, Severity
-from mtlsc.checks import chains, lockout, ocsp, overtrust, server_cert, server_tls, trust_files
+from mtlsc.checks import chains, lockout, ocsp, overtrust, san, server_cert, server_tls, trust_files
 from mtlsc.pki import Pki
 
 ERROR, WARNING, NOTE = Severity.ERROR, Severity.WARNING, Severity.NOTE
@@ -111,6 +111,7 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS240", WARNING, server_tls.old_tls_profile),
     Check("MTLS241", ERROR, server_tls.tls_profiles_differ_on_address),
     Check("MTLS242", NOTE, server_tls.default_server_decides_tls),
+    Check("MTLS243", WARNING, san.spiffe_trust_domain_in_several_cas),
     Check("MTLS306", ERROR, trust_files.crl_expired),
     Check("MTLS307", ERROR, trust_files.crl_not_yet_valid),
     Check("MTLS308", WARNING, trust_files.crl_expiring_soon),

@@ -65,14 +65,17 @@ def find_nginx(explicit: str | None = None) -> str:
 # Where distributions put njs (Debian and Ubuntu: libnginx-mod-http-js; RHEL: nginx-mod-njs).
 NJS_MODULE_PATHS = ("/usr/lib/nginx/modules/ngx_http_js_module.so", "/usr/lib64/nginx/modules/ngx_http_js_module.so",
                     "/usr/share/nginx/modules/ngx_http_js_module.so")
-NJS_HINT = ("the config uses njs (js_import: the key check of several CAs on one server); install it with "
-            "`apt-get install libnginx-mod-http-js`, or point $MTLSC_NJS_MODULE at ngx_http_js_module.so")
+NJS_HINT = ("the config uses njs (js_import, js_set: SAN identities, SHA-256 pins, the key check of several CAs on "
+            "one server); install it with `apt-get install libnginx-mod-http-js`, or point $MTLSC_NJS_MODULE at "
+            "ngx_http_js_module.so")
 
 
 def njs_module() -> str | None:
     """The njs module file, loaded into every lab nginx when present: $MTLSC_NJS_MODULE, then the
     distributions' paths."""
     explicit = os.environ.get("MTLSC_NJS_MODULE")
+    if explicit == "none":  # as on a machine without njs
+        return None
     if explicit:
         return explicit
     return next((p for p in NJS_MODULE_PATHS if os.path.isfile(p)), None)

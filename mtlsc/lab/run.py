@@ -23,7 +23,8 @@ from mtlsc.diagnostics import Diagnostic
 from mtlsc.lab.audit import audit
 from mtlsc.lab.dns import DnsServer, running_dns_server
 from mtlsc.lab.echo import EchoBackend, EchoRequest, running_echo_backend
-from mtlsc.lab.nginx import NginxProcess, find_nginx, free_port, nginx_command, running_nginx
+from mtlsc.lab.nginx import (NJS_HINT, NginxProcess, NginxStartError, find_nginx, free_port, nginx_command,
+                              njs_module, running_nginx)
 from mtlsc.lab.ocsp import OcspResponder, running_ocsp_responder
 from mtlsc.lab.pki import LabPki, UserCa, build_lab_pki
 from mtlsc.lab.rewrite import CaFiles, rewrite_for_lab
@@ -228,6 +229,8 @@ def running_lab(policy_paths: list[str], workdir: Path, *, nginx_bin: str | None
         out = workdir / "out"
         if tamper is not None:
             tamper(out)
+        if njs_module() is None and any(name.endswith(".js") for name in result.outputs):
+            raise NginxStartError(f"nginx cannot run the compiled config on this machine: {NJS_HINT}")
         with running_nginx(f"include {out}/nginx/*.conf;", workdir / "nginx", ports=ports, nginx_bin=binary) as nginx:
             progress(f"nginx: pid {nginx.pid} on 127.0.0.1:{','.join(map(str, ports))}; backend {echo.url}")
             yield Lab(result.policy, pki, out, ports, nginx, echo, ocsp, dns)
