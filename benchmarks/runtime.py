@@ -27,6 +27,7 @@ from mtlsc import pipeline
 from mtlsc.lab import pki as labpki
 from mtlsc.lab.nginx import find_nginx, free_port, nginx_command, running_nginx, write_conf
 from mtlsc.output import write_atomic
+from mtlsc.san import Sans
 
 SERVER = synth.SERVER
 PATH = "/partner/x"
@@ -86,7 +87,9 @@ def make_pki(work: Path) -> Pki:
     labpki.write_pem(work / "server.key", server.key)
 
     def client(name: str, subject: str) -> tuple[Path, Path]:
-        issued = labpki.issue_client(chain.issuing, labpki._x509_name(subject), now=now)
+        # The allowed client also carries a SPIFFE ID: one certificate for the DN and the SAN gate.
+        sans = Sans((("uri", BENCH_SPIFFE_ID),)) if name == "allowed" else Sans()
+        issued = labpki.issue_client(chain.issuing, labpki._x509_name(subject), now=now, sans=sans)
         labpki.write_pem(work / f"{name}.crt", issued.cert)
         labpki.write_pem(work / f"{name}.key", issued.key)
         return work / f"{name}.crt", work / f"{name}.key"
@@ -205,6 +208,39 @@ server {SERVER} {{
     return text if key_check else _KEY_CHECK.sub("", text)
 
 
+SAN_GATE = "SAN gate (njs)"
+DN_GATE = "DN map gate"
+BENCH_SPIFFE_ID = "spiffe://bench.example.org/ns/bench/sa/client"
+
+
+def gate_conf(work: Path, pki: Pki, port: int, backend: int, san: bool) -> str:
+    """The same one-CA server allowing identity 0 on /partner/, by its subject DN (a hashed map) or
+    by its SPIFFE ID (a js_set variable that parses $ssl_client_raw_cert: docs/language.md "SAN
+    identities"): what a SAN identity costs over a DN one. Both proxy to the backend server."""
+    kind = "san" if san else "dn"
+    out = work / f"gate-{kind}-{port}"
+    policy = work / f"gate-{kind}-{port}.mtls"
+    ident = f'san spiffe "{BENCH_SPIFFE_ID}"' if san else f'subject "{synth.subject(0)}"'
+    policy.write_text(f"""nginx ">= 1.22" with njs
+ca c0 {{ bundle "ca/c0-root.pem" "ca/c0-issuing.pem"  depth 1 }}
+identity i0 {{ {ident} }}
+server {SERVER} {{
+  listen 127.0.0.1:{port}
+  certificate "{pki.server_crt}" key "{pki.server_key}"
+  backend "http://127.0.0.1:8080"
+  install "{out / 'mtls'}"
+  route = /healthz {{ public }}
+  route /partner/ {{ require c0  allow i0  forward subject verify }}
+}}
+""")
+    result = pipeline.compile_policy([str(policy)])
+    if result.failed or san != any(name.endswith(".san.js") for name in result.outputs):
+        raise RuntimeError(f"the {kind} gate policy does not compile as expected: {[d.message for d in result.diagnostics][:3]}")
+    write_atomic(out, result.outputs)
+    return "\n".join(_PROXY.sub(lambda m: m[1] + _answer(backend), result.outputs[n]).replace("\nserver {\n", "\nserver {\n    access_log off;\n")
+                     for n in sorted(result.outputs) if n.startswith("nginx/"))
+
+
 def _location_header_lines(conf: str, path: str) -> int:
     """proxy_set_header lines of the location that serves `path` (`^~ /partner/`), 0 without one."""
     m = re.search(r"location \^~ " + re.escape(path.rsplit("/", 1)[0] + "/") + r" \{(.*?)\n    \}", conf, re.S)
@@ -235,7 +271,8 @@ def _time_nginx_t(nginx_bin: str, prefix: Path) -> float:
 
 def measure(work: Path, *, identity_counts: list[int], rounds: int, keepalive_requests: int,
             new_conn_requests: int, processes: int = 2, max_seconds: float = 60, reloads: int = 3,
-            diagnostic: bool = True, proxy: bool = True, two_cas: bool = True, progress=print) -> RuntimeResult:
+            diagnostic: bool = True, proxy: bool = True, two_cas: bool = True, san_gate: bool = True,
+            progress=print) -> RuntimeResult:
     """Build every config, start them all, then `rounds` rounds over configs x modes."""
     nginx_bin = find_nginx()
     work.mkdir(parents=True, exist_ok=True)
@@ -260,6 +297,10 @@ def measure(work: Path, *, identity_counts: list[int], rounds: int, keepalive_re
         both = ("keep-alive", "new connection")
         add(NAME_BOUND, lambda p, b: two_ca_conf(work, pki, p, b, key_check=False), proxied=True, modes=both)
         add(KEY_BOUND, lambda p, b: two_ca_conf(work, pki, p, b), proxied=True, modes=both)
+    if san_gate:
+        both = ("keep-alive", "new connection")
+        add(DN_GATE, lambda p, b: gate_conf(work, pki, p, b, san=False), proxied=True, modes=both)
+        add(SAN_GATE, lambda p, b: gate_conf(work, pki, p, b, san=True), proxied=True, modes=both)
     result = RuntimeResult()
     with contextlib.ExitStack() as stack:
         running = {}
