@@ -20,12 +20,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from mtlsc import dn, ir
+from mtlsc.model import san_cast
 from mtlsc.model.evaluate import BAD_TARGET, NO_ROUTE, Client, evaluate, identity_headers
 from mtlsc.lab.client import Response, render_request, request, tls_context
 from mtlsc.lab.pki import USER_CAST_DAYS, Issued, issue_client, make_root, no_key, write_pem
 from mtlsc.lab.run import Lab
 from mtlsc.lab.userca import ocsp_gap_for
 from mtlsc.policytest import ClientSpec, Expectation, find_server, normalise_path, route_label
+from mtlsc.san import Sans
 from mtlsc.source import Source
 
 MARKER = "X-Mtlsc-Test-Case"  # sent with every lab request, to find it among those the backend recorded
@@ -85,8 +87,11 @@ def model_client(spec: ClientSpec, server: ir.Server, policy: ir.Policy) -> Clie
     if ident is not None and ident.kind is ir.IdentityKind.SERIAL:
         serial, issuer = ident.serial, ident.issuer
     ok = spec.ca in trusted and not spec.expired and not spec.revoked
+    # A SAN identity's certificate carries its example SAN (mtlsc.san_cast, as the lab mints it).
+    sans = san_cast.example_sans(ident.san) if ident is not None and ident.kind is ir.IdentityKind.SAN else Sans()
+    sha256 = ident.fingerprint if ident is not None and ident.kind is ir.IdentityKind.SHA256 else ""
     return Client(spec.subject, issuer, fingerprint, serial, spec.ca if ok else None, stand_in,
-                  "Jan  1 00:00:00 2025 GMT", "Jan  1 00:00:00 2035 GMT", "365")
+                  "Jan  1 00:00:00 2025 GMT", "Jan  1 00:00:00 2035 GMT", "365", sans=sans, sha256=sha256)
 
 
 def _nginx_time(t: datetime) -> str:
@@ -205,7 +210,7 @@ def lab_certificate(lab: Lab, spec: ClientSpec, name: str, now: datetime, cache:
                       None) if chain is not None else None
         gap = _ocsp_gap(lab, f.issued_by, issuer) if issuer is not None else None
         return Skip(gap) if gap else (Path(f.cert), Path(f.key))
-    if ident is not None and ident.kind is ir.IdentityKind.FINGERPRINT:
+    if ident is not None and ident.kind in (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SHA256):
         return Skip("a fingerprint pin matches only the user's own certificate: name it in a case with "
                     "`client: {cert: ..., key: ...}`", required=False)
     if spec.revoked or (spec.kind == "identity" and not spec.expired):
@@ -224,10 +229,11 @@ def lab_certificate(lab: Lab, spec: ClientSpec, name: str, now: datetime, cache:
         return Skip(no_key(spec.ca))
     if chain is not None and (gap := _ocsp_gap(lab, spec.ca, issuer.cert)):
         return Skip(gap)
-    subject = dn.x509_name(dn.parse_dn(spec.subject))
+    subject = dn.x509_name(dn.parse_dn(spec.subject)) if spec.subject else x509.Name([])
+    sans = san_cast.example_sans(ident.san) if ident is not None and ident.kind is ir.IdentityKind.SAN else Sans()
     dates = {"not_before": now - timedelta(days=30), "days": 1} if spec.expired else {"days": USER_CAST_DAYS}
     # A CA with `ocsp`: the lab's responder answers `good` for it (the cast's URL in its AIA).
-    issued = issue_client(issuer, subject, now=now, ocsp_url=pki.ocsp_urls.get(spec.ca), **dates)
+    issued = issue_client(issuer, subject, now=now, ocsp_url=pki.ocsp_urls.get(spec.ca), sans=sans, **dates)
     return _write(pki.out_dir / "policytest", name, issued, chain.sent_with_leaves if chain else ())
 
 

@@ -181,7 +181,10 @@ def _default_ca(policy: ir.Policy, server: ir.Server, route: ir.Route | None, id
 
 
 def _subject(ctx: Ctx, node: yaml.Node, written: str) -> str | None:
-    """The nginx form of a subject mtlsc can mint, or None (reported)."""
+    """The nginx form of a subject mtlsc can mint, or None (reported). "" is the empty subject of a
+    SPIFFE SVID (a SAN identity's certificate)."""
+    if written == "":
+        return ""
     try:
         return dn.nginx_dn_of(dn.x509_name(dn.parse_dn(written)))
     except (dn.DnError, ValueError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtlsc import dn, ir
+from mtlsc import dn, ir, san
 from mtlsc.dn import examples as dn_examples
 from mtlsc.review.change import NARROWING, NEUTRAL, WIDENING, Change, Side
 from mtlsc.model.evaluate import Client, identity_matches
@@ -298,6 +298,11 @@ def identity_samples(ident: ir.Identity) -> list[Client]:
         return [Client(f"CN=mtlsc-serial-{ident.name},O=mtlsc lab", ident.issuer, serial=ident.serial)]
     if kind is ir.IdentityKind.SUBJECT:
         return [Client(ident.subject, "")]
+    if kind is ir.IdentityKind.SHA256:
+        return [Client(f"CN=mtlsc-sha256-{ident.name},O=mtlsc lab", "", sha256=ident.fingerprint)]
+    if kind is ir.IdentityKind.SAN:
+        from mtlsc.model import san_cast
+        return [Client(san_cast.identity_subject(ident.san), "", sans=san_cast.example_sans(ident.san))]
     values: dict[str, list[str]] = {}
     for a in ident.attrs:
         values.setdefault(a.attr, [a.value] if a.op == "eq" else _value_samples(a.value))
@@ -320,6 +325,10 @@ def describe_identity(ident: ir.Identity) -> str:
         return f'fingerprint "{ident.fingerprint}"'
     if ident.kind is ir.IdentityKind.SERIAL:
         return f'serial "{ident.serial}" issuer "{ident.issuer}"'
+    if ident.kind is ir.IdentityKind.SHA256:
+        return f'fingerprint sha256 "{ident.fingerprint}"'
+    if ident.kind is ir.IdentityKind.SAN:
+        return f'san {ident.san.kind} "{ident.san.value if ident.san.kind != "ip" else san.ip_text(ident.san.value)}"'
     return " ".join(f'{a.attr.lower()} {"~ " if a.op == "re" else ""}"{a.value}"' for a in ident.attrs)
 
 
@@ -327,6 +336,10 @@ def cert_word(c: Client) -> str:
     """A sample certificate in words: its subject, serial or fingerprint."""
     if c.fingerprint:
         return f"SHA-1 {_short(c.fingerprint)}"
+    if c.sha256:
+        return f"SHA-256 {_short(c.sha256)}"
+    if c.sans.names:
+        return ", ".join(f"{k.upper()} `{san.ip_text(v) if k == 'ip' else v}`" for k, v in c.sans.names)
     if c.serial:
         return f"serial {c.serial} of `{c.issuer}`"
     return f"`{c.subject}`"
