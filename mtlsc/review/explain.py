@@ -20,11 +20,13 @@ import json
 from dataclasses import dataclass, fields, replace
 
 from mtlsc import ir
+from mtlsc.model import san_cast
 from mtlsc.model.cast import Member, identity_subject, stranger_subject
 from mtlsc.model.evaluate import Client, allow_index, evaluate, probe_path
 from mtlsc.model.locations import covers_text
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.pki import Pki
+from mtlsc.san import Sans
 
 JSON_FORMAT = "mtlsc-explain/1"
 UNTRUSTED_SUBJECT = "CN=mtlsc-untrusted,O=mtlsc lab"
@@ -111,7 +113,8 @@ def full_certificate(client: Client) -> Client:
 
 def identity_client(ident: ir.Identity, ca: str | None) -> Client:
     """The certificate of the cast (`mtlsc.model.cast`) that `ident` matches, issued by `ca`."""
-    return full_certificate(Member("", "identity", ca, identity_subject(ident), ident).client(ca))
+    sans = san_cast.example_sans(ident.san) if ident.kind is ir.IdentityKind.SAN else Sans()
+    return full_certificate(Member("", "identity", ca, identity_subject(ident), ident, sans=sans).client(ca))
 
 
 def client_rows(policy: ir.Policy, server: ir.Server) -> tuple[ClientRow, ...]:
