@@ -112,7 +112,11 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
-    body: str
+    body: str  # for a redirect (3xx, `reject no_cert 302 "URL"`): the URL
+
+    @property
+    def redirect(self) -> bool:
+        return 300 <= self.status < 400
 
 
 @dataclass(frozen=True, slots=True)

@@ -210,7 +210,8 @@ def _key_binding(server: ir.Server, pki: Pki, prefix: str, ca_index: dict[str, i
 
 
 def _response(r: ir.Response) -> tuple[int, Safe]:
-    return r.status, quote.nginx_body(r.body)
+    """`return STATUS "body\n"`, or for a redirect `return 302 "URL"` (nginx sends it as Location)."""
+    return r.status, quote.nginx_text(r.body) if r.redirect else quote.nginx_body(r.body)
 
 
 def variable_prefixes(policy: ir.Policy, taken: frozenset[str] = frozenset()) -> dict[str, str]:

@@ -123,9 +123,11 @@ def _rejections(ctx: Ctx, body) -> ir.Rejections:
                     suggest(reason, ("no_cert", "bad_cert", "forbidden")) or "use `no_cert`, `bad_cert` or `forbidden`")
             continue
         status = int(stmt.status.value)
-        if not 400 <= status <= 599:
+        redirect = status in REDIRECTS
+        if not redirect and not 400 <= status <= 599:
             ctx.err("MTLS012", stmt.status.span, f"status {status} does not refuse the request",
-                    "use a 4xx or 5xx status, e.g. 403")
+                    "use a 4xx or 5xx status, e.g. 403; or send clients without a certificate elsewhere with "
+                    '`reject no_cert 302 "https://..."`')
             continue
         if status == 444:
             ctx.err("MTLS012", stmt.status.span, "status 444 would be sent as a status, not close the connection",
@@ -136,11 +138,36 @@ def _rejections(ctx: Ctx, body) -> ir.Rejections:
             ctx.err("MTLS013", stmt.span, f"`reject {reason}` is given twice", "keep one",
                     related=[Related(chosen[reason][1], "first given here")])
             continue
-        default = getattr(DEFAULT_REJECTIONS, reason)
-        text = nginx_string(ctx, stmt.body, "the response body", reserve=2) if stmt.body else default.body
-        chosen[reason] = (ir.Response(status, text), stmt.span)
+        if redirect:
+            response = _redirect(ctx, stmt)
+            if response is None:
+                continue
+        else:
+            default = getattr(DEFAULT_REJECTIONS, reason)
+            response = ir.Response(status, nginx_string(ctx, stmt.body, "the response body", reserve=2)
+                                   if stmt.body else default.body)
+        chosen[reason] = (response, stmt.span)
     return ir.Rejections(**{r: chosen[r][0] if r in chosen else getattr(DEFAULT_REJECTIONS, r)
                             for r in ("no_cert", "bad_cert", "forbidden")})
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _redirect(ctx: Ctx, stmt: ast.Reject) -> ir.Response | None:
+    """`reject no_cert 302 "https://..."`: a client without a certificate is sent to a page that
+    explains how to get one (ingress-nginx's auth-tls-error-page). Only for `no_cert`: a refused
+    certificate or identity is an answer, not a detour."""
+    if stmt.reason.value != "no_cert":
+        ctx.err("MTLS012", stmt.status.span, f"`reject {stmt.reason.value}` cannot redirect",
+                "only `no_cert` may redirect (to a page on getting a certificate); use a 4xx status here")
+        return None
+    url = stmt.body.value if stmt.body else ""
+    if not url.startswith("https://") or len(url) <= len("https://") or any(c.isspace() for c in url):
+        ctx.err("MTLS012", stmt.body.span if stmt.body else stmt.status.span,
+                "a redirect needs an absolute `https://` URL", 'write `reject no_cert 302 "https://example.org/get-a-certificate"`')
+        return None
+    return ir.Response(int(stmt.status.value), nginx_string(ctx, stmt.body, "the redirect URL", reserve=2))
 
 
 def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_backend: str) -> ir.Route | None:

@@ -47,6 +47,7 @@ class Outcome:
     headers: tuple[tuple[str, str], ...] = ()
     body: str = ""
     target: str = ""  # what the backend receives, when it is reached and the raw target is known
+    location: str = ""  # a redirect's Location (`reject no_cert 302 "URL"`)
 
 
 NO_ROUTE = ir.Response(404, "no route")
@@ -194,6 +195,8 @@ def _field(client: Client | None, name: str) -> str:
 
 def _reject(server: ir.Server, reason: str, route: ir.Route | None) -> Outcome:
     response = getattr(server.rejections, reason)
+    if response.redirect:  # nginx's own "302 Found" page, the URL in Location
+        return Outcome(response.status, reason, route, location=response.body)
     return Outcome(response.status, reason, route, body=response.body)
 
 
