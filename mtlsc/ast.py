@@ -254,6 +254,13 @@ class Public:
 
 
 @dataclass(frozen=True, slots=True)
+class Passthrough:
+    """`passthrough`: the certificate is asked for and handed to the backend unverified."""
+
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class Optional:
     ca: Word
     span: Span = span_field()

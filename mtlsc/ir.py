@@ -17,6 +17,9 @@ class Mode(enum.Enum):
     PUBLIC = "public"  # no certificate asked for by the route; identity headers cleared
     OPTIONAL = "optional"  # verified if presented; the backend decides
     REQUIRE = "require"  # a valid certificate from the route's CA, else rejected
+    # ingress-nginx's optional_no_ca: a certificate is asked for and handed to the backend with
+    # nginx's verdict, never verified against a CA (the server trusts none); the backend decides
+    PASSTHROUGH = "passthrough"
 
 
 class PathMatch(enum.Enum):
@@ -249,6 +252,11 @@ class Server:
         """A file- and variable-safe name, unique per (first name, first port)."""
         name = self.names[0].replace("*", "wildcard")
         return f"{name}_{self.listens[0].port}"
+
+    @property
+    def passthrough(self) -> bool:
+        """A `passthrough` route makes the listener `optional_no_ca`: no certificate is verified."""
+        return any(r.mode is Mode.PASSTHROUGH for r in self.routes)
 
     @property
     def cas(self) -> tuple[Ca, ...]:

@@ -268,9 +268,6 @@ class _ToAst(Transformer):
     def nginx_target(self, meta, c):
         return ast.NginxTarget(c[0], self._span(meta), (c[1],) if c[1] is not None else ())
 
-    def nginx_with(self, meta, c):
-        return c[0]
-
     def waive(self, meta, c):
         return ast.Waive(c[0], c[1], self._span(meta))
 
@@ -375,6 +372,9 @@ class _ToAst(Transformer):
 
     def public(self, meta, c):
         return ast.Public(self._span(meta))
+
+    def passthrough(self, meta, c):
+        return ast.Passthrough(self._span(meta))
 
     def optional(self, meta, c):
         return ast.Optional(c[0], self._span(meta))

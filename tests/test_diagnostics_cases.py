@@ -67,6 +67,10 @@ server api.example.com {
   reject forbidden 403 "no"
   route /a/ { forward serial issuer as "X-Client-Issuer"  require partners  allow old }
 }
+server legacy.example.com {
+  certificate "/x.crt" key "/x.key"
+  route / { passthrough  forward cert verify }
+}
 """
 CORPUS = {**{p.name: p.read_text(encoding="utf-8") for p in sorted((REPO / "policies").glob("*.mtls"))},
           "all-statements.mtls": ALL_STATEMENTS}

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 from mtlsc import ir
 from mtlsc.diagnostics import Diagnostic, Finding, Severity
-from mtlsc.checks import chains, lockout, ocsp, overtrust, san, server_cert, server_tls, trust_files
+from mtlsc.checks import chains, lockout, ocsp, overtrust, passthrough, san, server_cert, server_tls, trust_files
 from mtlsc.pki import Pki
 
 ERROR, WARNING, NOTE = Severity.ERROR, Severity.WARNING, Severity.NOTE
@@ -112,6 +112,7 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS241", ERROR, server_tls.tls_profiles_differ_on_address),
     Check("MTLS242", NOTE, server_tls.default_server_decides_tls),
     Check("MTLS243", WARNING, san.spiffe_trust_domain_in_several_cas),
+    Check("MTLS244", WARNING, passthrough.passthrough_route_unverified),
     Check("MTLS306", ERROR, trust_files.crl_expired),
     Check("MTLS307", ERROR, trust_files.crl_not_yet_valid),
     Check("MTLS308", WARNING, trust_files.crl_expiring_soon),

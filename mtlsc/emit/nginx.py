@@ -258,7 +258,7 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         listens=[quote.bare(_listen_text(l)) for l in server.listens],
         certificate=quote.nginx_text(server.certificate),
         key=quote.nginx_text(server.key),
-        verify=(Safe("on") if server.handshake_require else Safe("optional")) if cas else None,
+        verify=_verify_mode(server),
         ca_file=quote.nginx_text(f"{install}/{server.slug}.ca.pem") if cas else None,
         crl_file=quote.nginx_text(f"{install}/{server.slug}.crl.pem") if any(c.crls for c in cas) else None,
         depth=max((c.depth for c in cas), default=1),
@@ -282,6 +282,14 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         nginx_origin=_nginx_origin(server.nginx),
         tls=tls_view(policy, server, ocsp is not None),
     )
+
+
+def _verify_mode(server: ir.Server) -> Safe | None:
+    if server.passthrough:
+        return Safe("optional_no_ca")  # no trust file: nginx verifies nothing, the backend decides
+    if not server.cas:
+        return None
+    return Safe("on") if server.handshake_require else Safe("optional")
 
 
 def _nginx_origin(directives: tuple[ir.NginxDirective, ...]) -> Safe:

@@ -62,7 +62,10 @@ _REFUSED = {"revoked": "revoked certificate of ca {ca}", "expired": "expired cer
 
 
 def _fields(route: ir.Route, with_cert: bool) -> str:
-    pairs = [f"{f.header}={f.field}" for f in route.forward if with_cert or f.field == "verify"]
+    # On a passthrough route nginx's verdict for a certificate is its failure (model.evaluate.PASSTHROUGH_VERIFY).
+    unverified = route.mode is ir.Mode.PASSTHROUGH and with_cert
+    pairs = [f"{f.header}={'verify_unverified' if unverified and f.field == 'verify' else f.field}"
+             for f in route.forward if with_cert or f.field == "verify"]
     return ",".join(pairs) or "-"
 
 

@@ -35,6 +35,7 @@ def lower(files: list[ast.PolicyFile]) -> tuple[ir.Policy | None, list[Diagnosti
     merged = merge_servers(ctx, [s for s in servers if s is not None])
     cleared = cleared_headers(ctx, [i for f in files for i in f.items if isinstance(i, ast.ClearHeaders)])
     merged = with_identity_headers(merged, cleared)
+    _passthrough_alone(ctx, merged)
     waivers = tuple(w for f in files for w in _waivers(f.items, Span(f.path, 1, 1, 10**9, 1)))
     resolver = _lower_resolver(ctx, [i for f in files for i in f.items if isinstance(i, ast.Resolver)])
     _no_server(ctx, files)
@@ -70,6 +71,21 @@ def _lower_modules(ctx, targets: list[ast.NginxTarget]) -> bool:
         ctx.err("MTLS023", other.span, "the policy files disagree on whether the target nginx has njs",
                 "say `with njs` on every `nginx` target statement, or on none", related=[Related(first.span, "first target here")])
     return any(said)
+
+
+def _passthrough_alone(ctx, servers: list[ir.Server]) -> None:
+    """A `passthrough` route makes its server's listener `optional_no_ca`, where nginx no longer
+    refuses certificates no CA vouches for: a route of the same server that requires or checks a CA
+    would then see them too. Such routes belong on another server name or port."""
+    for server in servers:
+        through = next((r for r in server.routes if r.mode is ir.Mode.PASSTHROUGH), None)
+        checked = next((r for r in server.routes if r.ca is not None), None)
+        if through is not None and checked is not None:
+            ctx.err("MTLS016", through.span, f"`passthrough` route `{through.path}` shares server `{server.names[0]}` "
+                    f"with route `{checked.path}`, which checks ca `{checked.ca.name}`",
+                    "serve passthrough routes on their own server name or port: nginx verifies no certificate "
+                    "on a listener that passes them through (ssl_verify_client optional_no_ca)",
+                    related=[Related(checked.span, "checks a CA")])
 
 
 NJS_PACKAGE = "libnginx-mod-http-js"

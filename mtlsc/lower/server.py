@@ -192,18 +192,19 @@ def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_back
     where = f"route `{path}`"
     if _misspelt_statement(ctx, node, idents):
         return None
-    modes = [s for s in node.body if isinstance(s, (ast.Public, ast.Optional, ast.Require))]
+    modes = [s for s in node.body if isinstance(s, (ast.Public, ast.Optional, ast.Require, ast.Passthrough))]
     if len(modes) != 1:
         if not modes:
             ctx.err("MTLS015", node.path.span, f"{where} says nothing about client certificates",
-                    "add `public`, `optional CA` or `require CA`")
+                    "add `public`, `optional CA`, `require CA` or `passthrough`")
         else:
             ctx.err("MTLS015", modes[1].span, f"{where} has more than one mode", "keep one of `public`, `optional`, `require`",
                     related=[Related(modes[0].span, "first mode here")])
         return None
     mode_stmt = modes[0]
-    mode = {ast.Public: ir.Mode.PUBLIC, ast.Optional: ir.Mode.OPTIONAL, ast.Require: ir.Mode.REQUIRE}[type(mode_stmt)]
-    ca = None if mode is ir.Mode.PUBLIC else resolve(ctx, mode_stmt.ca, cas, "ca", "MTLS018")
+    mode = {ast.Public: ir.Mode.PUBLIC, ast.Optional: ir.Mode.OPTIONAL, ast.Require: ir.Mode.REQUIRE,
+            ast.Passthrough: ir.Mode.PASSTHROUGH}[type(mode_stmt)]
+    ca = None if mode in (ir.Mode.PUBLIC, ir.Mode.PASSTHROUGH) else resolve(ctx, mode_stmt.ca, cas, "ca", "MTLS018")
     allow_stmt = once(ctx, node.body, ast.Allow, where)
     forward_stmt = once(ctx, node.body, ast.Forward, where)
     backend_stmt = once(ctx, node.body, ast.Backend, where)
@@ -221,7 +222,7 @@ def _lower_route(ctx: Ctx, node: ast.Route, cas: dict, idents: dict, server_back
         _no_duplicates(ctx, allow_stmt.names, "identity")
     forward = _forward(ctx, forward_stmt, mode, where) if forward_stmt else ()
     backend = _backend(ctx, backend_stmt) if backend_stmt else server_backend  # "": settled after merging
-    if mode is not ir.Mode.PUBLIC and ca is None:
+    if mode not in (ir.Mode.PUBLIC, ir.Mode.PASSTHROUGH) and ca is None:
         return None
     return ir.Route(
         match=ir.PathMatch.EXACT if node.exact else ir.PathMatch.PREFIX,

@@ -13,6 +13,7 @@ if no identity allowed on that CA matches it, so the evaluator refuses it on eve
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from mtlsc import dn, ir
@@ -50,6 +51,10 @@ class Member:
 
     def client(self, verified_by: str | None) -> Client:
         """How nginx sees this certificate, for the evaluator."""
+        seen = self._client(verified_by)
+        return dataclasses.replace(seen, expired=True) if self.kind == "expired" else seen
+
+    def _client(self, verified_by: str | None) -> Client:
         ident = self.identity
         if ident is not None and ident.kind is ir.IdentityKind.FINGERPRINT:
             return Client(self.subject, "", fingerprint=ident.fingerprint, verified_by=verified_by)

@@ -35,6 +35,7 @@ class Client:
     # (a look-alike of another CA's issuer, say): a server with several CAs refuses it on every
     # CA-bound route, by name or by key (docs/language.md "Several CAs on one server").
     foreign_issuer: bool = False
+    expired: bool = False  # expired or not yet valid: refused even where nothing is verified (passthrough)
     sans: Sans = Sans()  # subjectAltNames (mtlsc.san), read in njs
     sha256: str = ""  # SHA-256 of the DER, lowercase hex ("" unknown)
 
@@ -168,14 +169,20 @@ def attr_constraints(identity: ir.Identity) -> tuple:
     return tuple(dn.AttrConstraint(a.attr, a.op, a.value) for a in identity.attrs)
 
 
-def verify_value(client: Client | None) -> str:
-    return "NONE" if client is None else "SUCCESS"
+# What nginx puts in $ssl_client_verify on an `optional_no_ca` listener without a trust file for a
+# client that sends its certificate alone (measured on nginx 1.22.1 + OpenSSL 3.0; a self-signed
+# one gets `FAILED:self-signed certificate`, which the model does not tell apart).
+PASSTHROUGH_VERIFY = "FAILED:unable to verify the first certificate"
 
 
-def _headers(route: ir.Route, client: Client | None) -> tuple[tuple[str, str], ...]:
+def verify_value(client: Client | None, verified: str = "SUCCESS") -> str:
+    return "NONE" if client is None else verified
+
+
+def _headers(route: ir.Route, client: Client | None, verified: str = "SUCCESS") -> tuple[tuple[str, str], ...]:
     out = []
     for f in route.forward:
-        value = verify_value(client) if f.field == "verify" else _field(client, f.field)
+        value = verify_value(client, verified) if f.field == "verify" else _field(client, f.field)
         if value:  # nginx omits a header whose value is empty (docs/nginx-facts.md §6)
             out.append((f.header, value))
     return tuple(out)
@@ -209,10 +216,14 @@ def evaluate(server: ir.Server, path: str, client: Client | None, index: AllowIn
     backend receives). `index` is `allow_index(route.allow)` for the route `path` reaches, when
     the caller evaluates many clients on one route (it is built here otherwise)."""
     verifies = bool(server.cas)  # ssl_verify_client is off when no route names a CA
-    if verifies and client is not None and client.verified_by not in {c.name for c in server.cas}:
+    if server.passthrough:  # optional_no_ca: only an expired (or not yet valid) certificate is refused
+        if client is not None and client.expired:
+            return _reject(server, "bad_cert", find_route(server, path))
+        verifies = False
+    elif verifies and client is not None and client.verified_by not in {c.name for c in server.cas}:
         # nginx rejects a failed verification before any location runs, public ones too (docs/nginx-facts.md §1)
         return _reject(server, "bad_cert", find_route(server, path))
-    if not verifies:
+    if not verifies and not server.passthrough:
         client = None  # no certificate is requested, so none is seen
     if server.handshake_require and client is None:
         return _reject(server, "no_cert", find_route(server, path))
@@ -236,6 +247,8 @@ def _route(server: ir.Server, path: str, client: Client | None, index: AllowInde
         return Outcome(NO_ROUTE.status, "no_route", None, body=NO_ROUTE.body)
     if route.mode is ir.Mode.PUBLIC:
         return Outcome(200, "ok", route)
+    if route.mode is ir.Mode.PASSTHROUGH:
+        return Outcome(200, "ok", route, _headers(route, client, PASSTHROUGH_VERIFY))
     if client is None:
         if route.mode is ir.Mode.OPTIONAL:
             return Outcome(200, "ok", route, _headers(route, None))
