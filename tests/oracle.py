@@ -39,11 +39,12 @@ class AttrSpec:
 @dataclass(frozen=True)
 class IdentitySpec:
     name: str
-    kind: str  # subject | attrs | fingerprint | serial
+    kind: str  # subject | attrs | fingerprint | serial | san
     rdns: Rdns = ()  # subject: the subject; serial: the issuer
     attrs: tuple[AttrSpec, ...] = ()
     pin: str = ""  # fingerprint or serial, hex
     home: str | None = None  # serial pins: the CA that mints them
+    san: tuple[str, str] = ()  # san: (kind, value as written: `spiffe`, `uri`, `dns`, `email`, `ip`)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class Presented:
     # Issued by a sub-CA that `ca`'s root signed, not by a certificate of `ca`'s bundle (a look-alike
     # of another CA's issuing CA): one intermediate more than the bundle holds.
     via_sub_ca: bool = False
+    sans: tuple[tuple[str, str], ...] = ()  # (uri | dns | email | ip, value as in the certificate; IPs as text)
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,53 @@ def same_dn(printed: str, rdns: Rdns) -> bool:
     return key(rdns_of(printed)) == key(rdns)
 
 
+_SPIFFE = re.compile(r"spiffe://[a-z0-9._-]+(?:/[A-Za-z0-9._-]+)+")
+_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+
+
+def _scheme_host_lower(uri: str) -> str:
+    """RFC 3986 §6.2.2.1: scheme and host are case-insensitive; the rest is compared as sent."""
+    if ":" not in uri:
+        return uri
+    scheme, rest = uri.split(":", 1)
+    if rest[:2] == "//":
+        authority = rest[2:].split("/", 1)
+        at = authority[0].rfind("@")
+        authority[0] = authority[0][:at + 1] + ascii_lower(authority[0][at + 1:])
+        rest = "//" + "/".join(authority)
+    return ascii_lower(scheme) + ":" + rest
+
+
+def san_matches(kind: str, value: str, sans: tuple[tuple[str, str], ...]) -> bool:
+    """The SAN rules of docs/language.md "SAN identities", read independently of mtlsc.san."""
+    of = lambda k: [v for kk, v in sans if kk == k]  # noqa: E731
+    if kind == "spiffe":
+        uris = of("uri")  # an X509-SVID has exactly one URI SAN, which is its SPIFFE ID
+        if len(uris) != 1 or len(uris[0]) > 2048 or not _SPIFFE.fullmatch(uris[0]):
+            return False
+        got, want = uris[0][len("spiffe://"):].split("/"), value[len("spiffe://"):].split("/")
+        return (len(got) == len(want) and not any(s in (".", "..") for s in got)
+                and all(w == "*" or w == g for g, w in zip(got, want)) and got[0] == want[0])
+    if kind == "uri":
+        return any(_scheme_host_lower(u) == _scheme_host_lower(value) for u in of("uri"))
+    if kind == "dns":
+        names = [ascii_lower(n) for n in of("dns")]
+        want = ascii_lower(value)
+        if not want.startswith("*."):
+            return want in names
+        return any(n.endswith(want[1:]) and _LDH_LABEL.fullmatch(n[:-len(want) + 1]) for n in names)
+    if kind == "email":
+        def norm(e):
+            local, _, domain = e.rpartition("@")
+            return local, ascii_lower(domain)
+        return norm(value) in [norm(e) for e in of("email") if "@" in e]
+    import ipaddress
+    return ipaddress.ip_address(value) in [ipaddress.ip_address(a) for a in of("ip")]
+
+
 def identity_matches(ident: IdentitySpec, cert: Presented) -> bool:
+    if ident.kind == "san":
+        return san_matches(ident.san[0], ident.san[1], cert.sans)
     if ident.kind == "subject":
         return same_dn(cert.subject, ident.rdns)
     if ident.kind == "fingerprint":

@@ -104,11 +104,26 @@ CUSTOM_HEADERS = ("X-Remote-User", "X-Id", "X-Other", "ssl-client-subject-dn", "
 CLEARED_HEADERS = ("X-Legacy-User", "X-Auth-Subject")
 
 
+# SAN identities (docs/language.md "SAN identities"): exact and pattern SPIFFE IDs, a URN, DNS names
+# exact and wildcard, an e-mail, IPv4 and IPv6. One identity per value (MTLS025).
+SAN_IDENTITIES = (("spiffe", "spiffe://prod.example.org/ns/default/sa/web"),
+                  ("spiffe", "spiffe://prod.example.org/ns/*/sa/worker"), ("uri", "urn:example:svc:Billing"),
+                  ("dns", "api.example.org"), ("dns", "*.svc.example.org"), ("email", "ops@Example.org"),
+                  ("ip", "10.0.0.7"), ("ip", "2001:db8::7"))
+
+
 @st.composite
 def lab_identity(draw, name: str, cas: list[str], taken: set) -> IdentitySpec:
     """A serial pin is minted by its home CA only: the lab gives that CA the pin's issuer DN, and
     two CAs sharing one DN is an error (MTLS201)."""
-    kind = draw(st.sampled_from(["subject", "subject", "attrs", "attrs", "fingerprint", "serial"]))
+    kind = draw(st.sampled_from(["subject", "subject", "attrs", "attrs", "fingerprint", "serial", "san"]))
+    if kind == "san":
+        free = [s for s in SAN_IDENTITIES if s not in taken]
+        if free:
+            san = draw(st.sampled_from(free))
+            taken.add(san)
+            return IdentitySpec(name, "san", san=san)
+        kind = "subject"
     if kind in ("subject", "serial"):
         rdns = draw(dn_rdns.filter(lambda r: dn.format_dn(r).lower() not in taken))
         taken.add(dn.format_dn(rdns).lower())  # subjects differing in case are one identity (MTLS025)
@@ -210,7 +225,8 @@ class Deployment:
 
 def render(spec: PolicySpec, where: Deployment = Deployment({})) -> str:
     """The .mtls text of `spec`."""
-    lines = ['nginx ">= 1.22"']
+    njs = any(i.kind == "san" for i in spec.identities)
+    lines = ['nginx ">= 1.22"' + (" with njs" if njs else "")]
     if spec.clear_headers:
         lines.append("clear_headers " + " ".join(_q(h) for h in spec.clear_headers))
     for ca in spec.cas:
@@ -237,6 +253,8 @@ def render(spec: PolicySpec, where: Deployment = Deployment({})) -> str:
 
 
 def _render_identity(i: IdentitySpec) -> str:
+    if i.kind == "san":
+        return f"identity {i.name} {{ san {i.san[0]} {_q(i.san[1])} }}"
     if i.kind == "subject":
         return f"identity {i.name} {{ subject {_q(dn.format_dn(i.rdns))} }}"
     if i.kind == "serial":

@@ -17,6 +17,7 @@ handler that ran. A disagreement fails with the policy, request, client and ever
 from __future__ import annotations
 
 
+import ipaddress
 import os
 import tempfile
 import urllib.parse
@@ -42,6 +43,7 @@ from mtlsc.lab.nginx import free_port, running_nginx
 from mtlsc.lab.pki import build_lab_pki, issue_client, write_pem
 from mtlsc.lab.run import LabError
 from mtlsc.output import write_atomic
+from mtlsc.san import Sans
 from mtlsc.model.uri import normalise_path
 from oracle import AttrSpec, CaSpec, IdentitySpec, PolicySpec, Presented, RouteSpec, ServerSpec
 from real_backends import BackendUnavailable, running_backend, seen
@@ -135,9 +137,42 @@ def _cert(label: str, crt: Path, key: Path, ca: str | None, valid: bool, via_sub
               "fingerprint": cert.fingerprint(hashes.SHA1()).hex(), "serial": dn.nginx_serial(cert.serial_number),
               "cert": urllib.parse.quote(pem, safe=""), "not_before": _nginx_time(cert.not_valid_before_utc),
               "not_after": _nginx_time(cert.not_valid_after_utc), "days_remaining": str(max(left.days, 0))}
+    sans = _sans_of(cert)
     presented = Presented(ca, valid, fields["subject"], fields["issuer"], cert.serial_number, fields["fingerprint"], fields,
-                          via_sub_ca)
-    return Cert(label, crt, key, presented, Client(verified_by=ca if valid else None, foreign_issuer=via_sub_ca, **fields))
+                          via_sub_ca, sans)
+    model_sans = Sans(tuple((k, ipaddress.ip_address(v).packed.hex() if k == "ip" else v) for k, v in sans))
+    return Cert(label, crt, key, presented, Client(verified_by=ca if valid else None, foreign_issuer=via_sub_ca,
+                                                   sans=model_sans, **fields))
+
+
+def _sans_of(cert: x509.Certificate) -> tuple[tuple[str, str], ...]:
+    """The certificate's URI, DNS, e-mail and IP SANs in order, as its DER holds them."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    kinds = {x509.UniformResourceIdentifier: "uri", x509.DNSName: "dns", x509.RFC822Name: "email", x509.IPAddress: "ip"}
+    return tuple((kinds[type(n)], str(n.value)) for n in names if type(n) in kinds)
+
+
+def _like_sans(san: tuple[str, str], how: str) -> tuple[list, tuple[tuple[str, str], ...]]:
+    """(subject, SANs) of a certificate like a SAN identity's: the value, changed in case, beside a
+    second URI, under a look-alike domain, or only in the CN."""
+    kind, value = san
+    good = value.replace("*", "mtlsc-x")
+    cert_kind = "uri" if kind == "spiffe" else kind
+    cn = [[("CN", "mtlsc-san")]]
+    if how == "upper":
+        return cn, ((cert_kind, good.upper()),)
+    if how == "lower":
+        return cn, ((cert_kind, good.lower()),)
+    if how == "extra RDN":  # one more SAN: a second URI makes a SPIFFE ID none
+        return cn, ((cert_kind, good), ("uri", "spiffe://prod.example.org/other"))
+    if how == "glued RDNs":  # a look-alike: the domain glued to another
+        return cn, ((cert_kind, good.replace("example.org", "example.org.evil").replace("10.0.0.7", "10.0.0.70")),)
+    if how == "repeat attribute" and len(good) <= 64:  # the value only in the CN
+        return [[("CN", good)]], ()
+    return cn, ((cert_kind, good),)
 
 
 def _satisfying(ident: IdentitySpec) -> list[list[tuple[str, str]]]:
@@ -180,23 +215,27 @@ class Clients:
             return _cert(f"cast member {m.file} ({m.kind})", *lab.pki.client(m.file), m.ca,
                          m.kind not in ("expired", "revoked"), m.kind == "lookalike")
         if spec[0] == "like":
-            idents = [i for i in lab.spec.identities if i.kind in ("subject", "attrs")]
+            idents = [i for i in lab.spec.identities if i.kind in ("subject", "attrs", "san")]
             if not idents:
                 return None
             ident = idents[spec[1] % len(idents)]
+            if ident.kind == "san":
+                rdns, sans = _like_sans(ident.san, spec[2])
+                return self._mint(spec[3], 0, rdns, f"{spec[2]} of SAN identity {ident.name}", sans)
             return self._mint(spec[3], 0, _like(_satisfying(ident), spec[2]), f"{spec[2]} of identity {ident.name}")
         if spec[0] == "mint":
             return self._mint(spec[1], spec[2], [list(r) for r in dn.parse_dn(spec[3])], "random subject")
         return None
 
-    def _mint(self, ca_n: int, level: int, rdns: list, label: str) -> Cert:
+    def _mint(self, ca_n: int, level: int, rdns: list, label: str, sans: tuple = ()) -> Cert:
         ca = self.lab.spec.cas[ca_n % len(self.lab.spec.cas)]
         chain = self.lab.pki.chains[ca.name]
-        key = (ca.name, level, repr(rdns))
+        key = (ca.name, level, repr(rdns), sans)
         if key not in self.minted:
             issuer = chain.members[max(len(chain.members) - 1 - level, 0)]
+            packed = Sans(tuple((k, ipaddress.ip_address(v).packed.hex() if k == "ip" else v) for k, v in sans))
             try:
-                issued = issue_client(issuer, dn.x509_name(rdns), now=self.now)
+                issued = issue_client(issuer, dn.x509_name(rdns), now=self.now, sans=packed)
             except ValueError:  # cryptography's limits (CN <= 64, C = 2 letters, one attribute per RDN)
                 issued = issue_client(issuer, dn.x509_name([[("CN", "mtlsc-mint")]]), now=self.now)
             base = self.lab.workdir / f"minted-{len(self.minted)}"
@@ -360,12 +399,28 @@ SHARED = PolicySpec(
     ("X-Legacy-User",),
 )
 LIKE_OPS = [(0, ("like", 0, how, 0)) for how in ("same", "repeat attribute", "repeat in RDN", "repeat same", "upper")]
+# SAN identities of every kind on one route: the lab's SAN cast and near misses, and certificates
+# like each identity (upper case, a second URI, a look-alike domain, the value only in the CN).
+SANS = PolicySpec(
+    (CaSpec("mesh", 1, 0, False),),
+    tuple(IdentitySpec(f"s{i}", "san", san=san) for i, san in enumerate(
+        (("spiffe", "spiffe://prod.example.org/ns/*/sa/worker"), ("dns", "*.svc.example.org"),
+         ("uri", "urn:example:svc:Billing"), ("email", "ops@Example.org"), ("ip", "2001:db8::7")))),
+    (ServerSpec(("api.example.com",), 0, (
+        RouteSpec("/m/", False, "require", "mesh", ("s0", "s1", "s2", "s3", "s4"), forwards=(("subject", None),)),
+        RouteSpec("/w/", False, "require", "mesh", ("s0",)), RouteSpec("/", False, "public"))),),
+)
+SAN_HOWS = ("same", "upper", "lower", "extra RDN", "glued RDNs", "repeat attribute")
 
 
 @example(spec=SHARED, backend="echo", reqs=[
     (w, t, c) for w in (0, 1, 2) for t in ("/a", "/a/x", "/A/x", "/a;x/y", "/a/..%2fb", "/b?x=1", "/%61/x", "/a\\x")
     for c in (("cast", "identity", 0), ("like", 1, "same", 0), ("none",))
 ] + [(w, "/a/x", c) for w, c in LIKE_OPS])
+@example(spec=SANS, backend="echo", reqs=[
+    (0, t, c) for t in ("/m/x", "/w/x")
+    for c in [("cast", k, i) for k in ("identity", "near") for i in range(12)]
+    + [("like", n, how, 0) for n in range(5) for how in SAN_HOWS] + [("none",)]])
 @settings(max_examples=EXAMPLES or 40, derandomize=not EXAMPLES, deadline=None, phases=PHASES,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large, HealthCheck.filter_too_much])
