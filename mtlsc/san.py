@@ -69,7 +69,8 @@ class SanRule:
     def matches_key(self, kind: str, key: str) -> bool:
         if kind != self.kind:
             return False
-        return re.match(self.regex(), key) is not None if self.pattern else key == self.value
+        # fullmatch: Python's `$` also matches before a final newline, JavaScript's (njs) does not
+        return re.fullmatch(self.regex(), key) is not None if self.pattern else key == self.value
 
 
 def policy_rule(kind: str, text: str) -> SanRule:

@@ -44,6 +44,7 @@ def sans(*names) -> Sans:
     ("dns", "*.example.org", [("dns", "example.org")], False),
     ("dns", "*.example.org", [("dns", "a.b.example.org")], False),
     ("dns", "*.example.org", [("dns", "*.example.org")], False),
+    ("dns", "*.example.org", [("dns", "a.example.org\n")], False),
     ("email", "ops@Example.org", [("email", "ops@example.ORG")], True),
     ("email", "ops@example.org", [("email", "Ops@example.org")], False),
     ("ip", "2001:db8::7", [("ip", "2001:0db8:0:0:0:0:0:7")], True),
