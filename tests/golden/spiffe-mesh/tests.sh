@@ -216,15 +216,32 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     pass "$title"
 }
 
-check_tls() {  # TITLE HOST PORT MODE
+check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route covers, so any answer will do
+    local title=$1 host=$2 port=$3 want=$4
+    local args=(-sS -o /dev/null -D "$tmp/headers" --max-time 10 --connect-to "$host:$port:$server_addr:${port_override:-$port}")
+    # shellcheck disable=SC2207
+    args+=($(tls_args))
+    curl "${args[@]}" "https://$host:$port/mtlsc-hsts-probe" 2>"$tmp/err" || true
+    local got
+    got=$(tr -d '\r' <"$tmp/headers" | sed -n 's/^[Ss]trict-[Tt]ransport-[Ss]ecurity: //p' | paste -sd '|' -)
+    if [ "${got:--}" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want $want"; fi
+}
+
+check_tls() {  # TITLE HOST PORT MODE [VALUE]
     local title=$1 host=$2 port=$3 mode=$4
+    if [ "$mode" = hsts ]; then check_hsts "$title" "$host" "$port" "$5"; return; fi
     local connect_port=${port_override:-$port}
     local sni=(-servername "$host") version=()
+    # A client allowed everything (@SECLEVEL=0), so that a refusal is the server's.
     case "$mode" in
         none) sni=(-noservername) ;;
         unknown) sni=(-servername mtlsc-unknown.invalid) ;;
-        tls12) version=(-tls1_2) ;;
+        tls12|tls12-refused) version=(-tls1_2) ;;
         tls13) version=(-tls1_3) ;;
+        tls11-refused) version=(-tls1_1 -cipher 'ALL:@SECLEVEL=0') ;;
+        tls10) version=(-tls1 -cipher 'ALL:@SECLEVEL=0') ;;
+        cbc-refused) version=(-tls1_2 -cipher 'ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:AES128-SHA') ;;
+        x448-refused) version=(-tls1_3 -curves X448) ;;
     esac
     if printf 'Q\n' | timeout 10 openssl s_client -connect "$server_addr:$connect_port" "${sni[@]}" "${version[@]}" \
             -brief </dev/null >"$tmp/tls" 2>&1; then
@@ -233,7 +250,7 @@ check_tls() {  # TITLE HOST PORT MODE
         handshake=refused
     fi
     case "$mode" in
-        none|unknown) want=refused ;;
+        none|unknown|*-refused) want=refused ;;
         *) want=ok ;;
     esac
     if [ "$handshake" = "$want" ]; then pass "$title"; else fail "$title" "handshake $handshake, want $want"; fi
@@ -247,10 +264,14 @@ else
     skip "nginx -t accepts the installed config" "no nginx here; pass --nginx-test CMD"
 fi
 
-check_tls 'payments.internal.example: handshake without SNI is refused' payments.internal.example 8443 none
-check_tls 'payments.internal.example: handshake with an unknown SNI name is refused' payments.internal.example 8443 unknown
-check_tls 'payments.internal.example: TLS 1.3 is accepted' payments.internal.example 8443 tls13
-check_tls 'payments.internal.example: TLS 1.2 is accepted' payments.internal.example 8443 tls12
+check_tls 'payments.internal.example: handshake without SNI is refused' payments.internal.example 8443 none -
+check_tls 'payments.internal.example: handshake with an unknown SNI name is refused' payments.internal.example 8443 unknown -
+check_tls 'payments.internal.example: TLS 1.3 is accepted' payments.internal.example 8443 tls13 -
+check_tls 'payments.internal.example: TLS 1.2 is accepted' payments.internal.example 8443 tls12 -
+check_tls 'payments.internal.example: TLS 1.1 is refused' payments.internal.example 8443 tls11-refused -
+check_tls 'payments.internal.example: a TLS 1.2 CBC suite is refused' payments.internal.example 8443 cbc-refused -
+check_tls 'payments.internal.example: TLS 1.3 key exchange on X448 is refused' payments.internal.example 8443 x448-refused -
+check_tls 'payments.internal.example: every answer carries HSTS max-age=63072000' payments.internal.example 8443 hsts max-age=63072000
 check 'payments.internal.example/healthz (public): no certificate -> 200' payments.internal.example 8443 /healthz - 200 '' - all /healthz
 check 'payments.internal.example/healthz (public): certificate of ca mesh -> 200' payments.internal.example 8443 /healthz mesh/client 200 '' - - /healthz
 check 'payments.internal.example/healthz (public): expired certificate of ca mesh -> 403 bad_cert' payments.internal.example 8443 /healthz mesh/expired 403 'client certificate not accepted' - - -
