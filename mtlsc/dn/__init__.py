@@ -17,6 +17,7 @@ reads and prints whole DNs and re-exports the rest.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 
 from cryptography import x509
@@ -59,6 +60,14 @@ def _parse_attr(text: str, i: int) -> tuple[str, int]:
     return attr, j + 1
 
 
+# Lowering parses each identity's DN and checks (MTLS108) parse the nginx form it printed, which is
+# the same text when the user wrote it as nginx prints it: a cache the size of a large policy's
+# identities halves that work (benchmarks/, r10-i50000). Results are immutable tuples; a DnError
+# is raised afresh each time, never cached.
+PARSE_CACHE_SIZE = 1 << 17
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
 def parse_dn(text: str) -> Rdns:
     """Parse an RFC 2253 DN as a user writes it -> RDNs of (canonical attribute, raw value).
 
