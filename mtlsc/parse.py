@@ -16,8 +16,9 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternRE, PatternStr, TerminalDef
 
-from mtlsc import ast, cache
+from mtlsc import ast, cache, parse_fast
 from mtlsc.diagnostics import Diagnostic, error
+from mtlsc.parse_fast import unescape  # noqa: F401  (part of this module's interface)
 from mtlsc.source import Source, Span
 
 # Words for the named terminals; keyword terminals are shown as the keyword itself.
@@ -77,26 +78,21 @@ def parser() -> Lark:
 
 def parse(source: Source) -> tuple[ast.PolicyFile | None, list[Diagnostic]]:
     """Parse one file. Returns the AST, or None and the syntax error."""
+    found = parse_fast.split(source.path, source.text)
+    if found is not None:
+        try:
+            rest = parser().parse(found.rest)
+        except UnexpectedInput:  # the error, and its wording, come from lark reading the whole text
+            rest = None
+        merged = None if rest is None else parse_fast.merge(source.path, _ToAst(source.path).transform(rest),
+                                                             found.identities)
+        if merged is not None:
+            return merged, []
     try:
         tree = parser().parse(source.text)
     except UnexpectedInput as exc:
         return None, [_syntax_error(source, exc)]
     return _ToAst(source.path).transform(tree), []
-
-
-def unescape(raw: str) -> str:
-    """The value of a STRING token: `\\"` and `\\\\` are escapes; any other backslash stays."""
-    body, out, i = raw[1:-1], [], 0
-    if "\\" not in body:
-        return body
-    while i < len(body):
-        if body[i] == "\\" and i + 1 < len(body) and body[i + 1] in '"\\':
-            out.append(body[i + 1])
-            i += 2
-        else:
-            out.append(body[i])
-            i += 1
-    return "".join(out)
 
 
 def _token_span(path: str, tok: Token) -> Span:
