@@ -67,13 +67,14 @@ def split(path: str, text: str) -> Split | None:
 
 
 def _identity(path: str, line: int, m: re.Match) -> ast.Identity:
-    start = m.start()
-
-    def span(first: str, last: str | None = None) -> Span:
-        return Span(path, line, m.start(first) - start + 1, line, m.end(last or first) - start + 1)
-
-    subject = ast.Subject(ast.Str(unescape(m["dn"]), span("dn")), span("subject", "dn"))
-    return ast.Identity(ast.Word(m["name"], span("name")), (subject,), span("kw", "close"))
+    # columns from the groups' offsets in one go: 50,000 calls of a helper per span showed up
+    base = m.start() - 1
+    (kw, _), name, (subject, _), dn, (_, close) = (m.span(g) for g in ("kw", "name", "subject", "dn", "close"))
+    text = m.string
+    subject_node = ast.Subject(ast.Str(unescape(text[dn[0]:dn[1]]), Span(path, line, dn[0] - base, line, dn[1] - base)),
+                               Span(path, line, subject - base, line, dn[1] - base))
+    return ast.Identity(ast.Word(text[name[0]:name[1]], Span(path, line, name[0] - base, line, name[1] - base)),
+                        (subject_node,), Span(path, line, kw - base, line, close - base))
 
 
 def merge(path: str, parsed: ast.PolicyFile, identities: list[ast.Identity]) -> ast.PolicyFile | None:
