@@ -6,7 +6,6 @@ import difflib
 
 from mtlsc import ast, dn, ir, san, values
 from mtlsc.emit import quote
-from mtlsc.review.fmt import quote as quote_string
 from mtlsc.lower.common import Ctx
 from mtlsc.parse import keywords_after
 from mtlsc.source import Span
@@ -25,6 +24,8 @@ def _dn(ctx: Ctx, s: ast.Str, what: str) -> str | None:
     except dn.DnError as e:
         copied = dn.copied_form(s.value)
         if copied is not None:  # copied from another tool: say so, and what nginx prints instead
+            from mtlsc.review.fmt import quote as quote_string  # only here: fmt is not needed to compile
+
             form, fixed = copied
             ctx.err("MTLS014", _content(s), f"{what} is not a DN nginx can produce: it is written in {form}",
                     f"write it as nginx prints it: {quote_string(fixed)}", label="nginx never prints a DN this way")
