@@ -59,6 +59,8 @@ _OTHERS = [
     '# identity c { subject "CN=c" }',
     "",
     'nginx ">= 1.22"',
+    "with njs",
+    'identity g { fingerprint sha256 "ab" }',
     'waive MTLS201 "reason"',
     "waive MTLS201",  # incomplete: whatever follows decides
     '"reason"',
