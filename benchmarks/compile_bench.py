@@ -25,6 +25,7 @@ NGINX_WRAPPER = "events {}\nhttp {\n    include nginx/*.conf;\n}\n"
 class Runs:
     seconds: list[float] = field(default_factory=list)
     mem_mb: list[float] = field(default_factory=list)  # peak RSS minus RSS before the work
+    peak_mb: list[float] = field(default_factory=list)  # the process's peak RSS, interpreter and imports included
     error: str | None = None
 
     @property
@@ -34,6 +35,10 @@ class Runs:
     @property
     def mem(self) -> float | None:
         return statistics.median(self.mem_mb) if self.mem_mb else None
+
+    @property
+    def peak(self) -> float | None:
+        return statistics.median(self.peak_mb) if self.peak_mb else None
 
 
 @dataclass
@@ -103,6 +108,7 @@ def measure_shape(work: Path, shape: synth.Shape, *, repeats: int, timeout: floa
                 conf.write_text(NGINX_WRAPPER)
             runs.seconds.append(info["seconds"])
             runs.mem_mb.append(info["rss_peak_mb"] - info["rss_before_mb"])
+            runs.peak_mb.append(info["rss_peak_mb"])
             if rep == 0 and info["seconds"] > long_run:
                 n = min(n, 3)
         rep += 1

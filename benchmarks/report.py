@@ -174,10 +174,17 @@ def peers_table(sweeps: Sweeps) -> str:
         r2 = check / gxm if check and gxm else None
         rows.append([f"{s.shape.routes:,} / {s.shape.identities:,}", _ms(cpm) if cpm else (cp.error[:60] if cp and cp.error else "-"),
                      _ms(comp), _x(r1) + ("" if r1 is None else " ok" if r1 <= PEER_COMPILE else " **over**"),
+                     _peaks(_run(s, "compile"), cp),
                      _ms(gxm) if gxm else (gx.error[:60] if gx and gx.error else "-"),
                      _ms(check), _x(r2) + ("" if r2 is None else " ok" if r2 <= PEER_CHECK else " **over**")])
     return table(["routes / identities", "crossplane parse ms", "mtlsc compile ms", "compile / parse (<= 2x)",
-                  "gixy ms", "mtlsc check ms", "check / gixy (<= 0.5x)"], rows)
+                  "peak RSS MB: compile / parse", "gixy ms", "mtlsc check ms", "check / gixy (<= 0.5x)"], rows)
+
+
+def _peaks(comp, cp) -> str:
+    """Whole-process peak RSS of both, interpreter and imports included (worker.py)."""
+    a, b = (comp.peak if comp else None), (cp.peak if cp else None)
+    return f"{a:.0f} / {b:.0f} ({_x(a / b)})" if a and b else "-"
 
 
 def phases_table(sweeps: Sweeps) -> str:

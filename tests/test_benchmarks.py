@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks` 
 from benchmarks import cli_bench, compile_bench, report, run, runtime, synth
 from benchmarks.load import Target, one_request, run_load
 from mtlsc import pipeline
+from mtlsc.emit.testscript import read_table
 
 
 def test_synthetic_policies_compile_without_errors(tmp_path):
@@ -32,8 +33,8 @@ def test_sampled_allow_lists_keep_tests_small(tmp_path):
     from mtlsc.model.cast import IDENTITY_SAMPLE
 
     result = pipeline.compile_policy([str(synth.write_policy(tmp_path, synth.Shape(3, 300, cas=1)))])
-    script = result.outputs["tests.sh"]
-    partner = [line for line in script.splitlines() if "/partner/" in line and ": identity id" in line]
+    cases = read_table(result.outputs["tests.sh"])
+    partner = [c for c in cases if "/partner/" in getattr(c, "where", "") and c.label.startswith("identity id")]
     assert 0 < len(partner) <= IDENTITY_SAMPLE
 
 

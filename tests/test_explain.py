@@ -4,11 +4,11 @@ the Markdown is a golden file; the JSON shape is stable."""
 from __future__ import annotations
 
 import json
-import shlex
 
 import pytest
 
 from mtlsc import pipeline
+from mtlsc.emit.testscript import Case, read_table
 from mtlsc.model.evaluate import evaluate
 from mtlsc.review.explain import JSON_FORMAT, explain, render_explanation, run_explain
 from support import HERE, REPO, assert_golden
@@ -45,15 +45,14 @@ def test_every_cell_is_what_the_evaluator_answers(policy, monkeypatch):
 
 
 def _tests_sh_cases(text):
-    """(host, path, cert file, expected status) of every `check` line of an emitted tests.sh."""
-    for line in text.splitlines():
-        if line.startswith("check "):
-            words = shlex.split(line)
-            yield words[2], words[4], words[5], int(words[6])
+    """(host, path, cert file, expected status) of every HTTP case of an emitted tests.sh."""
+    for case in read_table(text):
+        if isinstance(case, Case):
+            yield case.host, case.path, case.cert, case.status
 
 
 def _client_key(cert: str) -> str | None:
-    if cert == "-":
+    if cert == "":
         return "none"
     if cert == "untrusted/client":
         return "untrusted"

@@ -8,6 +8,7 @@
 # headers cannot be spoofed.
 # Prints one line per case and closes with "N passed, N failed[, N skipped]". A case whose client
 # certificate is missing is skipped, and a skipped case fails the run unless --allow-skips.
+# The cases are data: the table at the end of this file, read by the loop above it.
 set -u
 
 usage() {
@@ -162,6 +163,7 @@ received_field() {  # NAME FIELD CERTFILE ("-": no certificate)
 # Every identity header name of the servers compiled together: cases marked `all` send each forged.
 spoof_headers=Client-Cert,Client-Cert-Chain,ssl-client-cert,ssl-client-issuer-dn,ssl-client-subject-dn,ssl-client-verify,X-Amzn-Mtls-Clientcert,X-Amzn-Mtls-Clientcert-Issuer,X-Amzn-Mtls-Clientcert-Leaf,X-Amzn-Mtls-Clientcert-Serial-Number,X-Amzn-Mtls-Clientcert-Subject,X-Amzn-Mtls-Clientcert-Validity,X-ARR-ClientCert,X-Auth-Request-Email,X-Auth-Request-User,X-Client-Cert,X-Client-Cert-Chain-Verified,X-Client-Cert-DNSName-SANs,X-Client-Cert-Error,X-Client-Cert-Hash,X-Client-Cert-Present,X-Client-Cert-Serial-Number,X-Client-Cert-SPIFFE,X-Client-Cert-URI-SANs,X-Client-CN,X-Client-Days-Remaining,X-Client-DN,X-Client-Fingerprint,X-Client-Fingerprint-Sha256,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-San-Dns,X-Client-San-Email,X-Client-San-Ip,X-Client-San-Uri,X-Client-Serial,X-Client-Spiffe-Id,X-Client-Subject,X-Client-Verify,X-Forwarded-Client-Cert,X-Forwarded-Email,X-Forwarded-Tls-Client-Cert,X-Forwarded-Tls-Client-Cert-Info,X-Forwarded-User,X-Remote-Group,X-Remote-User,X-SSL-Client-Cert,X-SSL-Client-CN,X-SSL-Client-DN,X-SSL-Client-Fingerprint,X-SSL-Client-I-DN,X-SSL-Client-Issuer,X-SSL-Client-S-DN,X-SSL-Client-Serial,X-SSL-Client-SHA1,X-SSL-Client-Subject,X-SSL-Client-Verify,X-SSL-Issuer,X-SSL-Subject,Client_Cert
 
+# A value "" is none: no certificate, any body, no fields, no forged headers, target not checked.
 check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9 target=${10}
     local connect_port=${port_override:-$port}
@@ -169,7 +171,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local args=(-sS --path-as-is -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$server_addr:$connect_port")
     # shellcheck disable=SC2207
     args+=($(tls_args))
-    if [ "$cert" != "-" ]; then
+    if [ -n "$cert" ]; then
         if [ ! -f "$certs/$cert.crt" ]; then
             if is_pinned "$cert"; then skip "$title" "no $certs/$cert.crt (pinned by fingerprint: supply it)"
             else missing=$((missing + 1)); skip "$title" "no $certs/$cert.crt"; fi
@@ -190,17 +192,17 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
         fail "$title" "body does not contain \"$body\""; return
     fi
     if [ "$echo_mode" = 1 ]; then
-        if [ "$spoof" != "-" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
+        if [ -n "$spoof" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
             fail "$title" "a spoofed identity header reached the backend"; return
         fi
         # The echo backend's first line is the request line it received: nginx must forward the
         # normalised path it routed on, never the raw target (docs/language.md "Paths").
-        if [ "$target" != "-" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
+        if [ -n "$target" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
             fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
-        if [ "$fields" != "-" ]; then
+        if [ -n "$fields" ]; then
             local pair header field file=-
-            [ "$cert" = "-" ] || file="$certs/$cert.crt"
+            [ -z "$cert" ] || file="$certs/$cert.crt"
             for pair in ${fields//,/ }; do
                 header=${pair%%=*} field=${pair#*=}
                 if ! received_field "$header" "$field" "$file"; then
@@ -213,7 +215,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     pass "$title"
 }
 
-check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route covers, so any answer will do
+check_hsts() {  # TITLE HOST PORT VALUE ("": no header): on a path no route covers, so any answer will do
     local title=$1 host=$2 port=$3 want=$4
     local args=(-sS -o /dev/null -D "$tmp/headers" --max-time 10 --connect-to "$host:$port:$server_addr:${port_override:-$port}")
     # shellcheck disable=SC2207
@@ -221,7 +223,7 @@ check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route cov
     curl "${args[@]}" "https://$host:$port/mtlsc-hsts-probe" 2>"$tmp/err" || true
     local got
     got=$(tr -d '\r' <"$tmp/headers" | sed -n 's/^[Ss]trict-[Tt]ransport-[Ss]ecurity: //p' | paste -sd '|' -)
-    if [ "${got:--}" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want $want"; fi
+    if [ "$got" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want ${want:-none}"; fi
 }
 
 check_tls() {  # TITLE HOST PORT MODE [VALUE]
@@ -261,68 +263,171 @@ else
     skip "nginx -t accepts the installed config" "no nginx here; pass --nginx-test CMD"
 fi
 
-check_tls 'portal.example.com: handshake without SNI is refused' portal.example.com 443 none -
-check_tls 'portal.example.com: handshake with an unknown SNI name is refused' portal.example.com 443 unknown -
-check_tls 'portal.example.com: TLS 1.3 is accepted' portal.example.com 443 tls13 -
-check_tls 'portal.example.com: TLS 1.2 is accepted' portal.example.com 443 tls12 -
-check_tls 'portal.example.com: TLS 1.1 is refused' portal.example.com 443 tls11-refused -
-check_tls 'portal.example.com: a TLS 1.2 CBC suite is refused' portal.example.com 443 cbc-refused -
-check_tls 'portal.example.com: TLS 1.3 key exchange on X448 is refused' portal.example.com 443 x448-refused -
-check_tls 'portal.example.com: every answer carries HSTS max-age=63072000' portal.example.com 443 hsts max-age=63072000
-check 'portal.example.com/healthz (public): no certificate -> 200' portal.example.com 443 /healthz - 200 '' - all /healthz
-check 'portal.example.com/healthz (public): certificate of ca internal -> 200' portal.example.com 443 /healthz internal/client 200 '' - - /healthz
-check 'portal.example.com/healthz (public): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /healthz internal/expired 403 'client certificate not accepted' - - -
-check 'portal.example.com/healthz (public): certificate of ca vendors -> 200' portal.example.com 443 /healthz vendors/client 200 '' - - /healthz
-check 'portal.example.com/healthz (public): expired certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /healthz vendors/expired 403 'client certificate not accepted' - - -
-check 'portal.example.com/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /healthz untrusted/client 403 'client certificate not accepted' - - -
-check 'portal.example.com/internal/ (require internal): no certificate -> 401 no_cert' portal.example.com 443 /internal/mtlsc-probe - 401 'a client certificate is required' - all -
-check 'portal.example.com/internal/ (require internal): certificate of the CA on no allow list -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/client 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe internal/expired 403 'client certificate not accepted' - - -
-check 'portal.example.com/internal/ (require internal): identity staff -> 200' portal.example.com 443 /internal/mtlsc-probe internal/id-staff 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /internal/mtlsc-probe
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (OU=x\,O=Example Corp,O=mtlsc-near,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-1 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (L=x\,OU=Staff,O=Example Corp,OU=mtlsc-near) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-2 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=mtlsc-near,O=Example Corp,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-3 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=Staff,O=mtlsc-near) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-4 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=mtlsc-near-Example Corp+O=Example Corp,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-5 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp+O=mtlsc-near,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-6 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (OU=mtlsc-near,O=Example Corp,OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-7 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=Staff,OU=mtlsc-near) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-8 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=mtlsc-near+OU=Staff) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-9 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): near miss of identity staff (O=Example Corp,OU=Staff+OU=ZZ) -> 403 forbidden' portal.example.com 443 /internal/mtlsc-probe internal/near-staff-10 403 'client certificate not allowed here' - all -
-check 'portal.example.com/internal/ (require internal): certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe vendors/client 403 'client certificate not accepted' - - -
-check 'portal.example.com/internal/ (require internal): look-alike: a sub-CA signed by ca vendors, named like the issuing CA of ca internal -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe internal/lookalike-by-vendors 403 'client certificate not accepted' - all -
-check 'portal.example.com/internal/ (require internal): look-alike: a sub-CA signed by ca internal, named like the issuing CA of ca vendors -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe vendors/lookalike-by-internal 403 'client certificate not accepted' - all -
-check 'portal.example.com/internal/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /internal/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'portal.example.com/partner/ (require vendors): no certificate -> 401 no_cert' portal.example.com 443 /partner/mtlsc-probe - 401 'a client certificate is required' - all -
-check 'portal.example.com/partner/ (require vendors): certificate of ca internal -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe internal/client 403 'client certificate not accepted' - - -
-check 'portal.example.com/partner/ (require vendors): certificate of the CA on no allow list -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/client 403 'client certificate not allowed here' - all -
-check 'portal.example.com/partner/ (require vendors): expired certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe vendors/expired 403 'client certificate not accepted' - - -
-check 'portal.example.com/partner/ (require vendors): identity supplier -> 200' portal.example.com 443 /partner/mtlsc-probe vendors/id-supplier 200 '' X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Verify=verify all /partner/mtlsc-probe
-check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (OU=x,CN=supplier-portal,O=Initech,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-1 403 'client certificate not allowed here' - all -
-check 'portal.example.com/partner/ (require vendors): near miss of identity supplier (CN=supplier-portal\,O=Initech,O=Other,C=US) -> 403 forbidden' portal.example.com 443 /partner/mtlsc-probe vendors/near-supplier-2 403 'client certificate not allowed here' - all -
-check 'portal.example.com/partner/ (require vendors): look-alike: a sub-CA signed by ca vendors, named like the issuing CA of ca internal -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe internal/lookalike-by-vendors 403 'client certificate not accepted' - all -
-check 'portal.example.com/partner/ (require vendors): look-alike: a sub-CA signed by ca internal, named like the issuing CA of ca vendors -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe vendors/lookalike-by-internal 403 'client certificate not accepted' - all -
-check 'portal.example.com/partner/ (require vendors): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /partner/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'portal.example.com/ (optional internal): no certificate -> 200' portal.example.com 443 /mtlsc-probe - 200 '' X-Client-Verify=verify all /mtlsc-probe
-check 'portal.example.com/ (optional internal): certificate of the CA -> 200' portal.example.com 443 /mtlsc-probe internal/client 200 '' X-Client-Verify=verify all /mtlsc-probe
-check 'portal.example.com/ (optional internal): expired certificate of ca internal -> 403 bad_cert' portal.example.com 443 /mtlsc-probe internal/expired 403 'client certificate not accepted' - - -
-check 'portal.example.com/ (optional internal): identity staff -> 200' portal.example.com 443 /mtlsc-probe internal/id-staff 200 '' X-Client-Verify=verify all /mtlsc-probe
-check 'portal.example.com/ (optional internal): certificate of ca vendors -> 403 bad_cert' portal.example.com 443 /mtlsc-probe vendors/client 403 'client certificate not accepted' - - -
-check 'portal.example.com/ (optional internal): look-alike: a sub-CA signed by ca vendors, named like the issuing CA of ca internal -> 403 bad_cert' portal.example.com 443 /mtlsc-probe internal/lookalike-by-vendors 403 'client certificate not accepted' - all -
-check 'portal.example.com/ (optional internal): look-alike: a sub-CA signed by ca internal, named like the issuing CA of ca vendors -> 403 bad_cert' portal.example.com 443 /mtlsc-probe vendors/lookalike-by-internal 403 'client certificate not accepted' - all -
-check 'portal.example.com/ (optional internal): certificate from a CA no server trusts -> 403 bad_cert' portal.example.com 443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'portal.example.com/internal/: dot segment /internal/./mtlsc-probe -> 400 bad_target' portal.example.com 443 /internal/./mtlsc-probe - 400 'request target not canonical' - all -
-check 'portal.example.com/internal/: climb out and back /internal/../internal/mtlsc-probe -> 400 bad_target' portal.example.com 443 /internal/../internal/mtlsc-probe - 400 'request target not canonical' - all -
-check 'portal.example.com/internal/: encoded dot segment /internal/%2e/mtlsc-probe -> 400 bad_target' portal.example.com 443 /internal/%2e/mtlsc-probe - 400 'request target not canonical' - all -
-check 'portal.example.com/internal/: encoded slash /internal%2Fmtlsc-probe -> 400 bad_target' portal.example.com 443 /internal%2Fmtlsc-probe - 400 'request target not canonical' - all -
-check 'portal.example.com/internal/: `;` path parameter /internal;x/mtlsc-probe -> 400 bad_target' portal.example.com 443 '/internal;x/mtlsc-probe' - 400 'request target not canonical' - all -
-check 'portal.example.com/internal/: letter case changed /INTERNAL/MTLSC-PROBE -> 400 bad_target' portal.example.com 443 /INTERNAL/MTLSC-PROBE - 400 'request target not canonical' - all -
-check 'portal.example.com/partner/: dot segment /partner/./mtlsc-probe -> 400 bad_target' portal.example.com 443 /partner/./mtlsc-probe - 400 'request target not canonical' - all -
-check 'portal.example.com/partner/: climb out and back /partner/../partner/mtlsc-probe -> 400 bad_target' portal.example.com 443 /partner/../partner/mtlsc-probe - 400 'request target not canonical' - all -
-check 'portal.example.com/partner/: encoded dot segment /partner/%2e/mtlsc-probe -> 400 bad_target' portal.example.com 443 /partner/%2e/mtlsc-probe - 400 'request target not canonical' - all -
-check 'portal.example.com/partner/: encoded slash /partner%2Fmtlsc-probe -> 400 bad_target' portal.example.com 443 /partner%2Fmtlsc-probe - 400 'request target not canonical' - all -
-check 'portal.example.com/partner/: `;` path parameter /partner;x/mtlsc-probe -> 400 bad_target' portal.example.com 443 '/partner;x/mtlsc-probe' - 400 'request target not canonical' - all -
-check 'portal.example.com/partner/: letter case changed /PARTNER/MTLSC-PROBE -> 400 bad_target' portal.example.com 443 /PARTNER/MTLSC-PROBE - 400 'request target not canonical' - all -
+# Decode one field of the case table into variable VAR: `-` is the empty value, %XX one byte. Every
+# `%` and `\` of a value is itself written %XX, so printf %b meets no escape but those made here.
+table_field() {  # VAR FIELD
+    case "$2" in
+        -) printf -v "$1" '%s' "" ;;
+        *%*) printf -v "$1" '%b' "${2//'%'/\\x}" ;;
+        *) printf -v "$1" '%s' "$2" ;;
+    esac
+}
+is_number() { case "$1" in ''|*[!0-9]*|0?*) return 1 ;; esac; }
+
+# The table's records, one a line, fields separated by tabs (mtlsc/emit/testscript.py writes them):
+#   t  TITLE HOST PORT MODE EXPECT           a TLS handshake (EXPECT: the HSTS value of mode hsts)
+#   k  ID LABEL CERT SPOOF                   a client: its name in titles, its certificate file
+#                                            under --certs, `all` when it forges identity headers
+#   a  ID STATUS REASON BODY FIELDS TARGET   an answer; TARGET `=`: the path the case requests
+#   r  WHERE HOST PORT PATH                  the route the next cases request
+#   c  CLIENT ANSWER [PATH]                  a case; one with its own PATH names it in its title
+# Each case prints "WHERE: LABEL[ PATH] -> STATUS[ REASON]". Nothing read here is ever run.
+k_label=() k_cert=() k_spoof=() a_status=() a_reason=() a_body=() a_fields=() a_target=() a_same=()
+r_where="" r_host="" r_port="" r_path="" record=0
+while IFS=$'\t' read -r -u 3 kind f1 f2 f3 f4 f5 f6 rest; do
+    record=$((record + 1))
+    case "$kind" in
+        t)
+            table_field title "$f1"; table_field host "$f2"; table_field mode "$f4"; table_field expect "$f5"
+            check_tls "$title" "$host" "$f3" "$mode" "$expect" ;;
+        k)
+            is_number "$f1" || { fail "case table record $record" "not a client number"; continue; }
+            table_field value "$f2"; k_label[$f1]=$value
+            table_field value "$f3"; k_cert[$f1]=$value
+            table_field value "$f4"; k_spoof[$f1]=$value ;;
+        a)
+            is_number "$f1" || { fail "case table record $record" "not an answer number"; continue; }
+            a_status[$f1]=$f2
+            table_field value "$f3"; a_reason[$f1]=$value
+            table_field value "$f4"; a_body[$f1]=$value
+            table_field value "$f5"; a_fields[$f1]=$value
+            if [ "$f6" = "=" ]; then a_same[$f1]=1 a_target[$f1]=""
+            else table_field value "$f6"; a_same[$f1]=0 a_target[$f1]=$value; fi ;;
+        r)
+            table_field r_where "$f1"; table_field r_host "$f2"; r_port=$f3; table_field r_path "$f4" ;;
+        c)
+            if ! is_number "$f1" || ! is_number "$f2" || [ -z "${k_label[$f1]+set}" ] || [ -z "${a_status[$f2]+set}" ]; then
+                fail "case table record $record" "names no client or answer of the table"; continue
+            fi
+            path=$r_path shown=""
+            if [ -n "$f3" ]; then table_field path "$f3"; shown=" $path"; fi
+            target=${a_target[$f2]}
+            [ "${a_same[$f2]}" = 0 ] || target=$path
+            reason=${a_reason[$f2]}
+            check "$r_where: ${k_label[$f1]}$shown -> ${a_status[$f2]}${reason:+ $reason}" "$r_host" "$r_port" "$path" \
+                "${k_cert[$f1]}" "${a_status[$f2]}" "${a_body[$f2]}" "${a_fields[$f2]}" "${k_spoof[$f1]}" "$target" ;;
+        *)
+            fail "case table record $record" "not a record tests.sh knows" ;;
+    esac
+done 3<<'MTLSC_CASES'
+t	portal.example.com: handshake without SNI is refused	portal.example.com	443	none	-
+t	portal.example.com: handshake with an unknown SNI name is refused	portal.example.com	443	unknown	-
+t	portal.example.com: TLS 1.3 is accepted	portal.example.com	443	tls13	-
+t	portal.example.com: TLS 1.2 is accepted	portal.example.com	443	tls12	-
+t	portal.example.com: TLS 1.1 is refused	portal.example.com	443	tls11-refused	-
+t	portal.example.com: a TLS 1.2 CBC suite is refused	portal.example.com	443	cbc-refused	-
+t	portal.example.com: TLS 1.3 key exchange on X448 is refused	portal.example.com	443	x448-refused	-
+t	portal.example.com: every answer carries HSTS max-age=63072000	portal.example.com	443	hsts	max-age=63072000
+r	portal.example.com/healthz (public)	portal.example.com	443	/healthz
+k	0	no certificate	-	all
+a	0	200	-	-	-	=
+c	0	0
+k	1	certificate of ca internal	internal/client	-
+c	1	0
+k	2	expired certificate of ca internal	internal/expired	-
+a	1	403	bad_cert	client certificate not accepted	-	-
+c	2	1
+k	3	certificate of ca vendors	vendors/client	-
+c	3	0
+k	4	expired certificate of ca vendors	vendors/expired	-
+c	4	1
+k	5	certificate from a CA no server trusts	untrusted/client	-
+c	5	1
+r	portal.example.com/internal/ (require internal)	portal.example.com	443	/internal/mtlsc-probe
+a	2	401	no_cert	a client certificate is required	-	-
+c	0	2
+k	6	certificate of the CA on no allow list	internal/client	all
+a	3	403	forbidden	client certificate not allowed here	-	-
+c	6	3
+c	2	1
+k	7	identity staff	internal/id-staff	all
+a	4	200	-	-	X-Client-Subject=subject,X-Client-Verify=verify	=
+c	7	4
+k	8	near miss of identity staff (OU=x%5C,O=Example Corp,O=mtlsc-near,OU=Staff)	internal/near-staff-1	all
+c	8	3
+k	9	near miss of identity staff (L=x%5C,OU=Staff,O=Example Corp,OU=mtlsc-near)	internal/near-staff-2	all
+c	9	3
+k	10	near miss of identity staff (O=mtlsc-near,O=Example Corp,OU=Staff)	internal/near-staff-3	all
+c	10	3
+k	11	near miss of identity staff (O=Example Corp,OU=Staff,O=mtlsc-near)	internal/near-staff-4	all
+c	11	3
+k	12	near miss of identity staff (O=mtlsc-near-Example Corp+O=Example Corp,OU=Staff)	internal/near-staff-5	all
+c	12	3
+k	13	near miss of identity staff (O=Example Corp+O=mtlsc-near,OU=Staff)	internal/near-staff-6	all
+c	13	3
+k	14	near miss of identity staff (OU=mtlsc-near,O=Example Corp,OU=Staff)	internal/near-staff-7	all
+c	14	3
+k	15	near miss of identity staff (O=Example Corp,OU=Staff,OU=mtlsc-near)	internal/near-staff-8	all
+c	15	3
+k	16	near miss of identity staff (O=Example Corp,OU=mtlsc-near+OU=Staff)	internal/near-staff-9	all
+c	16	3
+k	17	near miss of identity staff (O=Example Corp,OU=Staff+OU=ZZ)	internal/near-staff-10	all
+c	17	3
+c	3	1
+k	18	look-alike: a sub-CA signed by ca vendors, named like the issuing CA of ca internal	internal/lookalike-by-vendors	all
+c	18	1
+k	19	look-alike: a sub-CA signed by ca internal, named like the issuing CA of ca vendors	vendors/lookalike-by-internal	all
+c	19	1
+c	5	1
+r	portal.example.com/partner/ (require vendors)	portal.example.com	443	/partner/mtlsc-probe
+c	0	2
+c	1	1
+k	20	certificate of the CA on no allow list	vendors/client	all
+c	20	3
+c	4	1
+k	21	identity supplier	vendors/id-supplier	all
+a	5	200	-	-	X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Verify=verify	=
+c	21	5
+k	22	near miss of identity supplier (OU=x,CN=supplier-portal,O=Initech,C=US)	vendors/near-supplier-1	all
+c	22	3
+k	23	near miss of identity supplier (CN=supplier-portal%5C,O=Initech,O=Other,C=US)	vendors/near-supplier-2	all
+c	23	3
+c	18	1
+c	19	1
+c	5	1
+r	portal.example.com/ (optional internal)	portal.example.com	443	/mtlsc-probe
+a	6	200	-	-	X-Client-Verify=verify	=
+c	0	6
+k	24	certificate of the CA	internal/client	all
+c	24	6
+c	2	1
+c	7	6
+c	3	1
+c	18	1
+c	19	1
+c	5	1
+r	portal.example.com/internal/	portal.example.com	443	-
+k	25	dot segment	-	all
+a	7	400	bad_target	request target not canonical	-	-
+c	25	7	/internal/./mtlsc-probe
+k	26	climb out and back	-	all
+c	26	7	/internal/../internal/mtlsc-probe
+k	27	encoded dot segment	-	all
+c	27	7	/internal/%252e/mtlsc-probe
+k	28	encoded slash	-	all
+c	28	7	/internal%252Fmtlsc-probe
+k	29	`;` path parameter	-	all
+c	29	7	/internal;x/mtlsc-probe
+k	30	letter case changed	-	all
+c	30	7	/INTERNAL/MTLSC-PROBE
+r	portal.example.com/partner/	portal.example.com	443	-
+c	25	7	/partner/./mtlsc-probe
+c	26	7	/partner/../partner/mtlsc-probe
+c	27	7	/partner/%252e/mtlsc-probe
+c	28	7	/partner%252Fmtlsc-probe
+c	29	7	/partner;x/mtlsc-probe
+c	30	7	/PARTNER/MTLSC-PROBE
+MTLSC_CASES
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
 if [ "$missing" -gt 0 ] && [ "$allow_skips" = 0 ]; then

@@ -8,6 +8,7 @@
 # headers cannot be spoofed.
 # Prints one line per case and closes with "N passed, N failed[, N skipped]". A case whose client
 # certificate is missing is skipped, and a skipped case fails the run unless --allow-skips.
+# The cases are data: the table at the end of this file, read by the loop above it.
 set -u
 
 usage() {
@@ -159,6 +160,7 @@ received_field() {  # NAME FIELD CERTFILE ("-": no certificate)
 # Every identity header name of the servers compiled together: cases marked `all` send each forged.
 spoof_headers=Client-Cert,Client-Cert-Chain,ssl-client-cert,ssl-client-issuer-dn,ssl-client-subject-dn,ssl-client-verify,X-Amzn-Mtls-Clientcert,X-Amzn-Mtls-Clientcert-Issuer,X-Amzn-Mtls-Clientcert-Leaf,X-Amzn-Mtls-Clientcert-Serial-Number,X-Amzn-Mtls-Clientcert-Subject,X-Amzn-Mtls-Clientcert-Validity,X-ARR-ClientCert,X-Auth-Request-Email,X-Auth-Request-User,X-Client-Cert,X-Client-Cert-Chain-Verified,X-Client-Cert-DNSName-SANs,X-Client-Cert-Error,X-Client-Cert-Hash,X-Client-Cert-Present,X-Client-Cert-Serial-Number,X-Client-Cert-SPIFFE,X-Client-Cert-URI-SANs,X-Client-CN,X-Client-Days-Remaining,X-Client-DN,X-Client-Fingerprint,X-Client-Fingerprint-Sha256,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-San-Dns,X-Client-San-Email,X-Client-San-Ip,X-Client-San-Uri,X-Client-Serial,X-Client-Spiffe-Id,X-Client-Subject,X-Client-Verify,X-Forwarded-Client-Cert,X-Forwarded-Email,X-Forwarded-Tls-Client-Cert,X-Forwarded-Tls-Client-Cert-Info,X-Forwarded-User,X-Remote-Group,X-Remote-User,X-SSL-Client-Cert,X-SSL-Client-CN,X-SSL-Client-DN,X-SSL-Client-Fingerprint,X-SSL-Client-I-DN,X-SSL-Client-Issuer,X-SSL-Client-S-DN,X-SSL-Client-Serial,X-SSL-Client-SHA1,X-SSL-Client-Subject,X-SSL-Client-Verify,X-SSL-Issuer,X-SSL-Subject,Client_Cert
 
+# A value "" is none: no certificate, any body, no fields, no forged headers, target not checked.
 check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9 target=${10}
     local connect_port=${port_override:-$port}
@@ -166,7 +168,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local args=(-sS --path-as-is -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$server_addr:$connect_port")
     # shellcheck disable=SC2207
     args+=($(tls_args))
-    if [ "$cert" != "-" ]; then
+    if [ -n "$cert" ]; then
         if [ ! -f "$certs/$cert.crt" ]; then
             if is_pinned "$cert"; then skip "$title" "no $certs/$cert.crt (pinned by fingerprint: supply it)"
             else missing=$((missing + 1)); skip "$title" "no $certs/$cert.crt"; fi
@@ -187,17 +189,17 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
         fail "$title" "body does not contain \"$body\""; return
     fi
     if [ "$echo_mode" = 1 ]; then
-        if [ "$spoof" != "-" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
+        if [ -n "$spoof" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
             fail "$title" "a spoofed identity header reached the backend"; return
         fi
         # The echo backend's first line is the request line it received: nginx must forward the
         # normalised path it routed on, never the raw target (docs/language.md "Paths").
-        if [ "$target" != "-" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
+        if [ -n "$target" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
             fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
-        if [ "$fields" != "-" ]; then
+        if [ -n "$fields" ]; then
             local pair header field file=-
-            [ "$cert" = "-" ] || file="$certs/$cert.crt"
+            [ -z "$cert" ] || file="$certs/$cert.crt"
             for pair in ${fields//,/ }; do
                 header=${pair%%=*} field=${pair#*=}
                 if ! received_field "$header" "$field" "$file"; then
@@ -210,7 +212,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     pass "$title"
 }
 
-check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route covers, so any answer will do
+check_hsts() {  # TITLE HOST PORT VALUE ("": no header): on a path no route covers, so any answer will do
     local title=$1 host=$2 port=$3 want=$4
     local args=(-sS -o /dev/null -D "$tmp/headers" --max-time 10 --connect-to "$host:$port:$server_addr:${port_override:-$port}")
     # shellcheck disable=SC2207
@@ -218,7 +220,7 @@ check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route cov
     curl "${args[@]}" "https://$host:$port/mtlsc-hsts-probe" 2>"$tmp/err" || true
     local got
     got=$(tr -d '\r' <"$tmp/headers" | sed -n 's/^[Ss]trict-[Tt]ransport-[Ss]ecurity: //p' | paste -sd '|' -)
-    if [ "${got:--}" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want $want"; fi
+    if [ "$got" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want ${want:-none}"; fi
 }
 
 check_tls() {  # TITLE HOST PORT MODE [VALUE]
@@ -258,56 +260,154 @@ else
     skip "nginx -t accepts the installed config" "no nginx here; pass --nginx-test CMD"
 fi
 
-check_tls 'api.example.com: handshake without SNI is refused' api.example.com 443 none -
-check_tls 'api.example.com: handshake with an unknown SNI name is refused' api.example.com 443 unknown -
-check_tls 'api.example.com: TLS 1.3 is accepted' api.example.com 443 tls13 -
-check_tls 'api.example.com: TLS 1.2 is accepted' api.example.com 443 tls12 -
-check_tls 'api.example.com: TLS 1.1 is refused' api.example.com 443 tls11-refused -
-check_tls 'api.example.com: a TLS 1.2 CBC suite is refused' api.example.com 443 cbc-refused -
-check_tls 'api.example.com: TLS 1.3 key exchange on X448 is refused' api.example.com 443 x448-refused -
-check_tls 'api.example.com: every answer carries HSTS max-age=63072000' api.example.com 443 hsts max-age=63072000
-check 'api.example.com/healthz (public): no certificate -> 200' api.example.com 443 /healthz - 200 '' - all /healthz
-check 'api.example.com/healthz (public): certificate of ca partners -> 200' api.example.com 443 /healthz partners/client 200 '' - - /healthz
-check 'api.example.com/healthz (public): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /healthz partners/expired 403 'client certificate not accepted' - - -
-check 'api.example.com/healthz (public): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /healthz partners/revoked 403 'client certificate not accepted' - - -
-check 'api.example.com/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /healthz untrusted/client 403 'client certificate not accepted' - - -
-check 'api.example.com/.well-known/ (public): no certificate -> 200' api.example.com 443 /.well-known/mtlsc-probe - 200 '' - all /.well-known/mtlsc-probe
-check 'api.example.com/.well-known/ (public): certificate of ca partners -> 200' api.example.com 443 /.well-known/mtlsc-probe partners/client 200 '' - - /.well-known/mtlsc-probe
-check 'api.example.com/.well-known/ (public): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /.well-known/mtlsc-probe partners/expired 403 'client certificate not accepted' - - -
-check 'api.example.com/.well-known/ (public): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /.well-known/mtlsc-probe partners/revoked 403 'client certificate not accepted' - - -
-check 'api.example.com/.well-known/ (public): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /.well-known/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'api.example.com/partner/ (require partners): no certificate -> 403 no_cert' api.example.com 443 /partner/mtlsc-probe - 403 'client certificate required' - all -
-check 'api.example.com/partner/ (require partners): certificate of the CA on no allow list -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/client 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe partners/expired 403 'client certificate not accepted' - - -
-check 'api.example.com/partner/ (require partners): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe partners/revoked 403 'client certificate not accepted' - - -
-check 'api.example.com/partner/ (require partners): identity acme -> 200' api.example.com 443 /partner/mtlsc-probe partners/id-acme 200 '' X-Client-Subject=subject,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify,X-Client-Serial=serial all /partner/mtlsc-probe
-check 'api.example.com/partner/ (require partners): identity globex -> 200' api.example.com 443 /partner/mtlsc-probe partners/id-globex 200 '' X-Client-Subject=subject,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify,X-Client-Serial=serial all /partner/mtlsc-probe
-check 'api.example.com/partner/ (require partners): near miss of identity acme (OU=x,CN=acme-billing,O=Acme Corp,C=US) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-acme-1 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity acme (CN=acme-billing\,O=Acme Corp,O=Other,C=US) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-acme-2 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (OU=x\,CN=globex-a,CN=mtlsc-near,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-1 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (OU=x\,O=Globex Inc,CN=globex-a,O=mtlsc-near) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-2 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=mtlsc-near,CN=globex-a,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-3 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a,O=Globex Inc,CN=mtlsc-near) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-4 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=mtlsc-near+CN=globex-a,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-5 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a+CN=ZZ,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-6 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (O=mtlsc-near,CN=globex-a,O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-7 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a,O=Globex Inc,O=mtlsc-near) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-8 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a,O=mtlsc-near+O=Globex Inc) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-9 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): near miss of identity globex (CN=globex-a,O=Globex Inc+O=ZZ) -> 403 forbidden' api.example.com 443 /partner/mtlsc-probe partners/near-globex-10 403 'client certificate not allowed here' - all -
-check 'api.example.com/partner/ (require partners): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /partner/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'api.example.com/ (optional partners): no certificate -> 200' api.example.com 443 /mtlsc-probe - 200 '' X-Client-Verify=verify all /mtlsc-probe
-check 'api.example.com/ (optional partners): certificate of the CA -> 200' api.example.com 443 /mtlsc-probe partners/client 200 '' X-Client-Verify=verify,X-Client-Subject=subject all /mtlsc-probe
-check 'api.example.com/ (optional partners): expired certificate of ca partners -> 403 bad_cert' api.example.com 443 /mtlsc-probe partners/expired 403 'client certificate not accepted' - - -
-check 'api.example.com/ (optional partners): revoked certificate of ca partners -> 403 bad_cert' api.example.com 443 /mtlsc-probe partners/revoked 403 'client certificate not accepted' - - -
-check 'api.example.com/ (optional partners): identity acme -> 200' api.example.com 443 /mtlsc-probe partners/id-acme 200 '' X-Client-Verify=verify,X-Client-Subject=subject all /mtlsc-probe
-check 'api.example.com/ (optional partners): identity globex -> 200' api.example.com 443 /mtlsc-probe partners/id-globex 200 '' X-Client-Verify=verify,X-Client-Subject=subject all /mtlsc-probe
-check 'api.example.com/ (optional partners): certificate from a CA no server trusts -> 403 bad_cert' api.example.com 443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'api.example.com/partner/: dot segment /partner/./mtlsc-probe -> 400 bad_target' api.example.com 443 /partner/./mtlsc-probe - 400 'request target not canonical' - all -
-check 'api.example.com/partner/: climb out and back /partner/../partner/mtlsc-probe -> 400 bad_target' api.example.com 443 /partner/../partner/mtlsc-probe - 400 'request target not canonical' - all -
-check 'api.example.com/partner/: encoded dot segment /partner/%2e/mtlsc-probe -> 400 bad_target' api.example.com 443 /partner/%2e/mtlsc-probe - 400 'request target not canonical' - all -
-check 'api.example.com/partner/: encoded slash /partner%2Fmtlsc-probe -> 400 bad_target' api.example.com 443 /partner%2Fmtlsc-probe - 400 'request target not canonical' - all -
-check 'api.example.com/partner/: `;` path parameter /partner;x/mtlsc-probe -> 400 bad_target' api.example.com 443 '/partner;x/mtlsc-probe' - 400 'request target not canonical' - all -
-check 'api.example.com/partner/: letter case changed /PARTNER/MTLSC-PROBE -> 400 bad_target' api.example.com 443 /PARTNER/MTLSC-PROBE - 400 'request target not canonical' - all -
+# Decode one field of the case table into variable VAR: `-` is the empty value, %XX one byte. Every
+# `%` and `\` of a value is itself written %XX, so printf %b meets no escape but those made here.
+table_field() {  # VAR FIELD
+    case "$2" in
+        -) printf -v "$1" '%s' "" ;;
+        *%*) printf -v "$1" '%b' "${2//'%'/\\x}" ;;
+        *) printf -v "$1" '%s' "$2" ;;
+    esac
+}
+is_number() { case "$1" in ''|*[!0-9]*|0?*) return 1 ;; esac; }
+
+# The table's records, one a line, fields separated by tabs (mtlsc/emit/testscript.py writes them):
+#   t  TITLE HOST PORT MODE EXPECT           a TLS handshake (EXPECT: the HSTS value of mode hsts)
+#   k  ID LABEL CERT SPOOF                   a client: its name in titles, its certificate file
+#                                            under --certs, `all` when it forges identity headers
+#   a  ID STATUS REASON BODY FIELDS TARGET   an answer; TARGET `=`: the path the case requests
+#   r  WHERE HOST PORT PATH                  the route the next cases request
+#   c  CLIENT ANSWER [PATH]                  a case; one with its own PATH names it in its title
+# Each case prints "WHERE: LABEL[ PATH] -> STATUS[ REASON]". Nothing read here is ever run.
+k_label=() k_cert=() k_spoof=() a_status=() a_reason=() a_body=() a_fields=() a_target=() a_same=()
+r_where="" r_host="" r_port="" r_path="" record=0
+while IFS=$'\t' read -r -u 3 kind f1 f2 f3 f4 f5 f6 rest; do
+    record=$((record + 1))
+    case "$kind" in
+        t)
+            table_field title "$f1"; table_field host "$f2"; table_field mode "$f4"; table_field expect "$f5"
+            check_tls "$title" "$host" "$f3" "$mode" "$expect" ;;
+        k)
+            is_number "$f1" || { fail "case table record $record" "not a client number"; continue; }
+            table_field value "$f2"; k_label[$f1]=$value
+            table_field value "$f3"; k_cert[$f1]=$value
+            table_field value "$f4"; k_spoof[$f1]=$value ;;
+        a)
+            is_number "$f1" || { fail "case table record $record" "not an answer number"; continue; }
+            a_status[$f1]=$f2
+            table_field value "$f3"; a_reason[$f1]=$value
+            table_field value "$f4"; a_body[$f1]=$value
+            table_field value "$f5"; a_fields[$f1]=$value
+            if [ "$f6" = "=" ]; then a_same[$f1]=1 a_target[$f1]=""
+            else table_field value "$f6"; a_same[$f1]=0 a_target[$f1]=$value; fi ;;
+        r)
+            table_field r_where "$f1"; table_field r_host "$f2"; r_port=$f3; table_field r_path "$f4" ;;
+        c)
+            if ! is_number "$f1" || ! is_number "$f2" || [ -z "${k_label[$f1]+set}" ] || [ -z "${a_status[$f2]+set}" ]; then
+                fail "case table record $record" "names no client or answer of the table"; continue
+            fi
+            path=$r_path shown=""
+            if [ -n "$f3" ]; then table_field path "$f3"; shown=" $path"; fi
+            target=${a_target[$f2]}
+            [ "${a_same[$f2]}" = 0 ] || target=$path
+            reason=${a_reason[$f2]}
+            check "$r_where: ${k_label[$f1]}$shown -> ${a_status[$f2]}${reason:+ $reason}" "$r_host" "$r_port" "$path" \
+                "${k_cert[$f1]}" "${a_status[$f2]}" "${a_body[$f2]}" "${a_fields[$f2]}" "${k_spoof[$f1]}" "$target" ;;
+        *)
+            fail "case table record $record" "not a record tests.sh knows" ;;
+    esac
+done 3<<'MTLSC_CASES'
+t	api.example.com: handshake without SNI is refused	api.example.com	443	none	-
+t	api.example.com: handshake with an unknown SNI name is refused	api.example.com	443	unknown	-
+t	api.example.com: TLS 1.3 is accepted	api.example.com	443	tls13	-
+t	api.example.com: TLS 1.2 is accepted	api.example.com	443	tls12	-
+t	api.example.com: TLS 1.1 is refused	api.example.com	443	tls11-refused	-
+t	api.example.com: a TLS 1.2 CBC suite is refused	api.example.com	443	cbc-refused	-
+t	api.example.com: TLS 1.3 key exchange on X448 is refused	api.example.com	443	x448-refused	-
+t	api.example.com: every answer carries HSTS max-age=63072000	api.example.com	443	hsts	max-age=63072000
+r	api.example.com/healthz (public)	api.example.com	443	/healthz
+k	0	no certificate	-	all
+a	0	200	-	-	-	=
+c	0	0
+k	1	certificate of ca partners	partners/client	-
+c	1	0
+k	2	expired certificate of ca partners	partners/expired	-
+a	1	403	bad_cert	client certificate not accepted	-	-
+c	2	1
+k	3	revoked certificate of ca partners	partners/revoked	-
+c	3	1
+k	4	certificate from a CA no server trusts	untrusted/client	-
+c	4	1
+r	api.example.com/.well-known/ (public)	api.example.com	443	/.well-known/mtlsc-probe
+c	0	0
+c	1	0
+c	2	1
+c	3	1
+c	4	1
+r	api.example.com/partner/ (require partners)	api.example.com	443	/partner/mtlsc-probe
+a	2	403	no_cert	client certificate required	-	-
+c	0	2
+k	5	certificate of the CA on no allow list	partners/client	all
+a	3	403	forbidden	client certificate not allowed here	-	-
+c	5	3
+c	2	1
+c	3	1
+k	6	identity acme	partners/id-acme	all
+a	4	200	-	-	X-Client-Subject=subject,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify,X-Client-Serial=serial	=
+c	6	4
+k	7	identity globex	partners/id-globex	all
+c	7	4
+k	8	near miss of identity acme (OU=x,CN=acme-billing,O=Acme Corp,C=US)	partners/near-acme-1	all
+c	8	3
+k	9	near miss of identity acme (CN=acme-billing%5C,O=Acme Corp,O=Other,C=US)	partners/near-acme-2	all
+c	9	3
+k	10	near miss of identity globex (OU=x%5C,CN=globex-a,CN=mtlsc-near,O=Globex Inc)	partners/near-globex-1	all
+c	10	3
+k	11	near miss of identity globex (OU=x%5C,O=Globex Inc,CN=globex-a,O=mtlsc-near)	partners/near-globex-2	all
+c	11	3
+k	12	near miss of identity globex (CN=mtlsc-near,CN=globex-a,O=Globex Inc)	partners/near-globex-3	all
+c	12	3
+k	13	near miss of identity globex (CN=globex-a,O=Globex Inc,CN=mtlsc-near)	partners/near-globex-4	all
+c	13	3
+k	14	near miss of identity globex (CN=mtlsc-near+CN=globex-a,O=Globex Inc)	partners/near-globex-5	all
+c	14	3
+k	15	near miss of identity globex (CN=globex-a+CN=ZZ,O=Globex Inc)	partners/near-globex-6	all
+c	15	3
+k	16	near miss of identity globex (O=mtlsc-near,CN=globex-a,O=Globex Inc)	partners/near-globex-7	all
+c	16	3
+k	17	near miss of identity globex (CN=globex-a,O=Globex Inc,O=mtlsc-near)	partners/near-globex-8	all
+c	17	3
+k	18	near miss of identity globex (CN=globex-a,O=mtlsc-near+O=Globex Inc)	partners/near-globex-9	all
+c	18	3
+k	19	near miss of identity globex (CN=globex-a,O=Globex Inc+O=ZZ)	partners/near-globex-10	all
+c	19	3
+c	4	1
+r	api.example.com/ (optional partners)	api.example.com	443	/mtlsc-probe
+a	5	200	-	-	X-Client-Verify=verify	=
+c	0	5
+k	20	certificate of the CA	partners/client	all
+a	6	200	-	-	X-Client-Verify=verify,X-Client-Subject=subject	=
+c	20	6
+c	2	1
+c	3	1
+c	6	6
+c	7	6
+c	4	1
+r	api.example.com/partner/	api.example.com	443	-
+k	21	dot segment	-	all
+a	7	400	bad_target	request target not canonical	-	-
+c	21	7	/partner/./mtlsc-probe
+k	22	climb out and back	-	all
+c	22	7	/partner/../partner/mtlsc-probe
+k	23	encoded dot segment	-	all
+c	23	7	/partner/%252e/mtlsc-probe
+k	24	encoded slash	-	all
+c	24	7	/partner%252Fmtlsc-probe
+k	25	`;` path parameter	-	all
+c	25	7	/partner;x/mtlsc-probe
+k	26	letter case changed	-	all
+c	26	7	/PARTNER/MTLSC-PROBE
+MTLSC_CASES
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
 if [ "$missing" -gt 0 ] && [ "$allow_skips" = 0 ]; then

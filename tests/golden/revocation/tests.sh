@@ -8,6 +8,7 @@
 # headers cannot be spoofed.
 # Prints one line per case and closes with "N passed, N failed[, N skipped]". A case whose client
 # certificate is missing is skipped, and a skipped case fails the run unless --allow-skips.
+# The cases are data: the table at the end of this file, read by the loop above it.
 set -u
 
 usage() {
@@ -156,6 +157,7 @@ received_field() {  # NAME FIELD CERTFILE ("-": no certificate)
 # Every identity header name of the servers compiled together: cases marked `all` send each forged.
 spoof_headers=Client-Cert,Client-Cert-Chain,ssl-client-cert,ssl-client-issuer-dn,ssl-client-subject-dn,ssl-client-verify,X-Amzn-Mtls-Clientcert,X-Amzn-Mtls-Clientcert-Issuer,X-Amzn-Mtls-Clientcert-Leaf,X-Amzn-Mtls-Clientcert-Serial-Number,X-Amzn-Mtls-Clientcert-Subject,X-Amzn-Mtls-Clientcert-Validity,X-ARR-ClientCert,X-Auth-Request-Email,X-Auth-Request-User,X-Client-Cert,X-Client-Cert-Chain-Verified,X-Client-Cert-DNSName-SANs,X-Client-Cert-Error,X-Client-Cert-Hash,X-Client-Cert-Present,X-Client-Cert-Serial-Number,X-Client-Cert-SPIFFE,X-Client-Cert-URI-SANs,X-Client-CN,X-Client-Days-Remaining,X-Client-DN,X-Client-Fingerprint,X-Client-Fingerprint-Sha256,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-San-Dns,X-Client-San-Email,X-Client-San-Ip,X-Client-San-Uri,X-Client-Serial,X-Client-Spiffe-Id,X-Client-Subject,X-Client-Verify,X-Forwarded-Client-Cert,X-Forwarded-Email,X-Forwarded-Tls-Client-Cert,X-Forwarded-Tls-Client-Cert-Info,X-Forwarded-User,X-Remote-Group,X-Remote-User,X-SSL-Client-Cert,X-SSL-Client-CN,X-SSL-Client-DN,X-SSL-Client-Fingerprint,X-SSL-Client-I-DN,X-SSL-Client-Issuer,X-SSL-Client-S-DN,X-SSL-Client-Serial,X-SSL-Client-SHA1,X-SSL-Client-Subject,X-SSL-Client-Verify,X-SSL-Issuer,X-SSL-Subject,Client_Cert
 
+# A value "" is none: no certificate, any body, no fields, no forged headers, target not checked.
 check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9 target=${10}
     local connect_port=${port_override:-$port}
@@ -163,7 +165,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local args=(-sS --path-as-is -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$server_addr:$connect_port")
     # shellcheck disable=SC2207
     args+=($(tls_args))
-    if [ "$cert" != "-" ]; then
+    if [ -n "$cert" ]; then
         if [ ! -f "$certs/$cert.crt" ]; then
             if is_pinned "$cert"; then skip "$title" "no $certs/$cert.crt (pinned by fingerprint: supply it)"
             else missing=$((missing + 1)); skip "$title" "no $certs/$cert.crt"; fi
@@ -184,17 +186,17 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
         fail "$title" "body does not contain \"$body\""; return
     fi
     if [ "$echo_mode" = 1 ]; then
-        if [ "$spoof" != "-" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
+        if [ -n "$spoof" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
             fail "$title" "a spoofed identity header reached the backend"; return
         fi
         # The echo backend's first line is the request line it received: nginx must forward the
         # normalised path it routed on, never the raw target (docs/language.md "Paths").
-        if [ "$target" != "-" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
+        if [ -n "$target" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
             fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
-        if [ "$fields" != "-" ]; then
+        if [ -n "$fields" ]; then
             local pair header field file=-
-            [ "$cert" = "-" ] || file="$certs/$cert.crt"
+            [ -z "$cert" ] || file="$certs/$cert.crt"
             for pair in ${fields//,/ }; do
                 header=${pair%%=*} field=${pair#*=}
                 if ! received_field "$header" "$field" "$file"; then
@@ -207,7 +209,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     pass "$title"
 }
 
-check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route covers, so any answer will do
+check_hsts() {  # TITLE HOST PORT VALUE ("": no header): on a path no route covers, so any answer will do
     local title=$1 host=$2 port=$3 want=$4
     local args=(-sS -o /dev/null -D "$tmp/headers" --max-time 10 --connect-to "$host:$port:$server_addr:${port_override:-$port}")
     # shellcheck disable=SC2207
@@ -215,7 +217,7 @@ check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route cov
     curl "${args[@]}" "https://$host:$port/mtlsc-hsts-probe" 2>"$tmp/err" || true
     local got
     got=$(tr -d '\r' <"$tmp/headers" | sed -n 's/^[Ss]trict-[Tt]ransport-[Ss]ecurity: //p' | paste -sd '|' -)
-    if [ "${got:--}" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want $want"; fi
+    if [ "$got" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want ${want:-none}"; fi
 }
 
 check_tls() {  # TITLE HOST PORT MODE [VALUE]
@@ -255,42 +257,135 @@ else
     skip "nginx -t accepts the installed config" "no nginx here; pass --nginx-test CMD"
 fi
 
-check_tls 'telemetry.example.com: handshake without SNI is refused' telemetry.example.com 443 none -
-check_tls 'telemetry.example.com: handshake with an unknown SNI name is refused' telemetry.example.com 443 unknown -
-check_tls 'telemetry.example.com: TLS 1.3 is accepted' telemetry.example.com 443 tls13 -
-check_tls 'telemetry.example.com: TLS 1.2 is accepted' telemetry.example.com 443 tls12 -
-check_tls 'telemetry.example.com: TLS 1.1 is refused' telemetry.example.com 443 tls11-refused -
-check_tls 'telemetry.example.com: a TLS 1.2 CBC suite is refused' telemetry.example.com 443 cbc-refused -
-check_tls 'telemetry.example.com: TLS 1.3 key exchange on X448 is refused' telemetry.example.com 443 x448-refused -
-check_tls 'telemetry.example.com: every answer carries HSTS max-age=63072000' telemetry.example.com 443 hsts max-age=63072000
-check 'telemetry.example.com/healthz (public): no certificate -> 200' telemetry.example.com 443 /healthz - 200 '' - all /healthz
-check 'telemetry.example.com/healthz (public): certificate of ca devices -> 200' telemetry.example.com 443 /healthz devices/client 200 '' - - /healthz
-check 'telemetry.example.com/healthz (public): expired certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /healthz devices/expired 403 'client certificate not accepted' - - -
-check 'telemetry.example.com/healthz (public): revoked certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /healthz devices/revoked 403 'client certificate not accepted' - - -
-check 'telemetry.example.com/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' telemetry.example.com 443 /healthz untrusted/client 403 'client certificate not accepted' - - -
-check 'telemetry.example.com/ingest/ (require devices): no certificate -> 403 no_cert' telemetry.example.com 443 /ingest/mtlsc-probe - 403 'client certificate required' - all -
-check 'telemetry.example.com/ingest/ (require devices): certificate of the CA on no allow list -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/client 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): expired certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe devices/expired 403 'client certificate not accepted' - - -
-check 'telemetry.example.com/ingest/ (require devices): revoked certificate of ca devices -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe devices/revoked 403 'client certificate not accepted' - - -
-check 'telemetry.example.com/ingest/ (require devices): identity kiosk -> 200' telemetry.example.com 443 /ingest/mtlsc-probe devices/id-kiosk 200 '' X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify all /ingest/mtlsc-probe
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (OU=x\,CN=kiosk-000,CN=mtlsc-near,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-1 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (OU=x\,O=Example Retail,CN=kiosk-000,O=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-2 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=mtlsc-near,CN=kiosk-000,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-3 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000,O=Example Retail,CN=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-4 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=mtlsc-near+CN=kiosk-000,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-5 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000+CN=ZZ,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-6 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (O=mtlsc-near,CN=kiosk-000,O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-7 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000,O=Example Retail,O=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-8 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000,O=mtlsc-near-Example Retail+O=Example Retail) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-9 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): near miss of identity kiosk (CN=kiosk-000,O=Example Retail+O=mtlsc-near) -> 403 forbidden' telemetry.example.com 443 /ingest/mtlsc-probe devices/near-kiosk-10 403 'client certificate not allowed here' - all -
-check 'telemetry.example.com/ingest/ (require devices): certificate from a CA no server trusts -> 403 bad_cert' telemetry.example.com 443 /ingest/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'telemetry.example.com/ingest/: dot segment /ingest/./mtlsc-probe -> 400 bad_target' telemetry.example.com 443 /ingest/./mtlsc-probe - 400 'request target not canonical' - all -
-check 'telemetry.example.com/ingest/: climb out and back /ingest/../ingest/mtlsc-probe -> 400 bad_target' telemetry.example.com 443 /ingest/../ingest/mtlsc-probe - 400 'request target not canonical' - all -
-check 'telemetry.example.com/ingest/: encoded dot segment /ingest/%2e/mtlsc-probe -> 400 bad_target' telemetry.example.com 443 /ingest/%2e/mtlsc-probe - 400 'request target not canonical' - all -
-check 'telemetry.example.com/ingest/: encoded slash /ingest%2Fmtlsc-probe -> 400 bad_target' telemetry.example.com 443 /ingest%2Fmtlsc-probe - 400 'request target not canonical' - all -
-check 'telemetry.example.com/ingest/: `;` path parameter /ingest;x/mtlsc-probe -> 400 bad_target' telemetry.example.com 443 '/ingest;x/mtlsc-probe' - 400 'request target not canonical' - all -
-check 'telemetry.example.com/ingest/: letter case changed /INGEST/MTLSC-PROBE -> 400 bad_target' telemetry.example.com 443 /INGEST/MTLSC-PROBE - 400 'request target not canonical' - all -
-check 'telemetry.example.com: path with no route -> 404' telemetry.example.com 443 /mtlsc-no-route-probe - 404 'no route' - - -
+# Decode one field of the case table into variable VAR: `-` is the empty value, %XX one byte. Every
+# `%` and `\` of a value is itself written %XX, so printf %b meets no escape but those made here.
+table_field() {  # VAR FIELD
+    case "$2" in
+        -) printf -v "$1" '%s' "" ;;
+        *%*) printf -v "$1" '%b' "${2//'%'/\\x}" ;;
+        *) printf -v "$1" '%s' "$2" ;;
+    esac
+}
+is_number() { case "$1" in ''|*[!0-9]*|0?*) return 1 ;; esac; }
+
+# The table's records, one a line, fields separated by tabs (mtlsc/emit/testscript.py writes them):
+#   t  TITLE HOST PORT MODE EXPECT           a TLS handshake (EXPECT: the HSTS value of mode hsts)
+#   k  ID LABEL CERT SPOOF                   a client: its name in titles, its certificate file
+#                                            under --certs, `all` when it forges identity headers
+#   a  ID STATUS REASON BODY FIELDS TARGET   an answer; TARGET `=`: the path the case requests
+#   r  WHERE HOST PORT PATH                  the route the next cases request
+#   c  CLIENT ANSWER [PATH]                  a case; one with its own PATH names it in its title
+# Each case prints "WHERE: LABEL[ PATH] -> STATUS[ REASON]". Nothing read here is ever run.
+k_label=() k_cert=() k_spoof=() a_status=() a_reason=() a_body=() a_fields=() a_target=() a_same=()
+r_where="" r_host="" r_port="" r_path="" record=0
+while IFS=$'\t' read -r -u 3 kind f1 f2 f3 f4 f5 f6 rest; do
+    record=$((record + 1))
+    case "$kind" in
+        t)
+            table_field title "$f1"; table_field host "$f2"; table_field mode "$f4"; table_field expect "$f5"
+            check_tls "$title" "$host" "$f3" "$mode" "$expect" ;;
+        k)
+            is_number "$f1" || { fail "case table record $record" "not a client number"; continue; }
+            table_field value "$f2"; k_label[$f1]=$value
+            table_field value "$f3"; k_cert[$f1]=$value
+            table_field value "$f4"; k_spoof[$f1]=$value ;;
+        a)
+            is_number "$f1" || { fail "case table record $record" "not an answer number"; continue; }
+            a_status[$f1]=$f2
+            table_field value "$f3"; a_reason[$f1]=$value
+            table_field value "$f4"; a_body[$f1]=$value
+            table_field value "$f5"; a_fields[$f1]=$value
+            if [ "$f6" = "=" ]; then a_same[$f1]=1 a_target[$f1]=""
+            else table_field value "$f6"; a_same[$f1]=0 a_target[$f1]=$value; fi ;;
+        r)
+            table_field r_where "$f1"; table_field r_host "$f2"; r_port=$f3; table_field r_path "$f4" ;;
+        c)
+            if ! is_number "$f1" || ! is_number "$f2" || [ -z "${k_label[$f1]+set}" ] || [ -z "${a_status[$f2]+set}" ]; then
+                fail "case table record $record" "names no client or answer of the table"; continue
+            fi
+            path=$r_path shown=""
+            if [ -n "$f3" ]; then table_field path "$f3"; shown=" $path"; fi
+            target=${a_target[$f2]}
+            [ "${a_same[$f2]}" = 0 ] || target=$path
+            reason=${a_reason[$f2]}
+            check "$r_where: ${k_label[$f1]}$shown -> ${a_status[$f2]}${reason:+ $reason}" "$r_host" "$r_port" "$path" \
+                "${k_cert[$f1]}" "${a_status[$f2]}" "${a_body[$f2]}" "${a_fields[$f2]}" "${k_spoof[$f1]}" "$target" ;;
+        *)
+            fail "case table record $record" "not a record tests.sh knows" ;;
+    esac
+done 3<<'MTLSC_CASES'
+t	telemetry.example.com: handshake without SNI is refused	telemetry.example.com	443	none	-
+t	telemetry.example.com: handshake with an unknown SNI name is refused	telemetry.example.com	443	unknown	-
+t	telemetry.example.com: TLS 1.3 is accepted	telemetry.example.com	443	tls13	-
+t	telemetry.example.com: TLS 1.2 is accepted	telemetry.example.com	443	tls12	-
+t	telemetry.example.com: TLS 1.1 is refused	telemetry.example.com	443	tls11-refused	-
+t	telemetry.example.com: a TLS 1.2 CBC suite is refused	telemetry.example.com	443	cbc-refused	-
+t	telemetry.example.com: TLS 1.3 key exchange on X448 is refused	telemetry.example.com	443	x448-refused	-
+t	telemetry.example.com: every answer carries HSTS max-age=63072000	telemetry.example.com	443	hsts	max-age=63072000
+r	telemetry.example.com/healthz (public)	telemetry.example.com	443	/healthz
+k	0	no certificate	-	all
+a	0	200	-	-	-	=
+c	0	0
+k	1	certificate of ca devices	devices/client	-
+c	1	0
+k	2	expired certificate of ca devices	devices/expired	-
+a	1	403	bad_cert	client certificate not accepted	-	-
+c	2	1
+k	3	revoked certificate of ca devices	devices/revoked	-
+c	3	1
+k	4	certificate from a CA no server trusts	untrusted/client	-
+c	4	1
+r	telemetry.example.com/ingest/ (require devices)	telemetry.example.com	443	/ingest/mtlsc-probe
+a	2	403	no_cert	client certificate required	-	-
+c	0	2
+k	5	certificate of the CA on no allow list	devices/client	all
+a	3	403	forbidden	client certificate not allowed here	-	-
+c	5	3
+c	2	1
+c	3	1
+k	6	identity kiosk	devices/id-kiosk	all
+a	4	200	-	-	X-Client-Subject=subject,X-Client-Serial=serial,X-Client-Fingerprint=fingerprint,X-Client-Verify=verify	=
+c	6	4
+k	7	near miss of identity kiosk (OU=x%5C,CN=kiosk-000,CN=mtlsc-near,O=Example Retail)	devices/near-kiosk-1	all
+c	7	3
+k	8	near miss of identity kiosk (OU=x%5C,O=Example Retail,CN=kiosk-000,O=mtlsc-near)	devices/near-kiosk-2	all
+c	8	3
+k	9	near miss of identity kiosk (CN=mtlsc-near,CN=kiosk-000,O=Example Retail)	devices/near-kiosk-3	all
+c	9	3
+k	10	near miss of identity kiosk (CN=kiosk-000,O=Example Retail,CN=mtlsc-near)	devices/near-kiosk-4	all
+c	10	3
+k	11	near miss of identity kiosk (CN=mtlsc-near+CN=kiosk-000,O=Example Retail)	devices/near-kiosk-5	all
+c	11	3
+k	12	near miss of identity kiosk (CN=kiosk-000+CN=ZZ,O=Example Retail)	devices/near-kiosk-6	all
+c	12	3
+k	13	near miss of identity kiosk (O=mtlsc-near,CN=kiosk-000,O=Example Retail)	devices/near-kiosk-7	all
+c	13	3
+k	14	near miss of identity kiosk (CN=kiosk-000,O=Example Retail,O=mtlsc-near)	devices/near-kiosk-8	all
+c	14	3
+k	15	near miss of identity kiosk (CN=kiosk-000,O=mtlsc-near-Example Retail+O=Example Retail)	devices/near-kiosk-9	all
+c	15	3
+k	16	near miss of identity kiosk (CN=kiosk-000,O=Example Retail+O=mtlsc-near)	devices/near-kiosk-10	all
+c	16	3
+c	4	1
+r	telemetry.example.com/ingest/	telemetry.example.com	443	-
+k	17	dot segment	-	all
+a	5	400	bad_target	request target not canonical	-	-
+c	17	5	/ingest/./mtlsc-probe
+k	18	climb out and back	-	all
+c	18	5	/ingest/../ingest/mtlsc-probe
+k	19	encoded dot segment	-	all
+c	19	5	/ingest/%252e/mtlsc-probe
+k	20	encoded slash	-	all
+c	20	5	/ingest%252Fmtlsc-probe
+k	21	`;` path parameter	-	all
+c	21	5	/ingest;x/mtlsc-probe
+k	22	letter case changed	-	all
+c	22	5	/INGEST/MTLSC-PROBE
+r	telemetry.example.com	telemetry.example.com	443	/mtlsc-no-route-probe
+k	23	path with no route	-	-
+a	6	404	-	no route	-	-
+c	23	6
+MTLSC_CASES
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
 if [ "$missing" -gt 0 ] && [ "$allow_skips" = 0 ]; then

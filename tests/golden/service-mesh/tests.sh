@@ -8,6 +8,7 @@
 # headers cannot be spoofed.
 # Prints one line per case and closes with "N passed, N failed[, N skipped]". A case whose client
 # certificate is missing is skipped, and a skipped case fails the run unless --allow-skips.
+# The cases are data: the table at the end of this file, read by the loop above it.
 set -u
 
 usage() {
@@ -166,6 +167,7 @@ received_field() {  # NAME FIELD CERTFILE ("-": no certificate)
 # Every identity header name of the servers compiled together: cases marked `all` send each forged.
 spoof_headers=Client-Cert,Client-Cert-Chain,ssl-client-cert,ssl-client-issuer-dn,ssl-client-subject-dn,ssl-client-verify,X-Amzn-Mtls-Clientcert,X-Amzn-Mtls-Clientcert-Issuer,X-Amzn-Mtls-Clientcert-Leaf,X-Amzn-Mtls-Clientcert-Serial-Number,X-Amzn-Mtls-Clientcert-Subject,X-Amzn-Mtls-Clientcert-Validity,X-ARR-ClientCert,X-Auth-Request-Email,X-Auth-Request-User,X-Client-Cert,X-Client-Cert-Chain-Verified,X-Client-Cert-DNSName-SANs,X-Client-Cert-Error,X-Client-Cert-Hash,X-Client-Cert-Present,X-Client-Cert-Serial-Number,X-Client-Cert-SPIFFE,X-Client-Cert-URI-SANs,X-Client-CN,X-Client-Days-Remaining,X-Client-DN,X-Client-Fingerprint,X-Client-Fingerprint-Sha256,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-San-Dns,X-Client-San-Email,X-Client-San-Ip,X-Client-San-Uri,X-Client-Serial,X-Client-Spiffe-Id,X-Client-Subject,X-Client-Verify,X-Forwarded-Client-Cert,X-Forwarded-Email,X-Forwarded-Tls-Client-Cert,X-Forwarded-Tls-Client-Cert-Info,X-Forwarded-User,X-Remote-Group,X-Remote-User,X-SSL-Client-Cert,X-SSL-Client-CN,X-SSL-Client-DN,X-SSL-Client-Fingerprint,X-SSL-Client-I-DN,X-SSL-Client-Issuer,X-SSL-Client-S-DN,X-SSL-Client-Serial,X-SSL-Client-SHA1,X-SSL-Client-Subject,X-SSL-Client-Verify,X-SSL-Issuer,X-SSL-Subject,Client_Cert
 
+# A value "" is none: no certificate, any body, no fields, no forged headers, target not checked.
 check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9 target=${10}
     local connect_port=${port_override:-$port}
@@ -173,7 +175,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local args=(-sS --path-as-is -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$server_addr:$connect_port")
     # shellcheck disable=SC2207
     args+=($(tls_args))
-    if [ "$cert" != "-" ]; then
+    if [ -n "$cert" ]; then
         if [ ! -f "$certs/$cert.crt" ]; then
             if is_pinned "$cert"; then skip "$title" "no $certs/$cert.crt (pinned by fingerprint: supply it)"
             else missing=$((missing + 1)); skip "$title" "no $certs/$cert.crt"; fi
@@ -194,17 +196,17 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
         fail "$title" "body does not contain \"$body\""; return
     fi
     if [ "$echo_mode" = 1 ]; then
-        if [ "$spoof" != "-" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
+        if [ -n "$spoof" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
             fail "$title" "a spoofed identity header reached the backend"; return
         fi
         # The echo backend's first line is the request line it received: nginx must forward the
         # normalised path it routed on, never the raw target (docs/language.md "Paths").
-        if [ "$target" != "-" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
+        if [ -n "$target" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
             fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
-        if [ "$fields" != "-" ]; then
+        if [ -n "$fields" ]; then
             local pair header field file=-
-            [ "$cert" = "-" ] || file="$certs/$cert.crt"
+            [ -z "$cert" ] || file="$certs/$cert.crt"
             for pair in ${fields//,/ }; do
                 header=${pair%%=*} field=${pair#*=}
                 if ! received_field "$header" "$field" "$file"; then
@@ -217,7 +219,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     pass "$title"
 }
 
-check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route covers, so any answer will do
+check_hsts() {  # TITLE HOST PORT VALUE ("": no header): on a path no route covers, so any answer will do
     local title=$1 host=$2 port=$3 want=$4
     local args=(-sS -o /dev/null -D "$tmp/headers" --max-time 10 --connect-to "$host:$port:$server_addr:${port_override:-$port}")
     # shellcheck disable=SC2207
@@ -225,7 +227,7 @@ check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route cov
     curl "${args[@]}" "https://$host:$port/mtlsc-hsts-probe" 2>"$tmp/err" || true
     local got
     got=$(tr -d '\r' <"$tmp/headers" | sed -n 's/^[Ss]trict-[Tt]ransport-[Ss]ecurity: //p' | paste -sd '|' -)
-    if [ "${got:--}" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want $want"; fi
+    if [ "$got" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want ${want:-none}"; fi
 }
 
 check_tls() {  # TITLE HOST PORT MODE [VALUE]
@@ -265,56 +267,155 @@ else
     skip "nginx -t accepts the installed config" "no nginx here; pass --nginx-test CMD"
 fi
 
-check_tls 'ledger.internal.example: handshake without SNI is refused' ledger.internal.example 8443 none -
-check_tls 'ledger.internal.example: handshake with an unknown SNI name is refused' ledger.internal.example 8443 unknown -
-check_tls 'ledger.internal.example: TLS 1.3 is accepted' ledger.internal.example 8443 tls13 -
-check_tls 'ledger.internal.example: TLS 1.2 is accepted' ledger.internal.example 8443 tls12 -
-check_tls 'ledger.internal.example: TLS 1.1 is refused' ledger.internal.example 8443 tls11-refused -
-check_tls 'ledger.internal.example: a TLS 1.2 CBC suite is refused' ledger.internal.example 8443 cbc-refused -
-check_tls 'ledger.internal.example: TLS 1.3 key exchange on X448 is refused' ledger.internal.example 8443 x448-refused -
-check_tls 'ledger.internal.example: every answer carries HSTS max-age=63072000' ledger.internal.example 8443 hsts max-age=63072000
-check 'ledger.internal.example/ledger/ (require internal): no certificate -> 403 no_cert' ledger.internal.example 8443 /ledger/mtlsc-probe - 403 'client certificate required' - all -
-check 'ledger.internal.example/ledger/ (require internal): certificate of the CA on no allow list -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/client 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): expired certificate of ca internal -> 403 bad_cert' ledger.internal.example 8443 /ledger/mtlsc-probe internal/expired 403 'client certificate not accepted' - - -
-check 'ledger.internal.example/ledger/ (require internal): identity billing -> 200' ledger.internal.example 8443 /ledger/mtlsc-probe internal/id-billing 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /ledger/mtlsc-probe
-check 'ledger.internal.example/ledger/ (require internal): identity orders -> 200' ledger.internal.example 8443 /ledger/mtlsc-probe internal/id-orders 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /ledger/mtlsc-probe
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (OU=x\,CN=billing,CN=mtlsc-near,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-1 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (L=x\,OU=services,CN=billing,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-2 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=mtlsc-near,CN=billing,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-3 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing,OU=services,CN=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-4 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=mtlsc-near+CN=billing,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-5 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing+CN=ZZ,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-6 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (OU=mtlsc-near,CN=billing,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-7 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing,OU=services,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-8 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing,OU=mtlsc-near+OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-9 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity billing (CN=billing,OU=services+OU=ZZ) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-billing-10 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (OU=x\,CN=orders,CN=mtlsc-near,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-1 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (L=x\,OU=services,CN=orders,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-2 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=mtlsc-near,CN=orders,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-3 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders,OU=services,CN=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-4 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=mtlsc-near+CN=orders,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-5 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders+CN=ZZ,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-6 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (OU=mtlsc-near,CN=orders,OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-7 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders,OU=services,OU=mtlsc-near) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-8 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders,OU=mtlsc-near+OU=services) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-9 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): near miss of identity orders (CN=orders,OU=services+OU=ZZ) -> 403 forbidden' ledger.internal.example 8443 /ledger/mtlsc-probe internal/near-orders-10 403 'client certificate not allowed here' - all -
-check 'ledger.internal.example/ledger/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' ledger.internal.example 8443 /ledger/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'ledger.internal.example/ (require internal): no certificate -> 403 no_cert' ledger.internal.example 8443 /mtlsc-probe - 403 'client certificate required' - all -
-check 'ledger.internal.example/ (require internal): certificate of the CA -> 200' ledger.internal.example 8443 /mtlsc-probe internal/client 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /mtlsc-probe
-check 'ledger.internal.example/ (require internal): expired certificate of ca internal -> 403 bad_cert' ledger.internal.example 8443 /mtlsc-probe internal/expired 403 'client certificate not accepted' - - -
-check 'ledger.internal.example/ (require internal): identity billing -> 200' ledger.internal.example 8443 /mtlsc-probe internal/id-billing 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /mtlsc-probe
-check 'ledger.internal.example/ (require internal): identity orders -> 200' ledger.internal.example 8443 /mtlsc-probe internal/id-orders 200 '' X-Client-Subject=subject,X-Client-Verify=verify all /mtlsc-probe
-check 'ledger.internal.example/ (require internal): certificate from a CA no server trusts -> 403 bad_cert' ledger.internal.example 8443 /mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'ledger.internal.example/ledger/: dot segment /ledger/./mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /ledger/./mtlsc-probe - 403 'client certificate required' - all -
-check 'ledger.internal.example/ledger/: climb out and back /ledger/../ledger/mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /ledger/../ledger/mtlsc-probe - 403 'client certificate required' - all -
-check 'ledger.internal.example/ledger/: encoded dot segment /ledger/%2e/mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /ledger/%2e/mtlsc-probe - 403 'client certificate required' - all -
-check 'ledger.internal.example/ledger/: encoded slash /ledger%2Fmtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /ledger%2Fmtlsc-probe - 403 'client certificate required' - all -
-check 'ledger.internal.example/ledger/: `;` path parameter /ledger;x/mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 '/ledger;x/mtlsc-probe' - 403 'client certificate required' - all -
-check 'ledger.internal.example/ledger/: letter case changed /LEDGER/MTLSC-PROBE -> 403 no_cert' ledger.internal.example 8443 /LEDGER/MTLSC-PROBE - 403 'client certificate required' - all -
-check 'ledger.internal.example/: dot segment /./mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /./mtlsc-probe - 403 'client certificate required' - all -
-check 'ledger.internal.example/: climb out and back /./mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /./mtlsc-probe - 403 'client certificate required' - all -
-check 'ledger.internal.example/: encoded dot segment /%2e/mtlsc-probe -> 403 no_cert' ledger.internal.example 8443 /%2e/mtlsc-probe - 403 'client certificate required' - all -
-check 'ledger.internal.example/: letter case changed /MTLSC-PROBE -> 403 no_cert' ledger.internal.example 8443 /MTLSC-PROBE - 403 'client certificate required' - all -
+# Decode one field of the case table into variable VAR: `-` is the empty value, %XX one byte. Every
+# `%` and `\` of a value is itself written %XX, so printf %b meets no escape but those made here.
+table_field() {  # VAR FIELD
+    case "$2" in
+        -) printf -v "$1" '%s' "" ;;
+        *%*) printf -v "$1" '%b' "${2//'%'/\\x}" ;;
+        *) printf -v "$1" '%s' "$2" ;;
+    esac
+}
+is_number() { case "$1" in ''|*[!0-9]*|0?*) return 1 ;; esac; }
+
+# The table's records, one a line, fields separated by tabs (mtlsc/emit/testscript.py writes them):
+#   t  TITLE HOST PORT MODE EXPECT           a TLS handshake (EXPECT: the HSTS value of mode hsts)
+#   k  ID LABEL CERT SPOOF                   a client: its name in titles, its certificate file
+#                                            under --certs, `all` when it forges identity headers
+#   a  ID STATUS REASON BODY FIELDS TARGET   an answer; TARGET `=`: the path the case requests
+#   r  WHERE HOST PORT PATH                  the route the next cases request
+#   c  CLIENT ANSWER [PATH]                  a case; one with its own PATH names it in its title
+# Each case prints "WHERE: LABEL[ PATH] -> STATUS[ REASON]". Nothing read here is ever run.
+k_label=() k_cert=() k_spoof=() a_status=() a_reason=() a_body=() a_fields=() a_target=() a_same=()
+r_where="" r_host="" r_port="" r_path="" record=0
+while IFS=$'\t' read -r -u 3 kind f1 f2 f3 f4 f5 f6 rest; do
+    record=$((record + 1))
+    case "$kind" in
+        t)
+            table_field title "$f1"; table_field host "$f2"; table_field mode "$f4"; table_field expect "$f5"
+            check_tls "$title" "$host" "$f3" "$mode" "$expect" ;;
+        k)
+            is_number "$f1" || { fail "case table record $record" "not a client number"; continue; }
+            table_field value "$f2"; k_label[$f1]=$value
+            table_field value "$f3"; k_cert[$f1]=$value
+            table_field value "$f4"; k_spoof[$f1]=$value ;;
+        a)
+            is_number "$f1" || { fail "case table record $record" "not an answer number"; continue; }
+            a_status[$f1]=$f2
+            table_field value "$f3"; a_reason[$f1]=$value
+            table_field value "$f4"; a_body[$f1]=$value
+            table_field value "$f5"; a_fields[$f1]=$value
+            if [ "$f6" = "=" ]; then a_same[$f1]=1 a_target[$f1]=""
+            else table_field value "$f6"; a_same[$f1]=0 a_target[$f1]=$value; fi ;;
+        r)
+            table_field r_where "$f1"; table_field r_host "$f2"; r_port=$f3; table_field r_path "$f4" ;;
+        c)
+            if ! is_number "$f1" || ! is_number "$f2" || [ -z "${k_label[$f1]+set}" ] || [ -z "${a_status[$f2]+set}" ]; then
+                fail "case table record $record" "names no client or answer of the table"; continue
+            fi
+            path=$r_path shown=""
+            if [ -n "$f3" ]; then table_field path "$f3"; shown=" $path"; fi
+            target=${a_target[$f2]}
+            [ "${a_same[$f2]}" = 0 ] || target=$path
+            reason=${a_reason[$f2]}
+            check "$r_where: ${k_label[$f1]}$shown -> ${a_status[$f2]}${reason:+ $reason}" "$r_host" "$r_port" "$path" \
+                "${k_cert[$f1]}" "${a_status[$f2]}" "${a_body[$f2]}" "${a_fields[$f2]}" "${k_spoof[$f1]}" "$target" ;;
+        *)
+            fail "case table record $record" "not a record tests.sh knows" ;;
+    esac
+done 3<<'MTLSC_CASES'
+t	ledger.internal.example: handshake without SNI is refused	ledger.internal.example	8443	none	-
+t	ledger.internal.example: handshake with an unknown SNI name is refused	ledger.internal.example	8443	unknown	-
+t	ledger.internal.example: TLS 1.3 is accepted	ledger.internal.example	8443	tls13	-
+t	ledger.internal.example: TLS 1.2 is accepted	ledger.internal.example	8443	tls12	-
+t	ledger.internal.example: TLS 1.1 is refused	ledger.internal.example	8443	tls11-refused	-
+t	ledger.internal.example: a TLS 1.2 CBC suite is refused	ledger.internal.example	8443	cbc-refused	-
+t	ledger.internal.example: TLS 1.3 key exchange on X448 is refused	ledger.internal.example	8443	x448-refused	-
+t	ledger.internal.example: every answer carries HSTS max-age=63072000	ledger.internal.example	8443	hsts	max-age=63072000
+r	ledger.internal.example/ledger/ (require internal)	ledger.internal.example	8443	/ledger/mtlsc-probe
+k	0	no certificate	-	all
+a	0	403	no_cert	client certificate required	-	-
+c	0	0
+k	1	certificate of the CA on no allow list	internal/client	all
+a	1	403	forbidden	client certificate not allowed here	-	-
+c	1	1
+k	2	expired certificate of ca internal	internal/expired	-
+a	2	403	bad_cert	client certificate not accepted	-	-
+c	2	2
+k	3	identity billing	internal/id-billing	all
+a	3	200	-	-	X-Client-Subject=subject,X-Client-Verify=verify	=
+c	3	3
+k	4	identity orders	internal/id-orders	all
+c	4	3
+k	5	near miss of identity billing (OU=x%5C,CN=billing,CN=mtlsc-near,OU=services)	internal/near-billing-1	all
+c	5	1
+k	6	near miss of identity billing (L=x%5C,OU=services,CN=billing,OU=mtlsc-near)	internal/near-billing-2	all
+c	6	1
+k	7	near miss of identity billing (CN=mtlsc-near,CN=billing,OU=services)	internal/near-billing-3	all
+c	7	1
+k	8	near miss of identity billing (CN=billing,OU=services,CN=mtlsc-near)	internal/near-billing-4	all
+c	8	1
+k	9	near miss of identity billing (CN=mtlsc-near+CN=billing,OU=services)	internal/near-billing-5	all
+c	9	1
+k	10	near miss of identity billing (CN=billing+CN=ZZ,OU=services)	internal/near-billing-6	all
+c	10	1
+k	11	near miss of identity billing (OU=mtlsc-near,CN=billing,OU=services)	internal/near-billing-7	all
+c	11	1
+k	12	near miss of identity billing (CN=billing,OU=services,OU=mtlsc-near)	internal/near-billing-8	all
+c	12	1
+k	13	near miss of identity billing (CN=billing,OU=mtlsc-near+OU=services)	internal/near-billing-9	all
+c	13	1
+k	14	near miss of identity billing (CN=billing,OU=services+OU=ZZ)	internal/near-billing-10	all
+c	14	1
+k	15	near miss of identity orders (OU=x%5C,CN=orders,CN=mtlsc-near,OU=services)	internal/near-orders-1	all
+c	15	1
+k	16	near miss of identity orders (L=x%5C,OU=services,CN=orders,OU=mtlsc-near)	internal/near-orders-2	all
+c	16	1
+k	17	near miss of identity orders (CN=mtlsc-near,CN=orders,OU=services)	internal/near-orders-3	all
+c	17	1
+k	18	near miss of identity orders (CN=orders,OU=services,CN=mtlsc-near)	internal/near-orders-4	all
+c	18	1
+k	19	near miss of identity orders (CN=mtlsc-near+CN=orders,OU=services)	internal/near-orders-5	all
+c	19	1
+k	20	near miss of identity orders (CN=orders+CN=ZZ,OU=services)	internal/near-orders-6	all
+c	20	1
+k	21	near miss of identity orders (OU=mtlsc-near,CN=orders,OU=services)	internal/near-orders-7	all
+c	21	1
+k	22	near miss of identity orders (CN=orders,OU=services,OU=mtlsc-near)	internal/near-orders-8	all
+c	22	1
+k	23	near miss of identity orders (CN=orders,OU=mtlsc-near+OU=services)	internal/near-orders-9	all
+c	23	1
+k	24	near miss of identity orders (CN=orders,OU=services+OU=ZZ)	internal/near-orders-10	all
+c	24	1
+k	25	certificate from a CA no server trusts	untrusted/client	-
+c	25	2
+r	ledger.internal.example/ (require internal)	ledger.internal.example	8443	/mtlsc-probe
+c	0	0
+k	26	certificate of the CA	internal/client	all
+c	26	3
+c	2	2
+c	3	3
+c	4	3
+c	25	2
+r	ledger.internal.example/ledger/	ledger.internal.example	8443	-
+k	27	dot segment	-	all
+c	27	0	/ledger/./mtlsc-probe
+k	28	climb out and back	-	all
+c	28	0	/ledger/../ledger/mtlsc-probe
+k	29	encoded dot segment	-	all
+c	29	0	/ledger/%252e/mtlsc-probe
+k	30	encoded slash	-	all
+c	30	0	/ledger%252Fmtlsc-probe
+k	31	`;` path parameter	-	all
+c	31	0	/ledger;x/mtlsc-probe
+k	32	letter case changed	-	all
+c	32	0	/LEDGER/MTLSC-PROBE
+r	ledger.internal.example/	ledger.internal.example	8443	-
+c	27	0	/./mtlsc-probe
+c	28	0	/./mtlsc-probe
+c	29	0	/%252e/mtlsc-probe
+c	32	0	/MTLSC-PROBE
+MTLSC_CASES
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
 if [ "$missing" -gt 0 ] && [ "$allow_skips" = 0 ]; then

@@ -8,6 +8,7 @@
 # headers cannot be spoofed.
 # Prints one line per case and closes with "N passed, N failed[, N skipped]". A case whose client
 # certificate is missing is skipped, and a skipped case fails the run unless --allow-skips.
+# The cases are data: the table at the end of this file, read by the loop above it.
 set -u
 
 usage() {
@@ -165,6 +166,7 @@ received_field() {  # NAME FIELD CERTFILE ("-": no certificate)
 # Every identity header name of the servers compiled together: cases marked `all` send each forged.
 spoof_headers=Client-Cert,Client-Cert-Chain,ssl-client-cert,ssl-client-issuer-dn,ssl-client-subject-dn,ssl-client-verify,X-Amzn-Mtls-Clientcert,X-Amzn-Mtls-Clientcert-Issuer,X-Amzn-Mtls-Clientcert-Leaf,X-Amzn-Mtls-Clientcert-Serial-Number,X-Amzn-Mtls-Clientcert-Subject,X-Amzn-Mtls-Clientcert-Validity,X-ARR-ClientCert,X-Auth-Request-Email,X-Auth-Request-User,X-Client-Cert,X-Client-Cert-Chain-Verified,X-Client-Cert-DNSName-SANs,X-Client-Cert-Error,X-Client-Cert-Hash,X-Client-Cert-Present,X-Client-Cert-Serial-Number,X-Client-Cert-SPIFFE,X-Client-Cert-URI-SANs,X-Client-CN,X-Client-Days-Remaining,X-Client-DN,X-Client-Fingerprint,X-Client-Fingerprint-Sha256,X-Client-Issuer,X-Client-Not-After,X-Client-Not-Before,X-Client-San-Dns,X-Client-San-Email,X-Client-San-Ip,X-Client-San-Uri,X-Client-Serial,X-Client-Spiffe-Id,X-Client-Subject,X-Client-Verify,X-Forwarded-Client-Cert,X-Forwarded-Email,X-Forwarded-Tls-Client-Cert,X-Forwarded-Tls-Client-Cert-Info,X-Forwarded-User,X-Remote-Group,X-Remote-User,X-SSL-Client-Cert,X-SSL-Client-CN,X-SSL-Client-DN,X-SSL-Client-Fingerprint,X-SSL-Client-I-DN,X-SSL-Client-Issuer,X-SSL-Client-S-DN,X-SSL-Client-Serial,X-SSL-Client-SHA1,X-SSL-Client-Subject,X-SSL-Client-Verify,X-SSL-Issuer,X-SSL-Subject,Client_Cert
 
+# A value "" is none: no certificate, any body, no fields, no forged headers, target not checked.
 check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local title=$1 host=$2 port=$3 path=$4 cert=$5 want=$6 body=$7 fields=$8 spoof=$9 target=${10}
     local connect_port=${port_override:-$port}
@@ -172,7 +174,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     local args=(-sS --path-as-is -o "$tmp/body" -w '%{http_code}' --max-time 10 --connect-to "$host:$port:$server_addr:$connect_port")
     # shellcheck disable=SC2207
     args+=($(tls_args))
-    if [ "$cert" != "-" ]; then
+    if [ -n "$cert" ]; then
         if [ ! -f "$certs/$cert.crt" ]; then
             if is_pinned "$cert"; then skip "$title" "no $certs/$cert.crt (pinned by fingerprint: supply it)"
             else missing=$((missing + 1)); skip "$title" "no $certs/$cert.crt"; fi
@@ -193,17 +195,17 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
         fail "$title" "body does not contain \"$body\""; return
     fi
     if [ "$echo_mode" = 1 ]; then
-        if [ "$spoof" != "-" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
+        if [ -n "$spoof" ] && grep -qF -- "mtlsc-spoofed" "$tmp/body"; then
             fail "$title" "a spoofed identity header reached the backend"; return
         fi
         # The echo backend's first line is the request line it received: nginx must forward the
         # normalised path it routed on, never the raw target (docs/language.md "Paths").
-        if [ "$target" != "-" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
+        if [ -n "$target" ] && [ "$(head -n 1 "$tmp/body")" != "GET $target" ]; then
             fail "$title" "backend received \"$(head -n 1 "$tmp/body" | head -c 200)\", want \"GET $target\""; return
         fi
-        if [ "$fields" != "-" ]; then
+        if [ -n "$fields" ]; then
             local pair header field file=-
-            [ "$cert" = "-" ] || file="$certs/$cert.crt"
+            [ -z "$cert" ] || file="$certs/$cert.crt"
             for pair in ${fields//,/ }; do
                 header=${pair%%=*} field=${pair#*=}
                 if ! received_field "$header" "$field" "$file"; then
@@ -216,7 +218,7 @@ check() {  # TITLE HOST PORT PATH CERT STATUS BODY FIELDS SPOOF TARGET
     pass "$title"
 }
 
-check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route covers, so any answer will do
+check_hsts() {  # TITLE HOST PORT VALUE ("": no header): on a path no route covers, so any answer will do
     local title=$1 host=$2 port=$3 want=$4
     local args=(-sS -o /dev/null -D "$tmp/headers" --max-time 10 --connect-to "$host:$port:$server_addr:${port_override:-$port}")
     # shellcheck disable=SC2207
@@ -224,7 +226,7 @@ check_hsts() {  # TITLE HOST PORT VALUE ("-": no header): on a path no route cov
     curl "${args[@]}" "https://$host:$port/mtlsc-hsts-probe" 2>"$tmp/err" || true
     local got
     got=$(tr -d '\r' <"$tmp/headers" | sed -n 's/^[Ss]trict-[Tt]ransport-[Ss]ecurity: //p' | paste -sd '|' -)
-    if [ "${got:--}" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want $want"; fi
+    if [ "$got" = "$want" ]; then pass "$title"; else fail "$title" "Strict-Transport-Security: ${got:-none}, want ${want:-none}"; fi
 }
 
 check_tls() {  # TITLE HOST PORT MODE [VALUE]
@@ -264,60 +266,165 @@ else
     skip "nginx -t accepts the installed config" "no nginx here; pass --nginx-test CMD"
 fi
 
-check_tls 'payments.internal.example: handshake without SNI is refused' payments.internal.example 8443 none -
-check_tls 'payments.internal.example: handshake with an unknown SNI name is refused' payments.internal.example 8443 unknown -
-check_tls 'payments.internal.example: TLS 1.3 is accepted' payments.internal.example 8443 tls13 -
-check_tls 'payments.internal.example: TLS 1.2 is accepted' payments.internal.example 8443 tls12 -
-check_tls 'payments.internal.example: TLS 1.1 is refused' payments.internal.example 8443 tls11-refused -
-check_tls 'payments.internal.example: a TLS 1.2 CBC suite is refused' payments.internal.example 8443 cbc-refused -
-check_tls 'payments.internal.example: TLS 1.3 key exchange on X448 is refused' payments.internal.example 8443 x448-refused -
-check_tls 'payments.internal.example: every answer carries HSTS max-age=63072000' payments.internal.example 8443 hsts max-age=63072000
-check 'payments.internal.example/healthz (public): no certificate -> 200' payments.internal.example 8443 /healthz - 200 '' - all /healthz
-check 'payments.internal.example/healthz (public): certificate of ca mesh -> 200' payments.internal.example 8443 /healthz mesh/client 200 '' - - /healthz
-check 'payments.internal.example/healthz (public): expired certificate of ca mesh -> 403 bad_cert' payments.internal.example 8443 /healthz mesh/expired 403 'client certificate not accepted' - - -
-check 'payments.internal.example/healthz (public): certificate from a CA no server trusts -> 403 bad_cert' payments.internal.example 8443 /healthz untrusted/client 403 'client certificate not accepted' - - -
-check 'payments.internal.example/payments/ (require mesh): no certificate -> 403 no_cert' payments.internal.example 8443 /payments/mtlsc-probe - 403 'client certificate required' - all -
-check 'payments.internal.example/payments/ (require mesh): certificate of the CA on no allow list -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/client 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): expired certificate of ca mesh -> 403 bad_cert' payments.internal.example 8443 /payments/mtlsc-probe mesh/expired 403 'client certificate not accepted' - - -
-check 'payments.internal.example/payments/ (require mesh): identity checkout -> 200' payments.internal.example 8443 /payments/mtlsc-probe mesh/id-checkout 200 '' X-Client-Verify=verify,X-Client-Spiffe-Id=spiffe_id,X-Client-San-Dns=san_dns all /payments/mtlsc-probe
-check 'payments.internal.example/payments/ (require mesh): identity gateway -> 200' payments.internal.example 8443 /payments/mtlsc-probe mesh/id-gateway 200 '' X-Client-Verify=verify,X-Client-Spiffe-Id=spiffe_id,X-Client-San-Dns=san_dns all /payments/mtlsc-probe
-check 'payments.internal.example/payments/ (require mesh): near miss of identity checkout (the SAN only as the CN) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-checkout-1 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity checkout (a second URI SAN beside the SPIFFE ID) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-checkout-2 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity checkout (a look-alike trust domain) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-checkout-3 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity checkout (the trust domain in uppercase) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-checkout-4 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity checkout (the path in another case) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-checkout-5 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity checkout (a percent-encoded path character) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-checkout-6 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity checkout (one more path segment) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-checkout-7 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity gateway (the SAN only as the CN) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-gateway-1 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity gateway (a suffix without the dot) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-gateway-2 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity gateway (the name under another domain) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-gateway-3 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): near miss of identity gateway (one more label) -> 403 forbidden' payments.internal.example 8443 /payments/mtlsc-probe mesh/near-gateway-4 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/payments/ (require mesh): certificate from a CA no server trusts -> 403 bad_cert' payments.internal.example 8443 /payments/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'payments.internal.example/jobs/ (require mesh): no certificate -> 403 no_cert' payments.internal.example 8443 /jobs/mtlsc-probe - 403 'client certificate required' - all -
-check 'payments.internal.example/jobs/ (require mesh): certificate of the CA on no allow list -> 403 forbidden' payments.internal.example 8443 /jobs/mtlsc-probe mesh/client 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/jobs/ (require mesh): expired certificate of ca mesh -> 403 bad_cert' payments.internal.example 8443 /jobs/mtlsc-probe mesh/expired 403 'client certificate not accepted' - - -
-check 'payments.internal.example/jobs/ (require mesh): identity workers -> 200' payments.internal.example 8443 /jobs/mtlsc-probe mesh/id-workers 200 '' X-Client-Verify=verify,X-Client-Spiffe-Id=spiffe_id,X-Client-San-Uri=san_uri all /jobs/mtlsc-probe
-check 'payments.internal.example/jobs/ (require mesh): near miss of identity workers (the SAN only as the CN) -> 403 forbidden' payments.internal.example 8443 /jobs/mtlsc-probe mesh/near-workers-1 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/jobs/ (require mesh): near miss of identity workers (a second URI SAN beside the SPIFFE ID) -> 403 forbidden' payments.internal.example 8443 /jobs/mtlsc-probe mesh/near-workers-2 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/jobs/ (require mesh): near miss of identity workers (a look-alike trust domain) -> 403 forbidden' payments.internal.example 8443 /jobs/mtlsc-probe mesh/near-workers-3 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/jobs/ (require mesh): near miss of identity workers (the trust domain in uppercase) -> 403 forbidden' payments.internal.example 8443 /jobs/mtlsc-probe mesh/near-workers-4 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/jobs/ (require mesh): near miss of identity workers (the path in another case) -> 403 forbidden' payments.internal.example 8443 /jobs/mtlsc-probe mesh/near-workers-5 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/jobs/ (require mesh): near miss of identity workers (a percent-encoded path character) -> 403 forbidden' payments.internal.example 8443 /jobs/mtlsc-probe mesh/near-workers-6 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/jobs/ (require mesh): near miss of identity workers (one more path segment) -> 403 forbidden' payments.internal.example 8443 /jobs/mtlsc-probe mesh/near-workers-7 403 'client certificate not allowed here' - all -
-check 'payments.internal.example/jobs/ (require mesh): certificate from a CA no server trusts -> 403 bad_cert' payments.internal.example 8443 /jobs/mtlsc-probe untrusted/client 403 'client certificate not accepted' - - -
-check 'payments.internal.example/payments/: dot segment /payments/./mtlsc-probe -> 400 bad_target' payments.internal.example 8443 /payments/./mtlsc-probe - 400 'request target not canonical' - all -
-check 'payments.internal.example/payments/: climb out and back /payments/../payments/mtlsc-probe -> 400 bad_target' payments.internal.example 8443 /payments/../payments/mtlsc-probe - 400 'request target not canonical' - all -
-check 'payments.internal.example/payments/: encoded dot segment /payments/%2e/mtlsc-probe -> 400 bad_target' payments.internal.example 8443 /payments/%2e/mtlsc-probe - 400 'request target not canonical' - all -
-check 'payments.internal.example/payments/: encoded slash /payments%2Fmtlsc-probe -> 400 bad_target' payments.internal.example 8443 /payments%2Fmtlsc-probe - 400 'request target not canonical' - all -
-check 'payments.internal.example/payments/: `;` path parameter /payments;x/mtlsc-probe -> 400 bad_target' payments.internal.example 8443 '/payments;x/mtlsc-probe' - 400 'request target not canonical' - all -
-check 'payments.internal.example/payments/: letter case changed /PAYMENTS/MTLSC-PROBE -> 400 bad_target' payments.internal.example 8443 /PAYMENTS/MTLSC-PROBE - 400 'request target not canonical' - all -
-check 'payments.internal.example/jobs/: dot segment /jobs/./mtlsc-probe -> 400 bad_target' payments.internal.example 8443 /jobs/./mtlsc-probe - 400 'request target not canonical' - all -
-check 'payments.internal.example/jobs/: climb out and back /jobs/../jobs/mtlsc-probe -> 400 bad_target' payments.internal.example 8443 /jobs/../jobs/mtlsc-probe - 400 'request target not canonical' - all -
-check 'payments.internal.example/jobs/: encoded dot segment /jobs/%2e/mtlsc-probe -> 400 bad_target' payments.internal.example 8443 /jobs/%2e/mtlsc-probe - 400 'request target not canonical' - all -
-check 'payments.internal.example/jobs/: encoded slash /jobs%2Fmtlsc-probe -> 400 bad_target' payments.internal.example 8443 /jobs%2Fmtlsc-probe - 400 'request target not canonical' - all -
-check 'payments.internal.example/jobs/: `;` path parameter /jobs;x/mtlsc-probe -> 400 bad_target' payments.internal.example 8443 '/jobs;x/mtlsc-probe' - 400 'request target not canonical' - all -
-check 'payments.internal.example/jobs/: letter case changed /JOBS/MTLSC-PROBE -> 400 bad_target' payments.internal.example 8443 /JOBS/MTLSC-PROBE - 400 'request target not canonical' - all -
-check 'payments.internal.example: path with no route -> 404' payments.internal.example 8443 /mtlsc-no-route-probe - 404 'no route' - - -
+# Decode one field of the case table into variable VAR: `-` is the empty value, %XX one byte. Every
+# `%` and `\` of a value is itself written %XX, so printf %b meets no escape but those made here.
+table_field() {  # VAR FIELD
+    case "$2" in
+        -) printf -v "$1" '%s' "" ;;
+        *%*) printf -v "$1" '%b' "${2//'%'/\\x}" ;;
+        *) printf -v "$1" '%s' "$2" ;;
+    esac
+}
+is_number() { case "$1" in ''|*[!0-9]*|0?*) return 1 ;; esac; }
+
+# The table's records, one a line, fields separated by tabs (mtlsc/emit/testscript.py writes them):
+#   t  TITLE HOST PORT MODE EXPECT           a TLS handshake (EXPECT: the HSTS value of mode hsts)
+#   k  ID LABEL CERT SPOOF                   a client: its name in titles, its certificate file
+#                                            under --certs, `all` when it forges identity headers
+#   a  ID STATUS REASON BODY FIELDS TARGET   an answer; TARGET `=`: the path the case requests
+#   r  WHERE HOST PORT PATH                  the route the next cases request
+#   c  CLIENT ANSWER [PATH]                  a case; one with its own PATH names it in its title
+# Each case prints "WHERE: LABEL[ PATH] -> STATUS[ REASON]". Nothing read here is ever run.
+k_label=() k_cert=() k_spoof=() a_status=() a_reason=() a_body=() a_fields=() a_target=() a_same=()
+r_where="" r_host="" r_port="" r_path="" record=0
+while IFS=$'\t' read -r -u 3 kind f1 f2 f3 f4 f5 f6 rest; do
+    record=$((record + 1))
+    case "$kind" in
+        t)
+            table_field title "$f1"; table_field host "$f2"; table_field mode "$f4"; table_field expect "$f5"
+            check_tls "$title" "$host" "$f3" "$mode" "$expect" ;;
+        k)
+            is_number "$f1" || { fail "case table record $record" "not a client number"; continue; }
+            table_field value "$f2"; k_label[$f1]=$value
+            table_field value "$f3"; k_cert[$f1]=$value
+            table_field value "$f4"; k_spoof[$f1]=$value ;;
+        a)
+            is_number "$f1" || { fail "case table record $record" "not an answer number"; continue; }
+            a_status[$f1]=$f2
+            table_field value "$f3"; a_reason[$f1]=$value
+            table_field value "$f4"; a_body[$f1]=$value
+            table_field value "$f5"; a_fields[$f1]=$value
+            if [ "$f6" = "=" ]; then a_same[$f1]=1 a_target[$f1]=""
+            else table_field value "$f6"; a_same[$f1]=0 a_target[$f1]=$value; fi ;;
+        r)
+            table_field r_where "$f1"; table_field r_host "$f2"; r_port=$f3; table_field r_path "$f4" ;;
+        c)
+            if ! is_number "$f1" || ! is_number "$f2" || [ -z "${k_label[$f1]+set}" ] || [ -z "${a_status[$f2]+set}" ]; then
+                fail "case table record $record" "names no client or answer of the table"; continue
+            fi
+            path=$r_path shown=""
+            if [ -n "$f3" ]; then table_field path "$f3"; shown=" $path"; fi
+            target=${a_target[$f2]}
+            [ "${a_same[$f2]}" = 0 ] || target=$path
+            reason=${a_reason[$f2]}
+            check "$r_where: ${k_label[$f1]}$shown -> ${a_status[$f2]}${reason:+ $reason}" "$r_host" "$r_port" "$path" \
+                "${k_cert[$f1]}" "${a_status[$f2]}" "${a_body[$f2]}" "${a_fields[$f2]}" "${k_spoof[$f1]}" "$target" ;;
+        *)
+            fail "case table record $record" "not a record tests.sh knows" ;;
+    esac
+done 3<<'MTLSC_CASES'
+t	payments.internal.example: handshake without SNI is refused	payments.internal.example	8443	none	-
+t	payments.internal.example: handshake with an unknown SNI name is refused	payments.internal.example	8443	unknown	-
+t	payments.internal.example: TLS 1.3 is accepted	payments.internal.example	8443	tls13	-
+t	payments.internal.example: TLS 1.2 is accepted	payments.internal.example	8443	tls12	-
+t	payments.internal.example: TLS 1.1 is refused	payments.internal.example	8443	tls11-refused	-
+t	payments.internal.example: a TLS 1.2 CBC suite is refused	payments.internal.example	8443	cbc-refused	-
+t	payments.internal.example: TLS 1.3 key exchange on X448 is refused	payments.internal.example	8443	x448-refused	-
+t	payments.internal.example: every answer carries HSTS max-age=63072000	payments.internal.example	8443	hsts	max-age=63072000
+r	payments.internal.example/healthz (public)	payments.internal.example	8443	/healthz
+k	0	no certificate	-	all
+a	0	200	-	-	-	=
+c	0	0
+k	1	certificate of ca mesh	mesh/client	-
+c	1	0
+k	2	expired certificate of ca mesh	mesh/expired	-
+a	1	403	bad_cert	client certificate not accepted	-	-
+c	2	1
+k	3	certificate from a CA no server trusts	untrusted/client	-
+c	3	1
+r	payments.internal.example/payments/ (require mesh)	payments.internal.example	8443	/payments/mtlsc-probe
+a	2	403	no_cert	client certificate required	-	-
+c	0	2
+k	4	certificate of the CA on no allow list	mesh/client	all
+a	3	403	forbidden	client certificate not allowed here	-	-
+c	4	3
+c	2	1
+k	5	identity checkout	mesh/id-checkout	all
+a	4	200	-	-	X-Client-Verify=verify,X-Client-Spiffe-Id=spiffe_id,X-Client-San-Dns=san_dns	=
+c	5	4
+k	6	identity gateway	mesh/id-gateway	all
+c	6	4
+k	7	near miss of identity checkout (the SAN only as the CN)	mesh/near-checkout-1	all
+c	7	3
+k	8	near miss of identity checkout (a second URI SAN beside the SPIFFE ID)	mesh/near-checkout-2	all
+c	8	3
+k	9	near miss of identity checkout (a look-alike trust domain)	mesh/near-checkout-3	all
+c	9	3
+k	10	near miss of identity checkout (the trust domain in uppercase)	mesh/near-checkout-4	all
+c	10	3
+k	11	near miss of identity checkout (the path in another case)	mesh/near-checkout-5	all
+c	11	3
+k	12	near miss of identity checkout (a percent-encoded path character)	mesh/near-checkout-6	all
+c	12	3
+k	13	near miss of identity checkout (one more path segment)	mesh/near-checkout-7	all
+c	13	3
+k	14	near miss of identity gateway (the SAN only as the CN)	mesh/near-gateway-1	all
+c	14	3
+k	15	near miss of identity gateway (a suffix without the dot)	mesh/near-gateway-2	all
+c	15	3
+k	16	near miss of identity gateway (the name under another domain)	mesh/near-gateway-3	all
+c	16	3
+k	17	near miss of identity gateway (one more label)	mesh/near-gateway-4	all
+c	17	3
+c	3	1
+r	payments.internal.example/jobs/ (require mesh)	payments.internal.example	8443	/jobs/mtlsc-probe
+c	0	2
+c	4	3
+c	2	1
+k	18	identity workers	mesh/id-workers	all
+a	5	200	-	-	X-Client-Verify=verify,X-Client-Spiffe-Id=spiffe_id,X-Client-San-Uri=san_uri	=
+c	18	5
+k	19	near miss of identity workers (the SAN only as the CN)	mesh/near-workers-1	all
+c	19	3
+k	20	near miss of identity workers (a second URI SAN beside the SPIFFE ID)	mesh/near-workers-2	all
+c	20	3
+k	21	near miss of identity workers (a look-alike trust domain)	mesh/near-workers-3	all
+c	21	3
+k	22	near miss of identity workers (the trust domain in uppercase)	mesh/near-workers-4	all
+c	22	3
+k	23	near miss of identity workers (the path in another case)	mesh/near-workers-5	all
+c	23	3
+k	24	near miss of identity workers (a percent-encoded path character)	mesh/near-workers-6	all
+c	24	3
+k	25	near miss of identity workers (one more path segment)	mesh/near-workers-7	all
+c	25	3
+c	3	1
+r	payments.internal.example/payments/	payments.internal.example	8443	-
+k	26	dot segment	-	all
+a	6	400	bad_target	request target not canonical	-	-
+c	26	6	/payments/./mtlsc-probe
+k	27	climb out and back	-	all
+c	27	6	/payments/../payments/mtlsc-probe
+k	28	encoded dot segment	-	all
+c	28	6	/payments/%252e/mtlsc-probe
+k	29	encoded slash	-	all
+c	29	6	/payments%252Fmtlsc-probe
+k	30	`;` path parameter	-	all
+c	30	6	/payments;x/mtlsc-probe
+k	31	letter case changed	-	all
+c	31	6	/PAYMENTS/MTLSC-PROBE
+r	payments.internal.example/jobs/	payments.internal.example	8443	-
+c	26	6	/jobs/./mtlsc-probe
+c	27	6	/jobs/../jobs/mtlsc-probe
+c	28	6	/jobs/%252e/mtlsc-probe
+c	29	6	/jobs%252Fmtlsc-probe
+c	30	6	/jobs;x/mtlsc-probe
+c	31	6	/JOBS/MTLSC-PROBE
+r	payments.internal.example	payments.internal.example	8443	/mtlsc-no-route-probe
+k	32	path with no route	-	-
+a	7	404	-	no route	-	-
+c	32	7
+MTLSC_CASES
 
 if [ "$skipped" -gt 0 ]; then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
 if [ "$missing" -gt 0 ] && [ "$allow_skips" = 0 ]; then
