@@ -179,3 +179,27 @@ def test_nginx_path(target, path):
     except ValueError:
         product = None
     assert oracle.normalise(target) == path == product
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["", "="]), st.sampled_from(["/a", "/A/", "/a/b", "/B", "/a-b/", "/", "/x/Y"])),
+                min_size=1, max_size=6, unique_by=lambda r: r),
+       st.sampled_from(["/a", "/A", "/a/", "/A/B", "/a/b/", "/b", "/B/", "/a-B/c", "/X/y", "/", "/aa"]),
+       st.booleans(), st.booleans())
+def test_alias_lookup_by_index_equals_the_scan_of_every_location(routes, path, case_sensitive, strict):
+    """`is_path_alias` looks only at the locations the path could be an alias of; the answer is the
+    one a scan of every gated location gives."""
+    import dataclasses
+
+    from mtlsc.model.evaluate import is_path_alias
+    from mtlsc.model.locations import alias_gated, is_alias
+
+    seen = {(m, p) for m, p in routes}
+    try:
+        server = _server(*sorted(seen))
+    except Exception:
+        return  # a route set the policy language refuses
+    server = dataclasses.replace(server, backend_case_sensitive=case_sensitive, backend_strict_slashes=strict)
+    gated, names = alias_gated(server)
+    scan = any(is_alias(loc, path, names, case_sensitive, strict) for loc in gated)
+    assert is_path_alias(server, path) == scan

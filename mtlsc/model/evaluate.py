@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtlsc import dn, ir, san
-from mtlsc.model.locations import alias_gated, is_alias, locations
+from mtlsc.model.locations import ascii_lower, alias_gated, is_alias, locations
 from mtlsc.model.uri import forwarded_target, target_problem
 from mtlsc.nginx_facts import FORWARD_FIELDS
 from mtlsc.san import Sans
@@ -121,7 +121,34 @@ def is_path_alias(server: ir.Server, path: str) -> bool:
     variant, or an exact path with a trailing `/`: docs/language.md "Paths")."""
     gated, names = _index(server).aliases
     return any(is_alias(loc, path, names, server.backend_case_sensitive, server.backend_strict_slashes)
-               for loc in gated)
+               for loc in _alias_candidates(server, gated, path))
+
+
+_ALIAS_INDEX: dict[int, tuple] = {}  # id(gated) -> (gated, exact by folded name, prefix by folded name, lengths)
+
+
+def _alias_candidates(server: ir.Server, gated: tuple, path: str) -> list:
+    """The gated locations `path` could be an alias of: exact ones named like it or its slash twin,
+    prefix ones whose name starts it, all compared folded. Looked up per path, so a request costs
+    its path's length, not the route count (issue 13: tests.sh evaluated every location per case)."""
+    fold = (lambda x: x) if server.backend_case_sensitive else ascii_lower
+    hit = _ALIAS_INDEX.get(id(gated))
+    if hit is None or hit[0] is not gated:
+        exact, prefix = {}, {}
+        for loc in gated:
+            (exact if loc.exact else prefix).setdefault(fold(loc.name), []).append(loc)
+        if len(_ALIAS_INDEX) >= 64:
+            _ALIAS_INDEX.clear()
+        hit = _ALIAS_INDEX[id(gated)] = (gated, exact, prefix, tuple(sorted({len(n) for n in prefix})))
+    _, exact, prefix, lengths = hit
+    lower = fold(path)
+    twin = lower[:-1] if lower.endswith("/") else lower + "/"
+    out = exact.get(lower, []) + (exact.get(twin, []) if lower != "/" else [])
+    for n in lengths:
+        if n > len(lower):
+            break
+        out += prefix.get(lower[:n], [])
+    return out
 
 
 def identity_matches(identity: ir.Identity, client: Client) -> bool:
