@@ -263,6 +263,12 @@ def runtime_ratios(rt: RuntimeResult) -> list[tuple[str, str, float, float, floa
     return out
 
 
+def _added_us(rt: RuntimeResult, comparison: str, mode: str) -> float:
+    """Worker CPU µs per request that `this` adds to `ref`, for a comparison named `this vs ref`."""
+    this, ref = (_stat(rt.samples[n][mode], "cpu_per_10k") for n in comparison.split(" vs "))
+    return (this - ref) / 10_000 * 1e6
+
+
 def _iqr(values: list[float]) -> float:
     """The interquartile range (0 for fewer than 4 values): robust to a round that hit a busy moment."""
     if len(values) < 4:
@@ -313,8 +319,7 @@ def verdicts(sweeps: Sweeps | None, growth_raw, rt: RuntimeResult | None, latenc
                 # issue 14: a SAN identity may cost at most 1.3x a DN one per keep-alive request, 1.05x per new connection
                 limit = SAN_GATE_LIMIT[mode]
                 met = cpu >= 1 / limit
-                san, dn_ = (_stat(rt.samples[n][mode], "cpu_per_10k") for n in comparison.split(" vs "))
-                added = (san - dn_) / 10_000 * 1e6
+                added = _added_us(rt, comparison, mode)
                 out.append(Verdict(f"SAN gate <= {limit}x DN map gate, worker CPU ({mode})",
                                    f"{comparison}: worker CPU {1 / cpu:.3f}x (±{spread:.3f}, {added:+.0f} µs per request), "
                                    f"req/s {rate:.3f}x", met,
@@ -325,8 +330,7 @@ def verdicts(sweeps: Sweeps | None, growth_raw, rt: RuntimeResult | None, latenc
             if comparison.startswith(KEY_BOUND):
                 # the price of closing the look-alike hole: measured and shown, the bar is that it stays bounded
                 met = cpu >= KEY_CHECK_RATIO
-                key, name = (_stat(rt.samples[n][mode], "cpu_per_10k") for n in comparison.split(" vs "))
-                added = (key - name) / 10_000 * 1e6
+                added = _added_us(rt, comparison, mode)
                 out.append(Verdict(f"key binding >= {KEY_CHECK_RATIO}x name binding, worker CPU ({mode})",
                                    f"{comparison}: worker CPU {cpu:.3f}x (±{spread:.3f}, {added:+.0f} µs per request), "
                                    f"req/s {rate:.3f}x", met,

@@ -177,6 +177,19 @@ NAME_BOUND = "two CAs: name binding only"
 _KEY_CHECK = re.compile(r"\n[^\n]*(?:auth_request |error_page 403 = @mtlsc_bad_cert)[^\n]*")
 
 
+def _proxied_conf(policy: Path, out: Path, backend: int, expected, problem: str) -> str:
+    """Compile `policy` into `out` and return its nginx files as one http conf: access log off, every
+    `proxy_pass` sent to the backend server's upstream. `expected(outputs)` says the compile produced
+    what the measurement is about (else `problem` is raised with the first diagnostics)."""
+    result = pipeline.compile_policy([str(policy)])
+    if result.failed or not expected(result.outputs):
+        raise RuntimeError(f"{problem}: {[d.message for d in result.diagnostics][:3]}")
+    write_atomic(out, result.outputs)
+    return "\n".join(_PROXY.sub(lambda m: m[1] + _answer(backend), result.outputs[n])
+                     .replace("\nserver {\n", "\nserver {\n    access_log off;\n")
+                     for n in sorted(result.outputs) if n.startswith("nginx/"))
+
+
 def two_ca_conf(work: Path, pki: Pki, port: int, backend: int, key_check: bool = True) -> str:
     """mtlsc's config for a server whose routes name two CAs (root + issuing each, depth 1): each
     root could sign a look-alike of the other's names, so both CAs' routes are bound by key (njs
@@ -199,12 +212,8 @@ server {SERVER} {{
   route /other/ {{ require c1  allow any }}
 }}
 """)
-    result = pipeline.compile_policy([str(policy)])
-    if result.failed or not any(name.endswith(".keys.js") for name in result.outputs):
-        raise RuntimeError(f"the two-CA policy does not compile to a key check: {[d.message for d in result.diagnostics][:3]}")
-    write_atomic(out, result.outputs)
-    text = "\n".join(_PROXY.sub(lambda m: m[1] + _answer(backend), result.outputs[n]).replace("\nserver {\n", "\nserver {\n    access_log off;\n")
-                     for n in sorted(result.outputs) if n.startswith("nginx/"))
+    text = _proxied_conf(policy, out, backend, lambda outputs: any(n.endswith(".keys.js") for n in outputs),
+                         "the two-CA policy does not compile to a key check")
     return text if key_check else _KEY_CHECK.sub("", text)
 
 
@@ -233,12 +242,8 @@ server {SERVER} {{
   route /partner/ {{ require c0  allow i0  forward subject verify }}
 }}
 """)
-    result = pipeline.compile_policy([str(policy)])
-    if result.failed or san != any(name.endswith(".san.js") for name in result.outputs):
-        raise RuntimeError(f"the {kind} gate policy does not compile as expected: {[d.message for d in result.diagnostics][:3]}")
-    write_atomic(out, result.outputs)
-    return "\n".join(_PROXY.sub(lambda m: m[1] + _answer(backend), result.outputs[n]).replace("\nserver {\n", "\nserver {\n    access_log off;\n")
-                     for n in sorted(result.outputs) if n.startswith("nginx/"))
+    return _proxied_conf(policy, out, backend, lambda outputs: san == any(n.endswith(".san.js") for n in outputs),
+                         f"the {kind} gate policy does not compile as expected")
 
 
 def _location_header_lines(conf: str, path: str) -> int:
