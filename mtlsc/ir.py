@@ -244,8 +244,9 @@ class Server:
     identity_headers: tuple[str, ...] = ()
     nginx: tuple[NginxDirective, ...] = ()  # the server's `nginx { }` blocks, in order
     tls: ServerTls = ServerTls()
-    # `cas`, computed once: it is asked for per route and per test case (benchmarks/).
+    # `cas` and `passthrough`, computed once: they are asked for per route and per test case (benchmarks/).
     _cas: tuple[Ca, ...] | None = field(default=None, init=False, compare=False, hash=False, repr=False)
+    _passthrough: bool | None = field(default=None, init=False, compare=False, hash=False, repr=False)
 
     @property
     def slug(self) -> str:
@@ -256,7 +257,9 @@ class Server:
     @property
     def passthrough(self) -> bool:
         """A `passthrough` route makes the listener `optional_no_ca`: no certificate is verified."""
-        return any(r.mode is Mode.PASSTHROUGH for r in self.routes)
+        if self._passthrough is None:
+            object.__setattr__(self, "_passthrough", any(r.mode is Mode.PASSTHROUGH for r in self.routes))
+        return self._passthrough
 
     @property
     def cas(self) -> tuple[Ca, ...]:

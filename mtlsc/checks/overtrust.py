@@ -149,12 +149,13 @@ def identity_header_not_set_or_cleared(ctx):
     """
     for server, view in _views(ctx):
         expected = _expected_headers(server)
-        for route, loc in zip([loc.route for loc in locations(server)], view.locations):
+        emitted = locations(server)
+        for route, loc in zip([loc.route for loc in emitted], view.locations):
             want = dict(expected)
             want.update({f.header.lower(): _forwarded_variable(view, f.field) for f in route.forward})
             got = {str(name).lower(): str(value) for name, value in loc.headers}
             wrong = sorted(h for h in want if got.get(h) != want[h])
-            if wrong or len(view.locations) != len(locations(server)):
+            if wrong or len(view.locations) != len(emitted):
                 yield Finding(
                     route.span,
                     f"the emitted location for `{route.path}` does not set or clear {', '.join(f'`{h}`' for h in wrong) or 'its headers'}: "
