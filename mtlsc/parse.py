@@ -1,7 +1,7 @@
 """Step one: text -> lark Tree -> AST. Syntax errors become MTLS00x diagnostics.
 
-The lark Tree never leaves this module. The parser is built once per process, or loaded
-from the user's cache (`mtlsc.cache`).
+The lark Tree goes no further than mtlsc/parse_tree.py, which turns it into the AST. The
+parser is built once per process, or loaded from the user's cache (`mtlsc.cache`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import re
 import sys
 from importlib import resources
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternRE, PatternStr, TerminalDef
 
 from mtlsc import ast, cache, parse_fast
+from mtlsc.parse_tree import ToAst as _ToAst, token_span as _token_span
 from mtlsc.diagnostics import Diagnostic, error
 from mtlsc.parse_fast import unescape  # noqa: F401  (part of this module's interface)
 from mtlsc.source import Source, Span
@@ -78,14 +79,9 @@ def parser() -> Lark:
 
 def parse(source: Source) -> tuple[ast.PolicyFile | None, list[Diagnostic]]:
     """Parse one file. Returns the AST, or None and the syntax error."""
-    found = parse_fast.split(source.path, source.text)
+    found = parse_fast.split(source.path, source.text, frozenset(_keywords().values()))
     if found is not None:
-        try:
-            rest = parser().parse(found.rest)
-        except UnexpectedInput:  # the error, and its wording, come from lark reading the whole text
-            rest = None
-        merged = None if rest is None else parse_fast.merge(source.path, _ToAst(source.path).transform(rest),
-                                                             found.identities)
+        merged = _parse_split(source.path, found)
         if merged is not None:
             return merged, []
     try:
@@ -95,14 +91,19 @@ def parse(source: Source) -> tuple[ast.PolicyFile | None, list[Diagnostic]]:
     return _ToAst(source.path).transform(tree), []
 
 
-def _token_span(path: str, tok: Token) -> Span:
-    return Span(path, tok.line, tok.column, tok.end_line, tok.end_column)
-
-
-def _meta_span(path: str, meta) -> Span:
-    if getattr(meta, "empty", True):
-        return Span(path, 1, 1, 1, 1)
-    return Span(path, meta.line, meta.column, meta.end_line, meta.end_column)
+def _parse_split(path: str, found: parse_fast.Split) -> ast.PolicyFile | None:
+    """lark's reading of the blanked text with what the fast path took put back, or None when
+    lark must read the whole text (a syntax error, whose wording comes from the whole text, or
+    something taken that lark does not read as the fast path thought)."""
+    try:
+        rest = parser().parse(found.rest)
+    except UnexpectedInput:
+        return None
+    tails = dict(found.allow_tails)
+    parsed = _ToAst(path, tails).transform(rest)
+    if tails:  # an allow list the fast path saw that lark did not read as one
+        return None
+    return parse_fast.merge(path, parsed, found.identities)
 
 
 def _describe_expected(names) -> str:
@@ -238,157 +239,3 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> Diagnostic:
         "MTLS004", end, "unexpected end of file",
         f"expected {_describe_expected(expected)}; is a `}}` missing?", label="the file ends here",
     )
-
-
-@v_args(meta=True)
-class _ToAst(Transformer):
-    """One method per grammar rule. Terminals become Word/Str; rules become ast nodes."""
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-
-    def _span(self, meta) -> Span:
-        return _meta_span(self.path, meta)
-
-    # terminals
-    def __default_token__(self, tok: Token):
-        span = _token_span(self.path, tok)
-        if tok.type == "STRING":
-            return ast.Str(unescape(tok.value), span)
-        return ast.Word(tok.value, span)
-
-    def start(self, meta, items):
-        return ast.PolicyFile(self.path, tuple(items), self._span(meta))
-
-    def nginx_target(self, meta, c):
-        return ast.NginxTarget(c[0], self._span(meta), (c[1],) if c[1] is not None else ())
-
-    def waive(self, meta, c):
-        return ast.Waive(c[0], c[1], self._span(meta))
-
-    def clear_headers(self, meta, c):
-        return ast.ClearHeaders(tuple(c), self._span(meta))
-
-    def ca(self, meta, c):
-        return ast.Ca(c[0], tuple(c[1:]), self._span(meta))
-
-    def bundle(self, meta, c):
-        return ast.Bundle(tuple(c), self._span(meta))
-
-    def depth(self, meta, c):
-        return ast.Depth(c[0], self._span(meta))
-
-    def crl(self, meta, c):
-        return ast.Crl(tuple(c), self._span(meta))
-
-    def ocsp(self, meta, c):
-        return ast.Ocsp(c[0], c[1], c[2], self._span(meta))
-
-    def resolver(self, meta, c):
-        *addresses, timeout = c
-        return ast.Resolver(tuple(addresses), timeout, self._span(meta))
-
-    def identity(self, meta, c):
-        return ast.Identity(c[0], tuple(c[1:]), self._span(meta))
-
-    def subject(self, meta, c):
-        return ast.Subject(c[0], self._span(meta))
-
-    def attr_eq(self, meta, c):
-        return ast.AttrEq(c[0], c[1], self._span(meta))
-
-    def attr_re(self, meta, c):
-        return ast.AttrRe(c[0], c[1], self._span(meta))
-
-    def fingerprint(self, meta, c):
-        return ast.Fingerprint(c[1], self._span(meta), c[0])
-
-    def serial(self, meta, c):
-        return ast.Serial(c[0], self._span(meta))
-
-    def issuer(self, meta, c):
-        return ast.Issuer(c[0], self._span(meta))
-
-    def san(self, meta, c):
-        return ast.San(c[0], c[1], self._span(meta))
-
-    def server(self, meta, c):
-        names = tuple(x for x in c if isinstance(x, ast.Word))
-        return ast.Server(names, tuple(c[len(names):]), self._span(meta))
-
-    def listen(self, meta, c):
-        return ast.Listen(c[0], self._span(meta))
-
-    def certificate(self, meta, c):
-        return ast.Certificate(c[0], c[1], self._span(meta))
-
-    def backend(self, meta, c):
-        return ast.Backend(c[0], self._span(meta))
-
-    def backend_paths(self, meta, c):
-        return ast.BackendPaths(tuple(c), self._span(meta))
-
-    def backend_ca(self, meta, c):
-        return ast.BackendTls("backend_ca", tuple(c), self._span(meta))
-
-    def backend_name(self, meta, c):
-        return ast.BackendTls("backend_name", tuple(c), self._span(meta))
-
-    def backend_client_certificate(self, meta, c):
-        return ast.BackendTls("backend_client_certificate", tuple(c), self._span(meta))
-
-    def backend_verify(self, meta, c):
-        return ast.BackendTls("backend_verify", tuple(c), self._span(meta))
-
-    def tls(self, meta, c):
-        return ast.Tls(c[0], self._span(meta))
-
-    def hsts(self, meta, c):
-        return ast.Hsts(c[0], tuple(c[1:]), self._span(meta))
-
-    def stapling(self, meta, c):
-        return ast.Stapling(c[0], self._span(meta))
-
-    def handshake(self, meta, c):
-        return ast.Handshake(c[0], self._span(meta))
-
-    def install(self, meta, c):
-        return ast.Install(c[0], self._span(meta))
-
-    def reject(self, meta, c):
-        return ast.Reject(c[0], c[1], c[2], self._span(meta))
-
-    def nginx_block(self, meta, c):
-        return ast.NginxBlock(c[0], self._span(meta))
-
-    def route(self, meta, c):
-        exact, path, *body = c
-        return ast.Route(exact is not None, path, tuple(body), self._span(meta))
-
-    def public(self, meta, c):
-        return ast.Public(self._span(meta))
-
-    def passthrough(self, meta, c):
-        return ast.Passthrough(self._span(meta))
-
-    def optional(self, meta, c):
-        return ast.Optional(c[0], self._span(meta))
-
-    def require(self, meta, c):
-        return ast.Require(c[0], self._span(meta))
-
-    def allow(self, meta, c):
-        return ast.Allow(tuple(c), self._span(meta))
-
-    def forward(self, meta, c):
-        return ast.Forward(tuple(c), self._span(meta))
-
-    def field(self, meta, c):
-        return ast.Field(c[0], c[1], self._span(meta))
-
-    def _only_child(self, meta, c):
-        return c[0]
-
-    # rules that only wrap their one value
-    responder = ocsp_cache = resolver_timeout = field_name = header = _only_child

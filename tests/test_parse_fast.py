@@ -1,6 +1,6 @@
-"""The identity fast path (mtlsc/parse_fast.py) reads exactly what lark reads: the same AST with
-every span, or the same syntax error, on generated policies where one-line identity blocks sit
-among other statements, comments, odd spacing and look-alikes that must stay lark's."""
+"""The fast path (mtlsc/parse_fast.py) reads exactly what lark reads: the same AST with every span,
+or the same syntax error, on generated policies where one-line identity blocks and long allow
+lists sit among other statements, comments, odd spacing and look-alikes that must stay lark's."""
 
 from __future__ import annotations
 
@@ -54,6 +54,34 @@ def _one_liner(draw) -> str:
             + draw(st.sampled_from(["", "\r"])))
 
 
+@st.composite
+def _fingerprint_liner(draw) -> str:
+    """`identity NAME { fingerprint [ALGORITHM] "HEX" }`, spaced every way."""
+    b = [draw(_blank) for _ in range(5)]
+    algorithm = draw(st.sampled_from(["", " sha1", "\tsha256", " md5", "sha1", " subject"]))
+    digits = draw(st.sampled_from(["ab", "", "AB:cd", 'a\\"b']))
+    return f'{b[0]}identity{draw(_blank1)}{draw(_names)}{b[1]}{{{b[2]}fingerprint{algorithm}{b[3]}"{digits}"{b[4]}}}'
+
+
+_list_gap = st.sampled_from([" ", "  ", "\n      ", "\t", "\r\n ", " # c\n ", "\n# c\n"])
+_list_names = st.one_of(_names, st.sampled_from(["allow", "public", "require", "as", "forward", "x.y", "a{", "b}"]))
+
+
+@st.composite
+def _allow_list(draw) -> str:
+    """A route whose allow list is long enough for the fast path, names and gaps of every kind."""
+    names = draw(st.lists(_list_names, min_size=1, max_size=9))
+    body = draw(_list_gap).join(names)
+    where = draw(st.sampled_from(["route", "string", "nginx", "bare"]))
+    if where == "route":
+        return f"server s {{\n  route /r {{\n    require c0\n    allow {body}\n  }}\n}}"
+    if where == "string":
+        return f'clear_headers "allow {body}"'
+    if where == "nginx":
+        return f"server s {{\n  route /n {{\n    nginx {{ allow {body}; }}\n  }}\n}}"
+    return f"allow {body}"
+
+
 _OTHERS = [
     "# a comment",
     '# identity c { subject "CN=c" }',
@@ -86,7 +114,8 @@ _OTHERS = [
 
 @st.composite
 def _policies(draw) -> str:
-    parts = draw(st.lists(st.one_of(_one_liner(), st.sampled_from(_OTHERS)), max_size=12))
+    parts = draw(st.lists(st.one_of(_one_liner(), _fingerprint_liner(), _allow_list(), st.sampled_from(_OTHERS)),
+                          max_size=12))
     return draw(st.sampled_from(["\n", "\r\n"])).join(parts) + draw(st.sampled_from(["", "\n"]))
 
 
@@ -99,6 +128,11 @@ def _policies(draw) -> str:
 @example('server s {\n  nginx {\nidentity a { subject "CN=a" }\n  }\n}')
 @example("server s {\n  nginx { add_header X '\nidentity a { subject \"CN=a\" }\n'; }\n}")
 @example('  identity a{subject"C\\"N\\\\=a\\,b"}  \n# c\nidentity b { subject "" }\n')
+@example("server s {\n  route /r {\n    require c0\n    allow a b c d\n  }\n}")
+@example("server s {\n  route /r {\n    allow a b c d as e f g h public\n  }\n}")
+@example('clear_headers "allow a b c d"')
+@example("server s {\n  route /n {\n    nginx { allow a b c d; }\n  }\n}")
+@example('identity f { fingerprint sha256 "ab" }\nidentity g {fingerprint"cd"}')
 def test_the_fast_path_reads_what_lark_reads(text):
     _same_as_lark(text)
 
@@ -118,3 +152,14 @@ def test_the_fast_path_takes_the_one_liners_and_leaves_the_rest_to_lark():
 def test_nothing_to_take_leaves_the_text_to_lark():
     assert parse_fast.split("p", 'waive MTLS201 "x"\n') is None
     assert parse_fast.split("p", 'identity a {\n  subject "CN=a"\n}\n') is None
+
+
+def test_a_long_allow_list_is_taken_and_put_back_with_its_spans():
+    text = ("server s {\n  route /r {\n    require c0\n    allow a b\n      c d e # comment\n      f g\n"
+            "  }\n}\n")
+    found = parse_fast.split("p", text, frozenset({"allow", "require", "route", "server"}))
+    assert list(found.allow_tails) == [(4, 11)]  # up to the comment: lark reads `f g` and puts them after
+    assert [(w.value, w.span.line, w.span.col) for w in found.allow_tails[(4, 11)]] == [
+        ("b", 4, 13), ("c", 5, 7), ("d", 5, 9), ("e", 5, 11)]
+    assert [len(line) for line in found.rest.split("\n")] == [len(line) for line in text.split("\n")]
+    _same_as_lark(text)
