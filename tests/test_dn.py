@@ -298,3 +298,26 @@ def test_regex_agrees_with_evaluator(case):
 @given(st.text())
 def test_pcre_literal(s):
     assert re.fullmatch(dn.pcre_literal(s), s)
+
+
+_DN_PIECES = st.sampled_from(["CN", "cn", "O", "OU", "C", "serialNumber", "emailAddress", "mail", "E", "x", "=", ",",
+                              "+", " ", "\\,", "\\", "#", '"', ";", "a", "Acme Inc", "é", "\t", "\\2C", "=b"])
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_DN_PIECES, max_size=10).map("".join))
+def test_nginx_form_is_parse_then_format(text):
+    """The shortcut for DNs already in nginx's form gives what parsing and printing give, errors included."""
+    try:
+        expected = dn.format_dn(dn.parse_dn(text))
+    except dn.DnError as exc:
+        with pytest.raises(dn.DnError) as caught:
+            dn.nginx_form(text)
+        assert (caught.value.message, caught.value.offset) == (exc.message, exc.offset)
+        return
+    assert dn.nginx_form(text) == expected
+
+
+def test_nginx_form_takes_the_plain_dns_as_they_are():
+    assert dn.nginx_form("CN=client-00001,OU=unit-1,O=Bench Partner 1,C=US") == "CN=client-00001,OU=unit-1,O=Bench Partner 1,C=US"
+    assert dn.nginx_form("cn=a,o=b") == "CN=a,O=b"  # not nginx's spelling: parsed and printed

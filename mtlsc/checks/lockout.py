@@ -234,6 +234,8 @@ _MOST_SPECIFIC = {"CN", "UID", "emailAddress"}
 
 
 def _root_first(text: str) -> bool:
+    if dn.canonical_attribute(text.partition("=")[0]) not in _ROOT_MOST:
+        return False  # the first attribute of a DN is what it starts with: no need to parse it
     try:
         rdns = dn.parse_dn(text)
     except dn.DnError:

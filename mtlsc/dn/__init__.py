@@ -25,8 +25,8 @@ from cryptography.x509.name import _ASN1Type  # the only way to pick a string ty
 
 from mtlsc.dn import der
 from mtlsc.dn.attributes import (  # names and single values; re-exported
-    _BY_OID, _HEX, _LOOKUP, ATTRIBUTES, Rdns, _canonical, _parse_value, attribute_spellings, canonical_attribute,
-    escape_value,
+    _BY_OID, _HEX, _LOOKUP, _PLAIN, ATTRIBUTES, Rdns, _canonical, _parse_value, attribute_spellings,
+    canonical_attribute, escape_value,
 )
 from mtlsc.dn.match import (  # attribute identities: the model and the gate regex, re-exported
     AttrConstraint, constraints_regex, example_value, matches_constraints, matches_subject,
@@ -35,7 +35,7 @@ from mtlsc.dn.regex import DnError, check_value_pattern, pcre_literal
 
 __all__ = ["ATTRIBUTES", "AttrConstraint", "DnError", "Rdns", "attribute_spellings", "canonical_attribute", "copied_form", "check_value_pattern",
            "constraints_regex", "escape_value", "example_value", "format_dn", "matches_constraints",
-           "matches_subject", "nginx_dn_of", "nginx_serial", "parse_dn", "pcre_literal", "x509_name"]
+           "matches_subject", "nginx_dn_of", "nginx_form", "nginx_serial", "parse_dn", "pcre_literal", "x509_name"]
 
 # ---- whole DNs ------------------------------------------------------------------------------
 
@@ -96,6 +96,21 @@ def parse_dn(text: str) -> Rdns:
         i += 1
     rdns.append(rdn)
     return tuple(_nginx_order(r) for r in rdns)
+
+
+# A DN written exactly as nginx prints it, one attribute per RDN under its canonical name and
+# every value plain (escape_value leaves it as it is), is its own nginx form: most policies'
+# subjects, read without parsing (benchmarks/, r10-i50000). tests/test_dn.py checks the shortcut
+# against parse + format on generated DNs.
+_ATTRIBUTE_NAME = "(?:" + "|".join(re.escape(a) for a in sorted(ATTRIBUTES, key=len, reverse=True)) + ")"
+_NGINX_PLAIN_DN = re.compile(f"{_ATTRIBUTE_NAME}=(?:{_PLAIN.pattern})(?:,{_ATTRIBUTE_NAME}=(?:{_PLAIN.pattern}))*")
+
+
+def nginx_form(text: str) -> str:
+    """`text` as nginx prints it: `format_dn(parse_dn(text))`, raising DnError the same way."""
+    if _NGINX_PLAIN_DN.fullmatch(text):
+        return text
+    return format_dn(parse_dn(text))
 
 
 # ---- DNs copied from elsewhere: the form nginx prints instead -------------------------------

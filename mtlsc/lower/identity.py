@@ -20,7 +20,7 @@ def _inside(s: ast.Str, offset: int) -> Span:
 
 def _dn(ctx: Ctx, s: ast.Str, what: str) -> str | None:
     try:
-        return dn.format_dn(dn.parse_dn(s.value))
+        return dn.nginx_form(s.value)
     except dn.DnError as e:
         copied = dn.copied_form(s.value)
         if copied is not None:  # copied from another tool: say so, and what nginx prints instead
@@ -43,6 +43,8 @@ def _content(s: ast.Str) -> Span:
 
 def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
     name = node.name.value
+    if len(node.body) == 1 and type(node.body[0]) is ast.Subject and name != "any":
+        return _subject_identity(ctx, name, node.body[0], node.span)  # most identities: skip the sorting below
     if name == "any":
         ctx.err("MTLS012", node.name.span, "`any` is reserved", "`allow any` means every certificate of the CA; pick another name")
     body = [s for s in node.body if not isinstance(s, ast.Waive)]
@@ -74,10 +76,7 @@ def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
         ctx.err("MTLS013", stmts[-1].span, f"identity `{name}` states its {kind.value} twice", "keep one")
         return None
     if kind is ir.IdentityKind.SUBJECT:
-        subject = _dn(ctx, stmts[0].dn, "the subject")
-        if subject and _too_long(ctx, stmts[0].dn.span, "the subject", subject):
-            return None
-        return subject and ir.Identity(name, kind, subject=subject, span=node.span)
+        return _subject_identity(ctx, name, stmts[0], node.span)
     if kind is ir.IdentityKind.FINGERPRINT:
         return _fingerprint_identity(ctx, name, stmts[0], node.span)
     if kind is ir.IdentityKind.SAN:
@@ -91,6 +90,13 @@ def lower_identity(ctx: Ctx, node: ast.Identity) -> ir.Identity | None:
     if _too_long(ctx, node.span, f"the regex compiled from identity `{name}`", "~" + regex):
         return None
     return ir.Identity(name, kind, attrs=tuple(attrs), span=node.span)
+
+
+def _subject_identity(ctx: Ctx, name: str, stmt: ast.Subject, span: Span) -> ir.Identity | None:
+    subject = _dn(ctx, stmt.dn, "the subject")
+    if subject is None or _too_long(ctx, stmt.dn.span, "the subject", subject):
+        return None
+    return ir.Identity(name, ir.IdentityKind.SUBJECT, subject=subject, span=span)
 
 
 def _fingerprint_identity(ctx: Ctx, name: str, stmt: ast.Fingerprint, span: Span) -> ir.Identity | None:
