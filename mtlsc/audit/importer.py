@@ -329,6 +329,9 @@ def render(p: Imported, paths: dict[str, str] | None = None, listen: dict[str, s
         lines.append("")
     for ca in p.cas:
         lines += _comment_lines(ca.comments, "")
+        if not ca.crl:  # MTLS546: nothing to carry over, so the gap is said where the CRL belongs
+            lines.append("# no revocation: the original names no `ssl_crl`; publish a CRL for every CA certificate "
+                         "of this bundle and add `crl \"...\"` here, or a revoked certificate keeps access until it expires")
         body = [f"bundle {_q(path(ca.bundle))}"]
         if ca.depth is not None:
             body.append(f"depth {ca.depth}")

@@ -45,7 +45,7 @@ def tls_settings(config: Config) -> list[Diagnostic]:
                 f"{srv.label} verifies client certificates with neither `ssl_crl` nor `ssl_ocsp`: a revoked or lost "
                 "certificate keeps access until it expires (docs/nginx-facts.md §4)",
                 "publish a CRL for every CA certificate of the chain and set `ssl_crl` (or `ssl_ocsp on`)",
-                "asks for a `crl` per CA and warns while it is missing"))
+                "writes a comment in each `ca` without a CRL asking for one (it cannot invent the file)"))
         if revocation is not None:
             for name in ("ssl_session_cache", "ssl_session_ticket_key"):
                 d = srv.setting(name)
