@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.compile_bench import command
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = ["partner-api", "multi-ca", "revocation", "service-mesh"]
 _SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed", re.M)
@@ -49,8 +51,7 @@ class LabTime:
 
 
 def _mtlsc() -> list[str]:
-    exe = shutil.which("mtlsc")
-    return [exe] if exe else [sys.executable, "-m", "mtlsc"]
+    return command("mtlsc")
 
 
 def _env(cache: Path) -> dict[str, str]:

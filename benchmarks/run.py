@@ -78,18 +78,19 @@ def run(plan: Plan, work: Path, *, sections: set[str], progress=print) -> str:
             "subjects (every tenth a fingerprint pin), one server whose routes cycle through public, optional, "
             "`allow any` and allow lists of 10 identities, plus `/partner/` allowing every identity. "
             f"Route sweep at {plan.fixed_identities} identities, identity sweep at {plan.fixed_routes} routes. "
-            "Times are medians of fresh processes (`benchmarks/worker.py`), imports excluded, a first run "
-            "under 1 s repeated and the repeat timed, the same for every tool (CLI latency below is the cold "
-            "start); memory is the peak RSS growth during the work. `compile` includes writing the output "
-            "directory.\n\n"
+            "Times are medians of whole processes of each command (`mtlsc check POLICY`, `mtlsc compile "
+            "POLICY -o DIR`), start to exit: interpreter start-up and imports included, what a user waits "
+            "for; one unmeasured run first writes the bytecode and mtlsc's cache. Peak MB is the process's "
+            "peak RSS. `compile` includes writing the output directory. The stage table below is measured "
+            "in one process (`benchmarks/worker.py phases`, imports excluded).\n\n"
             + report.compile_table(sweeps)
             + "\n\n### Growth per step\n\n" + growth_text
             + "\n\n### Where compile time goes (one run each)\n\n" + report.phases_table(sweeps))
         parts.append(
             "## Against peers, on the same work\n\n"
-            "crossplane parses the emitted config (`events {} http { include nginx/*.conf; }`, includes "
-            "followed); gixy-ng analyses the same file with every plugin. Both in-process, imports excluded, "
-            "in turns with mtlsc's own runs.\n\n" + report.peers_table(sweeps))
+            "`crossplane parse` reads the emitted config (`events {} http { include nginx/*.conf; }`, includes "
+            "followed, JSON to /dev/null); `gixy` analyses the same file with every plugin. Whole processes of "
+            "their console scripts, timed like mtlsc's, in turns with mtlsc's own runs.\n\n" + report.peers_table(sweeps))
     if rt is not None:
         parts.append(
             "## Runtime cost of the emitted gates in nginx\n\n"

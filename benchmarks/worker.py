@@ -1,15 +1,7 @@
-"""One measurement in a fresh process: `python -m benchmarks.worker OP ARG...` prints JSON.
+"""Where compile time goes, in a fresh process: `python -m benchmarks.worker phases POLICY` prints JSON.
 
-Imports happen before the clock starts, and a short first run is repeated (a cold process is
-measured separately, by the CLI latency benchmark), so each tool is timed on its work alone. Peak memory is the process's
-`ru_maxrss` after the work, next to the same figure before it (the interpreter and imports).
-
-OPs:
-  check POLICY             mtlsc check, diagnostics rendered as `mtlsc check` prints them
-  compile POLICY OUT       mtlsc compile: check, emit, write OUT (replaced whole)
-  phases POLICY            compile stage by stage (seconds per stage)
-  crossplane NGINX_CONF    crossplane.parse (includes followed)
-  gixy NGINX_CONF          gixy's analysis of the config, every plugin
+Imports happen before the clock starts and a short first run is repeated, so the stages are timed
+on their work alone (the whole-process figures, imports included, are compile_bench's).
 """
 
 from __future__ import annotations
@@ -26,35 +18,6 @@ def _rss_mb() -> float:
 
 def _prepare(op: str):
     """Import what `op` needs and return a function doing the work (timed by the caller)."""
-    if op == "check":
-        from mtlsc import pipeline
-        from mtlsc.parse import parser
-        from mtlsc.render import render
-
-        parser()
-
-        def work(policy):
-            result = pipeline.check([policy])
-            render(result.diagnostics, result.sources, "text")
-            return {"failed": result.failed, "diagnostics": len(result.diagnostics)}
-        return work
-    if op == "compile":
-        from mtlsc import pipeline
-        from mtlsc.output import write_atomic
-        from mtlsc.parse import parser
-        from mtlsc.render import render
-        import mtlsc.emit
-        mtlsc.emit.environment()  # jinja2 imported: an import, not work
-        parser()
-
-        def work(policy, out):
-            result = pipeline.compile_policy([policy])
-            render(result.diagnostics, result.sources, "text")
-            if result.failed:
-                return {"failed": True}
-            write_atomic(out, result.outputs)
-            return {"failed": False, "bytes": {k: len(v) for k, v in result.outputs.items()}}
-        return work
     if op == "phases":
         from mtlsc import pipeline
         from mtlsc.checks import CheckContext, run_checks
@@ -83,29 +46,6 @@ def _prepare(op: str):
                     emitter.emit(front.policy, pki)
                     out[name] = time.perf_counter() - t
             return {"phases": out}
-        return work
-    if op == "crossplane":
-        import crossplane
-
-        def work(conf):
-            payload = crossplane.parse(conf)
-            if payload["status"] != "ok":
-                raise RuntimeError(f"crossplane: {payload['errors'][:2]}")
-            return {"configs": len(payload["config"])}
-        return work
-    if op == "gixy":
-        import logging
-
-        from gixy.core.config import Config
-        from gixy.core.manager import Manager
-
-        logging.disable(logging.WARNING)  # gixy logs every unparsed block
-
-        def work(conf):
-            manager = Manager(config=Config())
-            with open(conf, "rb") as f:
-                manager.audit(conf, f)
-            return {"issues": sum(len(p.issues) for p in manager.results)}
         return work
     raise SystemExit(f"unknown op {op}")
 
