@@ -208,6 +208,21 @@ class Rewriter:
         return "\n".join(lines) + "\n"
 
 
+def as_written(config: Config, server_cert: tuple[Path, Path], ports: dict[tuple[str, int], int], backend: str) -> str:
+    """The original's http block on the lab's addresses, server certificate and backend, but with its
+    own CA and CRL files: for the traps that live in those files (MTLS540-MTLS544), which a minted CA
+    per file would not reproduce."""
+    files: dict[str, str] = {}
+    for srv in config.servers:
+        bundles = [resolve_abs(config, d.args[0]) for d in (srv.setting("ssl_client_certificate"),
+                                                            srv.setting("ssl_trusted_certificate")) if d is not None and d.args]
+        files.update({path: path for path in bundles})
+        crl = srv.setting("ssl_crl")
+        if crl is not None and crl.args and bundles:
+            files[bundles[0] + "#crl"] = resolve_abs(config, crl.args[0])
+    return Rewriter(config, Cast(files, {}, server_cert), ports, backend).http_conf()
+
+
 # ---- asking ---------------------------------------------------------------------------------------
 
 def _asks(config: Config, audit_diags) -> list[Ask]:
@@ -273,6 +288,7 @@ def compile_lab(imported: Imported, paths: dict[str, str], listen: dict[str, str
     from mtlsc.output import write_atomic
     from mtlsc.render import render as render_diags
 
+    work.mkdir(parents=True, exist_ok=True)
     (work / "policy.mtls").write_text(render(imported, paths=paths, listen=listen, backend=backend,
                                              install=str(work / "out" / "mtls")))
     result = pipeline.compile_policy([str(work / "policy.mtls")], now=now)
