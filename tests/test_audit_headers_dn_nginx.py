@@ -55,10 +55,10 @@ def test_mtls521_escaped_comma_in_the_cn_satisfies_the_comma_anchored_regex_and_
     assert 'identity globex_us { o "Globex"  c "US" }' in text
 
 
-def test_mtls522_dn_tests_in_a_form_or_case_nginx_never_prints_lock_out_who_they_name_and_the_import_lets_them_in(
+def test_mtls522_dn_tests_in_a_form_or_case_nginx_never_prints_lock_out_and_ignoring_case_over_trusts(
         tmp_path, nginx_bin):
     codes, rows, text = _prove("dn_case.conf", tmp_path, nginx_bin)
-    assert {("MTLS522", 5), ("MTLS522", 25)} <= codes
+    assert {("MTLS522", 6), ("MTLS522", 26)} <= codes
     # the legacy `/C=US/O=Umbrella/CN=ops` map key: nginx prints `CN=ops,O=Umbrella,C=US`, the key never matches
     ops = rows[("ops.example.com", True, "/umbrella/x", "clients.pem: CN=ops,O=Umbrella,C=US")]
     assert ops.original.status == 403 and not ops.original.reached
@@ -71,6 +71,13 @@ def test_mtls522_dn_tests_in_a_form_or_case_nginx_never_prints_lock_out_who_they
     assert not rows[("ops.example.com", True, "/deploy/x", "clients.pem: CN=ops,O=Umbrella,C=US")].policy.allowed
     assert not rows[("ops.example.com", True, "/umbrella/x", "clients.pem: CN=deploy,O=Acme,C=US")].policy.allowed
     assert 'subject "CN=ops,O=Umbrella,C=US"' in text and 'subject "CN=deploy,O=Acme,C=US"' in text
+    # `!~* "^CN=billing-[a-z0-9]+,O=Initech$"`: the other way round, letters of any case pass
+    assert ("MTLS522", 33) in codes
+    shouted = rows[("ops.example.com", True, "/billing/x", "clients.pem: CN=BILLING-A,O=iNITECH")]
+    assert shouted.original.reached and not shouted.policy.allowed and shouted.policy.status == 403
+    meant = rows[("ops.example.com", True, "/billing/x", "clients.pem: CN=billing-a,O=Initech")]
+    assert meant.original.reached and meant.policy.reached
+    assert 'cn ~ "^billing-[a-z0-9]+$"  o "Initech"' in text
 
 
 def test_mtls523_a_gate_on_a_value_nginx_never_sets_is_open_and_the_import_says_so(tmp_path, nginx_bin):

@@ -74,7 +74,7 @@ def _subjects(config: Config) -> list[str]:
         sample = t.pattern if not t.regex else example(t.pattern, t.icase)
         if not sample:
             continue
-        out.append(sample)
+        out += [sample, sample.swapcase()] if t.icase else [sample]  # `~*`: the other case too (MTLS522)
         rx = _compiled(t) if t.regex else None
         if rx is not None:
             for attack in (_unanchored(t, rx, sample), _comma_unsafe(rx, sample)):
