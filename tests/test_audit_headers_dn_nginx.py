@@ -3,7 +3,11 @@ lockout side of MTLS510, shown on real nginx against the original fixture config
 policy `mtlsc import` writes for it (`mtlsc.audit.prove`: both sides run on loopback with the same
 minted clients, each request carrying forged copies of the identity headers and of their `_` twins).
 
-A row is (server, SNI sent, path, client) -> what the original answered -> what the policy answered."""
+A row is (server, SNI sent, path, client) -> what the original answered -> what the policy answered.
+
+MTLS523's other form, a directive other than `return` inside an `if` on a certificate field
+(`if_misuse.conf`), is only checked statically (tests/test_audit.py): it changes which configuration
+serves a matching request, not who gets in, so there is no exploit to show on nginx."""
 
 from __future__ import annotations
 
