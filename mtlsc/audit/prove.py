@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from mtlsc import dn
 from mtlsc.audit import dn_tests
 from mtlsc.audit.importer import Imported, render
 from mtlsc.audit.model import ARRAY_HEADERS, PASSES, Config, Server
+from mtlsc.audit.prove_table import Answer, Ask, Row, Table
 from mtlsc.audit.sample import example
 from mtlsc.audit.trust import resolve
 from mtlsc.audit.unknown import KEYED_BLOCKS, KNOWN
@@ -39,7 +40,7 @@ FORGED = "forged-by-client"
 _DROP = {"access_log", "error_log", "pid", "include", "load_module", "ssl_dhparam", "ssl_stapling",
          "ssl_stapling_verify", "ssl_stapling_file", "ssl_password_file", "client_body_temp_path",
          "proxy_temp_path", "fastcgi_temp_path", "uwsgi_temp_path", "scgi_temp_path", "log_format",
-         "default_type", "lua_package_path", "resolver", "ssl_ocsp_responder", "auth_request", "ssl_session_cache",
+         "default_type", "lua_package_path", "resolver", "ssl_ocsp_responder", "auth_request",
          "ssl_session_ticket_key", "root", "alias"}
 _LISTEN_KEEP = {"ssl", "default_server", "default"}
 MAX_REQUESTS = 2000  # rows x clients: the fixtures need a few hundred
@@ -47,68 +48,6 @@ MAX_REQUESTS = 2000  # rows x clients: the fixtures need a few hundred
 
 class ProveError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Ask:
-    server: str  # SNI and Host
-    sni: bool
-    path: str
-    label: str  # which route (location) it is meant for
-
-
-@dataclass(frozen=True)
-class Answer:
-    reached: bool
-    status: int
-    forged: tuple[str, ...] = ()
-
-    @property
-    def allowed(self) -> bool:
-        """The backend got the request, or nginx answered it itself with a success."""
-        return self.reached or 0 < self.status < 400
-
-    def __str__(self) -> str:
-        if not self.reached:
-            return ("no answer" if not self.status else
-                    f"nginx answers {self.status}" if self.allowed else f"refused {self.status}")
-        return "backend" + (f" (forged {', '.join(self.forged)})" if self.forged else "")
-
-    @property
-    def outcome(self) -> tuple:
-        return (self.allowed, self.forged)
-
-
-@dataclass
-class Row:
-    ask: Ask
-    client: str
-    original: Answer
-    policy: Answer
-
-
-@dataclass
-class Table:
-    rows: list[Row] = field(default_factory=list)
-    asked: int = 0
-
-    @property
-    def differences(self) -> list[Row]:
-        return [r for r in self.rows if r.original.outcome != r.policy.outcome]
-
-    def render(self) -> str:
-        diff = self.differences
-        out = [f"{self.asked} requests to each side; {len(diff)} answer differently "
-               "(the original's holes this policy closes, or changes to review):"]
-        if not diff:
-            return out[0] + " none\n"
-        head = ("server", "route", "request", "client", "original", "policy")
-        table = [head] + [(r.ask.server + ("" if r.ask.sni else " (no SNI)"), r.ask.label, r.ask.path, r.client,
-                           str(r.original), str(r.policy)) for r in diff]
-        widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-        for row in table:
-            out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        return "\n".join(out) + "\n"
 
 
 # ---- the lab's PKI --------------------------------------------------------------------------------
@@ -135,7 +74,7 @@ def _subjects(config: Config) -> list[str]:
         sample = t.pattern if not t.regex else example(t.pattern, t.icase)
         if not sample:
             continue
-        out.append(sample)
+        out += [sample, sample.swapcase()] if t.icase else [sample]  # `~*`: the other case too (MTLS522)
         rx = _compiled(t) if t.regex else None
         if rx is not None:
             for attack in (_unanchored(t, rx, sample), _comma_unsafe(rx, sample)):
@@ -145,8 +84,11 @@ def _subjects(config: Config) -> list[str]:
     for s in out:
         try:
             printed = dn.format_dn(dn.parse_dn(s))
-        except dn.DnError:
-            continue
+        except dn.DnError:  # a DN in a form nginx never prints (MTLS522): the subject it was meant for
+            copied = dn.copied_form(s)
+            if copied is None:
+                continue
+            printed = copied[1]
         if printed not in seen:
             seen.add(printed)
             good.append(printed)
@@ -199,11 +141,12 @@ def _raw(d: Directive) -> str:
     return " ".join(w.raw for w in d.words)
 
 
-class _Rewriter:
+class Rewriter:
+    """The original's http block, pointed at the lab: `cast.files` maps each trust file it names to
+    the file to load, `ports` each listen address (TLS or plain) to a loopback port; others are dropped."""
+
     def __init__(self, config: Config, cast: Cast, ports: dict[tuple[str, int], int], echo: str):
         self.config, self.cast, self.ports, self.echo = config, cast, ports, echo
-        self.crl_files = {resolve_abs(config, d.args[0]): None for s in config.servers
-                          for d in [s.setting("ssl_crl")] if d is not None and d.args}
 
     def _crl_for(self, crl_path: str, server_block) -> str:
         # a server's CRL file holds the CRLs of the CAs it trusts
@@ -225,9 +168,9 @@ class _Rewriter:
             from mtlsc.nginx_conf import listen_text_key
             key = listen_text_key(d.args[0])
             flags = [a for a in d.args[1:] if a in _LISTEN_KEEP]
-            if "ssl" not in flags or key not in self.ports:
+            if key not in self.ports:
                 return []
-            return [f"{pad}listen 127.0.0.1:{self.ports[key]} {' '.join(flags)};"]
+            return [f"{pad}listen {' '.join([f'127.0.0.1:{self.ports[key]}', *flags])};"]
         if name == "ssl_certificate":
             return [f"{pad}ssl_certificate {quote(self.cast.server_cert[0])};"]
         if name == "ssl_certificate_key":
@@ -263,6 +206,21 @@ class _Rewriter:
             if isinstance(d, Directive) and d.name != "http":
                 lines += self.directive(d, 0)
         return "\n".join(lines) + "\n"
+
+
+def as_written(config: Config, server_cert: tuple[Path, Path], ports: dict[tuple[str, int], int], backend: str) -> str:
+    """The original's http block on the lab's addresses, server certificate and backend, but with its
+    own CA and CRL files: for the traps that live in those files (MTLS540-MTLS544), which a minted CA
+    per file would not reproduce."""
+    files: dict[str, str] = {}
+    for srv in config.servers:
+        bundles = [resolve_abs(config, d.args[0]) for d in (srv.setting("ssl_client_certificate"),
+                                                            srv.setting("ssl_trusted_certificate")) if d is not None and d.args]
+        files.update({path: path for path in bundles})
+        crl = srv.setting("ssl_crl")
+        if crl is not None and crl.args and bundles:
+            files[bundles[0] + "#crl"] = resolve_abs(config, crl.args[0])
+    return Rewriter(config, Cast(files, {}, server_cert), ports, backend).http_conf()
 
 
 # ---- asking ---------------------------------------------------------------------------------------
@@ -305,11 +263,11 @@ def _identity_headers(config: Config) -> list[str]:
     return sorted({n.lower(): n for n in names}.values())
 
 
-def _ask(port: int, ask: Ask, client, headers, echo: EchoBackend) -> Answer:
+def _ask(port: int, ask: Ask, client, headers, echo: EchoBackend, tls_version: str | None) -> Answer:
     echo.clear()
     cert, key = client if client else (None, None)
     resp = request("127.0.0.1", port, ask.path, server_name=ask.server if ask.sni else None, host_header=ask.server,
-                   cert=cert, key=key, headers=[(h, FORGED) for h in headers], timeout=5)
+                   cert=cert, key=key, headers=[(h, FORGED) for h in headers], timeout=5, tls_version=tls_version)
     got = echo.snapshot()
     if not got:
         return Answer(False, resp.status)
@@ -317,21 +275,34 @@ def _ask(port: int, ask: Ask, client, headers, echo: EchoBackend) -> Answer:
     return Answer(True, resp.status, forged)
 
 
-def _run_side(http_conf: str, prefix: Path, ports: list[int], asks, cast: Cast, headers, echo, nginx_bin, port_of):
-    answers = {}
+def _run_side(http_conf: str, prefix: Path, ports: list[int], asks, cast: Cast, nginx_bin, answer) -> dict:
     with running_nginx(http_conf, prefix, ports=ports, nginx_bin=nginx_bin):
-        for ask in asks:
-            for label, client in cast.clients.items():
-                answers[(ask, label)] = _ask(port_of(ask), ask, client, headers, echo)
-    return answers
+        return {(ask, label): answer(ask, client) for ask in asks for label, client in cast.clients.items()}
+
+
+def compile_lab(imported: Imported, paths: dict[str, str], listen: dict[str, str], backend: str, work: Path,
+                now: datetime) -> Path:
+    """The imported policy with its files, addresses and backend pointed at the lab, compiled into
+    `work/out`; returns the directory of its nginx files. ProveError when it does not compile."""
+    from mtlsc import pipeline
+    from mtlsc.output import write_atomic
+    from mtlsc.render import render as render_diags
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "policy.mtls").write_text(render(imported, paths=paths, listen=listen, backend=backend,
+                                             install=str(work / "out" / "mtls")))
+    result = pipeline.compile_policy([str(work / "policy.mtls")], now=now)
+    if result.failed:
+        raise ProveError("the imported policy does not compile against the lab's files:\n"
+                         + render_diags(result.diagnostics, result.sources))
+    write_atomic(work / "out", result.outputs)
+    return work / "out" / "nginx"
 
 
 def prove_import(config: Config, imported: Imported, policy_path: Path, *, nginx_bin: str | None = None,
-                 workdir: Path | None = None, audit_diags=None) -> Table:
-    from mtlsc import pipeline
+                 workdir: Path | None = None, audit_diags=None, tls_version: str | None = None) -> Table:
+    """`tls_version` limits every client to one version (`TLSv1.3`: MTLS547's lockout)."""
     from mtlsc.audit import audit_config
-    from mtlsc.output import write_atomic
-    from mtlsc.render import render as render_diags
 
     now = datetime.now(timezone.utc)
     audit_diags = audit_diags if audit_diags is not None else audit_config(config, now)
@@ -344,14 +315,15 @@ def prove_import(config: Config, imported: Imported, policy_path: Path, *, nginx
         if len(asks) * len(cast.clients) > MAX_REQUESTS:
             raise ProveError(f"{len(asks) * len(cast.clients)} requests per side is more than --prove makes "
                              f"({MAX_REQUESTS}): prove a smaller configuration")
-        headers = _identity_headers(config)
+        # and their `_` twins, which `underscores_in_headers on` lets through beside them (MTLS515)
+        headers = [*(h := _identity_headers(config)), *(x.replace("-", "_") for x in h if "-" in x)]
 
         def port_of_original(ask: Ask) -> int:
             srv = next(s for s in config.servers if ask.server in s.names)
             return ports[next(lst.key for lst in srv.listens if lst.ssl)]
 
         with running_echo_backend() as echo:
-            original_conf = _Rewriter(config, cast, ports, echo.url).http_conf()
+            original_conf = Rewriter(config, cast, ports, echo.url).http_conf()
             (work / "original.conf").write_text(original_conf)
             # the policy with the same lab files, ports and backend
             paths = {**{k: v for k, v in cast.files.items() if not k.endswith("#crl")},
@@ -365,19 +337,15 @@ def prove_import(config: Config, imported: Imported, policy_path: Path, *, nginx
                     key = next((k for k in keys if (str(k[1]) == lst if k[0] == "*" else lst.endswith(f":{k[1]}"))), None)
                     if key is not None:
                         listen[lst] = f"127.0.0.1:{ports[key]}"
-            text = render(imported, paths=paths, listen=listen, backend=echo.url, install=str(work / "out" / "mtls"))
-            lab_policy = work / "policy.mtls"
-            lab_policy.write_text(text)
-            result = pipeline.compile_policy([str(lab_policy)], now=now)
-            if result.failed:
-                raise ProveError("the imported policy does not compile against the lab's files:\n"
-                                 + render_diags(result.diagnostics, result.sources))
-            write_atomic(work / "out", result.outputs)
+            out = compile_lab(imported, paths, listen, echo.url, work, now)
+
+            def answer(ask: Ask, client) -> Answer:
+                return _ask(port_of_original(ask), ask, client, headers, echo, tls_version)
             try:
                 original = _run_side(original_conf, work / "nginx-original", list(ports.values()), asks, cast,
-                                     headers, echo, nginx_bin, port_of_original)
-                policy = _run_side(f"include {quote(str(work / 'out' / 'nginx') + '/*.conf')};", work / "nginx-policy",
-                                   list(ports.values()), asks, cast, headers, echo, nginx_bin, port_of_original)
+                                     nginx_bin, answer)
+                policy = _run_side(f"include {quote(str(out) + '/*.conf')};", work / "nginx-policy",
+                                   list(ports.values()), asks, cast, nginx_bin, answer)
             except NginxStartError as exc:
                 raise ProveError(f"nginx did not start: {exc}") from None
         table = Table(asked=len(original))
@@ -391,5 +359,4 @@ def prove_import(config: Config, imported: Imported, policy_path: Path, *, nginx
 
 def _crl_lab(cast: Cast, config: Config, srv: Server) -> str:
     d = srv.setting("ssl_client_certificate")
-    key = resolve_abs(config, d.args[0]) + "#crl" if d is not None and d.args else ""
-    return cast.files.get(key, "")
+    return cast.files.get(resolve_abs(config, d.args[0]) + "#crl", "") if d is not None and d.args else ""
