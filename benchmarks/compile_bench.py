@@ -90,8 +90,9 @@ def command(tool: str) -> list[str]:
 
 
 def timed_process(cmd: list[str], ok: set[int], timeout: float) -> Process:
-    """Run `cmd` to its end: wall time, CPU time and peak RSS of that process alone (wait4)."""
-    env = dict(os.environ)
+    """Run `cmd` to its end: wall time, CPU time and peak RSS of that process alone (wait4).
+    Python may write bytecode, as an installed package has it (pip compiles at install)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
