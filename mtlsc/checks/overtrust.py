@@ -71,7 +71,8 @@ def cn_only_identity(ctx):
     for ident in ctx.policy.identities:
         if ident.kind is not ir.IdentityKind.ATTRS or {a.attr for a in ident.attrs} & _ORGANISATION:
             continue
-        allowing = _routes_allowing(ctx.policy, ident)
+        # on a `leaf` CA's routes only the listed certificates pass, whatever their names
+        allowing = [(s, r) for s, r in _routes_allowing(ctx.policy, ident) if r.ca is not None and not r.ca.leaf]
         if not allowing:
             continue
         ca = allowing[0][1].ca
@@ -236,7 +237,8 @@ def require_without_allow(ctx):
     """
     for server in ctx.policy.servers:
         for route in server.routes:
-            if route.mode is ir.Mode.REQUIRE and not route.allow and not route.allow_any:
+            # a `leaf` CA's list is itself the list of who may pass
+            if route.mode is ir.Mode.REQUIRE and not route.allow and not route.allow_any and not route.ca.leaf:
                 yield Finding(
                     route.span,
                     f"route `{route.path}` requires a certificate of `{route.ca.name}` but allows no identities: "

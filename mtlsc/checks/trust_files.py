@@ -43,11 +43,12 @@ def _file_span(paths, spans, path: str, ca: ir.Ca) -> Span:
     return ca.span or point(path)
 
 
-def ca_files(ctx) -> Iterator[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, ...]]]:
-    """(CA, its certificates, its CRLs) for every CA of the policy whose files were read."""
+def ca_files(ctx, leaves: bool = False) -> Iterator[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, ...]]]:
+    """(CA, its certificates, its CRLs) for every CA of the policy whose files were read. `leaf` CAs
+    only with `leaves`: the CA-certificate checks do not apply to them (checks/leaves.py judges them)."""
     for ca in ctx.policy.cas:
         facts = ctx.pki.ca(ca.name)
-        if facts is not None:
+        if facts is not None and (leaves or not ca.leaf):
             yield ca, facts.certs, facts.crls
 
 
