@@ -173,3 +173,63 @@ def test_the_fingerprint_gate_is_what_stops_the_lookalike(lab, tmp_path):
         with running_nginx(f"include {d}/out/nginx/*.conf;", tmp_path / "nginx", ports=[port]) as n:
             assert _get(port, "/leaf/x", clients["look-alike under a staff sub-CA named alice"])[0] == 200
             assert 's_dn="CN=mallory,O=Laptops"' in n.access_log()
+
+
+LAB_POLICY = """nginx ">= 1.22"
+ca laptops { leaf "leaves/alice.pem" "leaves/bob.pem" }
+ca staff { bundle "ca/staff-root.pem" "ca/staff-issuing.pem"  depth 1 }
+identity alice { subject "CN=alice,O=Laptops" }
+identity ops { o "Example Corp"  ou "ops" }
+server api.test {
+  listen 8443
+  certificate "/etc/nginx/api.crt" key "/etc/nginx/api.key"
+  backend "http://127.0.0.1:9000"
+  route = /healthz { public }
+  route /laptops/ { require laptops  allow any  forward subject fingerprint verify }
+  route /alice/ { require laptops  allow alice  forward subject }
+  route /staff/ { require staff  allow ops  forward subject }
+  route /maybe/ { optional laptops  forward verify fingerprint }
+}
+server solo.test {
+  listen 8443
+  certificate "/etc/nginx/api.crt" key "/etc/nginx/api.key"
+  backend "http://127.0.0.1:9000"
+  route = /healthz { public }
+  route / { require laptops  allow any }
+}
+"""
+LOOKALIKE_CASE = ("api.test/laptops/ (require laptops): look-alike: a sub-CA signed by ca staff, named like the "
+                  "issuing CA of ca laptops -> 403 bad_cert")
+
+
+def _drop_leaf_gates(out: Path) -> None:
+    conf = next((out / "nginx").glob("api.test_*.conf"))
+    text = conf.read_text()
+    broken = "".join(line for line in text.splitlines(keepends=True) if "_not_leaf0) {" not in line)
+    assert broken != text
+    conf.write_text(broken)
+
+
+def test_lab_mints_the_leaves_and_its_near_misses_and_passes(tmp_path, nginx_bin):
+    """`mtlsc lab` lists the cast's self-signed leaves in the policy's leaf files, and tests.sh
+    expects the unlisted twin (same subject and serial, other key), the expired copy and the
+    look-alike under the other CA's sub-CA to be refused, on real nginx."""
+    from mtlsc.lab.run import run_lab
+
+    (tmp_path / "p.mtls").write_text(LAB_POLICY)
+    run = run_lab([str(tmp_path / "p.mtls")], tmp_path / "lab", nginx_bin=nginx_bin)
+    assert run.ok, run.output
+    route = "PASS  api.test/alice/ (require laptops): "
+    for needle in (route + "self-signed copy of a leaf of ca laptops (its subject and serial, another key) -> 403 bad_cert",
+                   route + "expired certificate of ca laptops -> 403 bad_cert", route + "identity alice -> 200",
+                   route + "certificate of the CA on no allow list -> 403 forbidden", "PASS  " + LOOKALIKE_CASE):
+        assert needle in run.output, needle
+
+
+def test_lab_fails_without_the_leaf_gate(tmp_path, nginx_bin):
+    from mtlsc.lab.run import run_lab
+
+    (tmp_path / "p.mtls").write_text(LAB_POLICY)
+    run = run_lab([str(tmp_path / "p.mtls")], tmp_path / "lab", nginx_bin=nginx_bin, tamper=_drop_leaf_gates)
+    assert not run.ok
+    assert f"FAIL  {LOOKALIKE_CASE}: got HTTP 200" in run.output, run.output
