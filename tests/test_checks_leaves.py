@@ -196,3 +196,18 @@ def test_emitted_depth_is_the_other_cas_beside_a_leaf_ca(tmp_path):
                      "  route /s/ { require staff  allow any }\n")
     assert "ssl_verify_depth 2;" in conf
     assert conf.count("_not_leaf") == 3 and "$ssl_client_i_dn" in conf  # map + two gates; and the issuer binding
+
+
+def test_mtls206_asserts_the_leaf_gate(tmp_path, monkeypatch):
+    """MTLS206 is an assertion on the emitter: a location of a leaf CA's route without the
+    fingerprint gate (an emitter bug, simulated) is reported; the real emitter passes it."""
+    from mtlsc.emit import identity_maps, nginx as emit_nginx
+
+    files = [_leaf(tmp_path, "alice")]
+    assert "MTLS206" not in _codes(_run(tmp_path, files)[1])
+    monkeypatch.setattr(emit_nginx, "leaf_maps", lambda *a: [])
+    monkeypatch.setattr(emit_nginx, "_LAST_VIEWS", ())
+    text, diags = _run(tmp_path, files)
+    found = sorted((x.span.line, x.span.col) for x in diags if x.code == "MTLS206")
+    assert found == sorted([_at(text, "route /l/"), _at(text, "route /o/")]), [(x.code, x.message) for x in diags]
+    assert identity_maps.leaf_maps  # the real one is untouched

@@ -16,6 +16,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from mtlsc import ir
 from mtlsc.checks.trust_files import _treated_as_ca, _when, bundle_span, crl_span
 from mtlsc.diagnostics import Finding, Related
+from mtlsc.emit import quote
+from mtlsc.model.locations import locations
 from mtlsc.pki import CertInfo, describe
 from mtlsc.pki.chains import parsed
 
@@ -171,3 +173,29 @@ def leaf_expiring_soon(ctx):
                           f"{describe(cert)} expires within {ctx.expiry_window.days} days: then its holder gets "
                           "`certificate has expired`",
                           "list the holder's renewed certificate beside it before then", label="expires soon")
+
+
+def leaf_routes_unbound(server: ir.Server, view, pki) -> list[ir.Route]:
+    """The routes of `leaf` CAs whose emitted location (in `view`, the server's template view)
+    lacks a gate whose map passes a verified certificate exactly when it is a listed leaf: for
+    MTLS206, an assertion on the emitter."""
+    maps = {str(m.var): m for m in view.maps}
+    source = str(quote.nginx_concat("ssl_client_verify", "ssl_client_fingerprint"))
+    out = []
+    for route, loc in zip([loc.route for loc in locations(server)], view.locations):
+        if route.ca is None or not route.ca.leaf:
+            continue
+        facts = pki.ca(route.ca.name)
+        listed = {str(quote.map_key(f"SUCCESS:{c.fingerprint}")) for c in facts.certs} if facts else set()
+        if not any(_passes_only(maps.get(str(g.var)), source, listed) for g in loc.gates):
+            out.append(route)
+    return out
+
+
+def _passes_only(view_map, source: str, listed: set[str]) -> bool:
+    """The map reads `source`, yields 0 for exactly the `listed` keys and 1 for any other verified one."""
+    if view_map is None or str(view_map.source) != source:
+        return False
+    entries = {str(e.key): str(e.value) for e in view_map.entries}
+    return ({k for k, v in entries.items() if v == "0"} == listed
+            and entries.get(str(quote.map_regex("^SUCCESS:"))) == "1" and str(view_map.default) == "0")
