@@ -1,5 +1,5 @@
 """What nginx 1.22 does with a self-signed client certificate listed as its own trust anchor in
-`ssl_client_certificate` (docs/nginx-facts.md "Self-signed leaves as their own anchors"), on raw
+`ssl_client_certificate` (docs/nginx-facts.md §F11), on raw
 nginx configs, before mtlsc relies on it for `ca NAME { leaf ... }`.
 
 Each server trusts one certificate and echoes `$ssl_client_verify`, so the verdict (and OpenSSL's
@@ -74,6 +74,7 @@ def lab(tmp_path_factory):
         "future": self_signed(valid=(timedelta(days=1), timedelta(days=30))),
         "server-eku": self_signed(eku=(ExtendedKeyUsageOID.SERVER_AUTH,)),
         "no-eku": self_signed(eku=()),
+        "any-eku": self_signed(eku=(ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,)),
         "no-digital-signature": self_signed(digital_signature=False),
         "ca-true": self_signed(ca=True, key_cert_sign=True),
     }
@@ -128,9 +129,11 @@ def test_expired_or_future_leaf_anchor_refuses_its_holder(lab):
 
 def test_leaf_anchor_without_client_auth_eku_is_refused(lab):
     """nginx verifies with the `sslclient` purpose: an EKU that leaves out clientAuth refuses the
-    holder (`unsuitable certificate purpose`), at any depth; no EKU at all is accepted."""
+    holder (`unsuitable certificate purpose`), at any depth, and so does anyExtendedKeyUsage alone;
+    no EKU at all is accepted."""
     for depth in (0, 1):
         assert _verdicts(lab, "server-eku", depth, ["server-eku"]) == {"server-eku": "400 (26:unsuitable certificate purpose)"}
+    assert _verdicts(lab, "any-eku", 0, ["any-eku"]) == {"any-eku": "400 (26:unsuitable certificate purpose)"}
     assert _verdicts(lab, "no-eku", 0, ["no-eku"]) == {"no-eku": "SUCCESS"}
 
 
@@ -170,3 +173,4 @@ def test_ocsp_skips_a_self_signed_leaf(lab):
     """`ssl_ocsp on` and `leaf` ask no responder about a self-signed certificate: the listed leaf passes."""
     for mode in ("on", "leaf"):
         assert _serve_alice_beside_a_ca(lab, f"ssl_ocsp {mode}; resolver 127.0.0.1;") == "SUCCESS"
+

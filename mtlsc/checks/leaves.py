@@ -1,9 +1,9 @@
 """`ca NAME { leaf ... }`: the listed self-signed client certificates, each its own trust anchor.
 
 nginx checks a listed leaf like any certificate it verifies: its dates, its extended key usage
-(purpose `sslclient`), its signature under its own key (docs/nginx-facts.md "Self-signed leaves as
-their own anchors"). What it cannot do is tell a leaf from a CA, or get a CRL for it. The CA-bundle
-checks of trust_files.py and chains.py skip these CAs; these judge them instead.
+(purpose `sslclient`), its signature under its own key (docs/nginx-facts.md §F11). What it cannot
+do is tell a leaf from a CA, or get a CRL for it. The CA-bundle checks of trust_files.py and
+chains.py skip these CAs; these judge them instead.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def leaf_without_client_auth(ctx):
 
     Why: nginx verifies client certificates for the TLS client purpose, and OpenSSL refuses a
     certificate whose extendedKeyUsage does not list clientAuth (`anyExtendedKeyUsage` does not
-    count): its holder gets `unsuitable certificate purpose`, a lockout (docs/nginx-facts.md
-    "Self-signed leaves as their own anchors"). A certificate with no extendedKeyUsage at all passes.
+    count): its holder gets `unsuitable certificate purpose`, a lockout (docs/nginx-facts.md §F11).
+    A certificate with no extendedKeyUsage at all passes.
 
     Example: `leaf "alice.pem"` made with `-addext extendedKeyUsage=serverAuth`.
 
@@ -65,7 +65,7 @@ def leaf_ca_beside_crl(ctx):
 
     Why: `ssl_crl` is one per server and wants a CRL for every anchor of the trust file, the
     listed leaves included: every leaf holder gets `unable to get certificate CRL`, a lockout
-    (docs/nginx-facts.md "Self-signed leaves as their own anchors", §4). Only a leaf's own key
+    (docs/nginx-facts.md §F11, §4). Only a leaf's own key
     could sign its CRL, and the server's operator does not hold it.
 
     Example: `ca laptops { leaf "alice.pem" }` and `ca staff { bundle "root.pem"  crl "root.crl" }`
@@ -137,7 +137,7 @@ def leaf_not_valid_now(ctx):
     """What it catches: a `leaf` certificate that has expired, or is not valid yet.
 
     Why: nginx checks the listed leaf's own dates: its holder gets `certificate has expired` or
-    `certificate is not yet valid` (docs/nginx-facts.md "Self-signed leaves as their own anchors").
+    `certificate is not yet valid` (docs/nginx-facts.md §F11).
     `nginx -t` does not look at dates.
 
     Example: `leaf "alice.pem"` whose notAfter was last week.
@@ -160,8 +160,8 @@ def leaf_not_valid_now(ctx):
 def leaf_expiring_soon(ctx):
     """What it catches: a `leaf` certificate that expires within the expiry window (default 14 days).
 
-    Why: on that day its holder gets `certificate has expired` (docs/nginx-facts.md "Self-signed
-    leaves as their own anchors"); nobody but the holder can renew it.
+    Why: on that day its holder gets `certificate has expired` (docs/nginx-facts.md §F11); nobody
+    but the holder can renew it.
 
     Example: `leaf "alice.pem"` with a notAfter next week.
 

@@ -43,7 +43,7 @@ def ocsp_without_responder_url(ctx):
             continue
         owner, ocsp = found
         for ca, certs, _ in cas:
-            # nginx asks no responder about a self-signed leaf (docs/nginx-facts.md "Self-signed leaves")
+            # nginx asks no responder about a self-signed leaf (docs/nginx-facts.md §F11)
             if ca.leaf or any(c.ocsp_urls for c in certs) or ca.name in seen:
                 continue
             seen.add(ca.name)

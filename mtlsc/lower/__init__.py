@@ -310,8 +310,8 @@ _NOT_FOR_LEAF = {
 
 def _lower_leaf_ca(ctx, node: ast.Ca, leaf: ast.Leaf, policy_path: str) -> ir.Ca | None:
     """`ca NAME { leaf "alice.pem" ... }`: Caddy's trusted leaf certificates. The files go where a
-    bundle's would (the server's trust file); depth 0 verifies them (docs/nginx-facts.md "Self-signed
-    leaves as their own anchors"); the emitter binds the CA's routes to their fingerprints."""
+    bundle's would (the server's trust file); depth 0 verifies them (docs/nginx-facts.md §F11); the
+    emitter binds the CA's routes to their fingerprints."""
     refused = False
     for stmt in node.body:
         if type(stmt) in _NOT_FOR_LEAF:
