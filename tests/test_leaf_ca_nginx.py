@@ -233,3 +233,41 @@ def test_lab_fails_without_the_leaf_gate(tmp_path, nginx_bin):
     run = run_lab([str(tmp_path / "p.mtls")], tmp_path / "lab", nginx_bin=nginx_bin, tamper=_drop_leaf_gates)
     assert not run.ok
     assert f"FAIL  {LOOKALIKE_CASE}: got HTTP 200" in run.output, run.output
+
+
+USER_POLICY = """nginx ">= 1.22"
+ca laptops { leaf "alice.pem" "bob.pem" }
+identity alice { subject "CN=alice,O=Laptops" }
+server api.test {
+  listen 8443
+  certificate "/etc/nginx/api.crt" key "/etc/nginx/api.key"
+  backend "http://127.0.0.1:9000"
+  route = /healthz { public }
+  route /alice/ { require laptops  allow alice }
+  route / { require laptops  allow any }
+}
+"""
+USER_TESTS = """server: api.test
+cases:
+  - {name: alice, client: {cert: alice.pem, key: alice.key}, request: /alice/x, expect: allow}
+  - {name: bob elsewhere, client: {cert: bob.pem, key: bob.key}, request: /x, expect: allow}
+  - {name: bob on alice's route, client: {cert: bob.pem, key: bob.key}, request: /alice/x, expect: 403, reason: forbidden}
+  - {name: alice's twin, client: {cert: twin.pem, key: twin.key}, request: /x, expect: 403, reason: bad_cert}
+"""
+
+
+def test_lab_runs_policy_tests_with_your_own_openssl_leaves(tmp_path):
+    """The user's own leaves (plain openssl) stay as they are in the lab: it mints nothing for them
+    (those tests.sh cases are skipped, and say why) and runs the policy tests with the real files."""
+    from support import run_cli
+
+    _openssl_leaf(tmp_path, "alice", "/O=Laptops/CN=alice", "0x1234")
+    _openssl_leaf(tmp_path, "bob", "/O=Laptops/CN=bob")
+    _openssl_leaf(tmp_path, "twin", "/O=Laptops/CN=alice", "0x1234")
+    (tmp_path / "p.mtls").write_text(USER_POLICY)
+    (tmp_path / "p.mtls-test.yaml").write_text(USER_TESTS)
+    code, out, err = run_cli("lab", "--allow-skips", "p.mtls", cwd=tmp_path)
+    assert code == 0, out + err
+    for name in ("alice", "bob elsewhere", "bob on alice's route", "alice's twin"):
+        assert f"ok    {name}  (p.mtls-test.yaml:" in out, out
+    assert "a `leaf` CA trusts exactly its holders' own certificates" in out

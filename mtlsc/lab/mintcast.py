@@ -103,6 +103,7 @@ def mint_cast_command(policies: list[str], keys: Sequence[CaKey], out: Path, *, 
         _say(f"error: {exc}")
         return 2
     aia, gaps = _ocsp_urls(policy, ocsp_urls or {})
+    gaps.update({name: u.cast_gap for name, u in users.items() if u.cast_gap and name not in gaps})  # `leaf` CAs
     members = cast(policy)
     minted = mint_cast(members, chains, out, now=now or datetime.now(timezone.utc), aia=aia, days=days, gaps=gaps)
     written = sum(1 for m in members if m.file not in minted.not_minted)
