@@ -55,3 +55,21 @@ def mint_leaf_ca(ca: ir.Ca, members: list[Member], files: list[Path], clients_di
     for i, path in enumerate(files):
         write_pem(path, *(c.cert for c in listed[i::len(files)]))
     return CaChain(listed[0]), not_minted
+
+
+def mint_user_leaf_near_misses(ca: ir.Ca, members: list[Member], first: x509.Certificate, clients_dir: Path, *,
+                               now: datetime, days: int) -> set[str]:
+    """For a `leaf` CA kept as the user's own files: the near misses no holder's key is needed
+    for, a twin of the first listed leaf (its subject and serial, another key) and an expired copy
+    of it. Returns the member files written."""
+    written = set()
+    for m in (m for m in members if m.ca == ca.name):
+        if m.kind == "twin":
+            issued = issue_client(None, first.subject, now=now, days=days, serial=first.serial_number)
+        elif m.kind == "expired":
+            issued = issue_client(None, first.subject, now=now, not_before=now - timedelta(days=30), days=1)
+        else:
+            continue
+        _write(clients_dir, m, issued)
+        written.add(m.file)
+    return written

@@ -24,7 +24,7 @@ from mtlsc.lab.certs import (  # noqa: F401 (re-exported)
     BACKDATE, LAB_ORG, MAX_SERIAL, CaChain, Issued, issue_client, issue_ocsp_signer, issue_server, make_chain, make_crl,
     make_intermediate, make_root, signing_hash, write_pem,
 )
-from mtlsc.lab.leaves import mint_leaf_ca
+from mtlsc.lab.leaves import mint_leaf_ca, mint_user_leaf_near_misses
 from mtlsc.model.cast import Member, cast
 
 
@@ -297,6 +297,10 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
                        out_dir / "clients", now=now, aia=urls, serial_pos=serial_pos, gaps=gaps,
                        days=USER_CAST_DAYS if user_cas else 365)
     minted.not_minted.update(leaf_gaps)
+    for ca in (c for c in policy.cas if c.leaf and c.name in user_cas):
+        for f in mint_user_leaf_near_misses(ca, members, chains[ca.name].root.cert, out_dir / "clients", now=now,
+                                            days=USER_CAST_DAYS):
+            minted.not_minted.pop(f, None)
     _write_crls(policy, chains, user_cas, minted.revoked, base_dir, now, crl_valid)
     from mtlsc.lab.server_pki import write_server_pki  # it imports this module
 

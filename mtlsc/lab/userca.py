@@ -148,8 +148,8 @@ def load_user_ca(ca: ir.Ca, keys: list[CaKey], *, ocsp_in_lab: bool = False) -> 
     return UserCa(chain, _resign(ca, chain), _ocsp_gap(ca, chain) if ocsp_in_lab else None)
 
 
-LEAF_GAP = ("a `leaf` CA trusts exactly its holders' own certificates: the lab mints none for your files; "
-            "name those certificates in a policy test (*.mtls-test.yaml) instead")
+LEAF_GAP = ("a `leaf` CA trusts exactly its holders' own certificates: of its cast the lab mints only what nginx "
+            "must refuse (a twin, an expired copy); name the holders' certificates in a policy test (*.mtls-test.yaml)")
 
 
 def _resign(ca: ir.Ca, chain: CaChain) -> dict[int, tuple[Issued, tuple[x509.RevokedCertificate, ...]]]:
