@@ -70,6 +70,14 @@ class Bundle:
 
 
 @dataclass(frozen=True, slots=True)
+class Leaf:
+    """`leaf "alice.pem"...`: self-signed client certificates trusted as themselves, no CA."""
+
+    files: tuple[Str, ...]
+    span: Span = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class Depth:
     value: Word
     span: Span = span_field()

@@ -44,6 +44,8 @@ _OTHER: dict[str, tuple[str, str, Severity]] = {
     "MTLS023": ("conflicting-declarations", "two declarations of one server or target disagree", Severity.ERROR),
     "MTLS024": ("invalid-host-name", "a server name that is not a DNS name", Severity.ERROR),
     "MTLS025": ("same-identity-twice", "two identities match exactly the same certificates", Severity.ERROR),
+    "MTLS026": ("leaf-ca-statement", "a `ca` with `leaf` and a statement only a CA bundle takes (`bundle`, `depth`, "
+                "`crl`, `ocsp`)", Severity.ERROR),
     "MTLS030": ("needs-njs", "a feature stock nginx lacks (SAN identities, SHA-256 pins) without `with njs` on the target",
                 Severity.ERROR),
     "MTLS031": ("nginx-too-old", "the target nginx predates what mtlsc needs", Severity.ERROR),

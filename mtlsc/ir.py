@@ -61,6 +61,9 @@ class Ca:
     bundle_spans: tuple[Span, ...] = span_field()
     crl_spans: tuple[Span, ...] = span_field()
     depth_span: Span | None = span_field()  # None when the depth is nginx's default
+    # `leaf`: `bundle` holds self-signed client certificates, each trusted as itself (depth 0),
+    # and every route of the CA admits exactly those certificates, by fingerprint
+    leaf: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,9 @@ class ToAst(Transformer):
     def bundle(self, meta, c):
         return ast.Bundle(tuple(c), self._span(meta))
 
+    def leaf(self, meta, c):
+        return ast.Leaf(tuple(c), self._span(meta))
+
     def depth(self, meta, c):
         return ast.Depth(c[0], self._span(meta))
 

@@ -363,7 +363,7 @@ def statement(draw, kind: str) -> str:
     n, s = lambda: draw(_names), lambda: _s(draw)
     many = lambda f, lo=1: " ".join(f() for _ in range(draw(st.integers(lo, 6))))  # noqa: E731
     choices = {
-        "ca": [lambda: f"bundle {many(s)}", lambda: f"depth {draw(st.integers(0, 12))}", lambda: f"crl {many(s)}",
+        "ca": [lambda: f"bundle {many(s)}", lambda: f"leaf {many(s)}", lambda: f"depth {draw(st.integers(0, 12))}", lambda: f"crl {many(s)}",
                lambda: f"ocsp {n()}" + (f" responder {s()}" if draw(st.booleans()) else "")
                + (f" cache {draw(st.sampled_from(['10m', 'off', '32k', '1x', 'on']))}" if draw(st.booleans()) else "")],
         "identity": [lambda: f"subject {s()}", lambda: f"{n()} {s()}", lambda: f"{n()} ~ {s()}",

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 from mtlsc import ir
 from mtlsc.diagnostics import Diagnostic, Finding, Severity
-from mtlsc.checks import chains, lockout, ocsp, overtrust, passthrough, san, server_cert, server_tls, trust_files
+from mtlsc.checks import chains, leaves, lockout, ocsp, overtrust, passthrough, san, server_cert, server_tls, trust_files
 from mtlsc.pki import Pki
 
 ERROR, WARNING, NOTE = Severity.ERROR, Severity.WARNING, Severity.NOTE
@@ -90,6 +90,8 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS117", ERROR, ocsp.ocsp_settings_differ_within_server),
     Check("MTLS118", ERROR, lockout.routes_differ_only_in_case),
     Check("MTLS119", ERROR, ocsp.ocsp_host_name_without_resolver),
+    Check("MTLS120", ERROR, leaves.leaf_without_client_auth),
+    Check("MTLS121", ERROR, leaves.leaf_ca_beside_crl),
     Check("MTLS149", WARNING, unused_waiver),
     Check("MTLS201", ERROR, chains.issuer_dn_shared_between_cas),
     Check("MTLS202", WARNING, overtrust.over_broad_identity_pattern),
@@ -123,6 +125,10 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS313", ERROR, trust_files.not_a_ca_certificate),
     Check("MTLS314", ERROR, trust_files.ca_without_key_cert_sign),
     Check("MTLS315", ERROR, trust_files.leaf_certificate_in_bundle),
+    Check("MTLS316", ERROR, leaves.leaf_not_self_signed),
+    Check("MTLS317", ERROR, leaves.leaf_is_a_ca),
+    Check("MTLS318", ERROR, leaves.leaf_not_valid_now),
+    Check("MTLS319", WARNING, leaves.leaf_expiring_soon),
     Check("MTLS320", NOTE, server_cert.server_files_not_checked),
     Check("MTLS321", ERROR, server_cert.server_certificate_unusable),
     Check("MTLS322", ERROR, server_cert.server_key_mismatch),

@@ -20,7 +20,7 @@ from mtlsc.pki import CertInfo, CrlInfo, describe
 
 
 def servers_of(ctx) -> Iterator[tuple[ir.Server, list[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, ...]]]]]:
-    files = {ca.name: (ca, certs, crls) for ca, certs, crls in ca_files(ctx)}
+    files = {ca.name: (ca, certs, crls) for ca, certs, crls in ca_files(ctx, leaves=True)}
     for server in ctx.policy.servers:
         yield server, [files[c.name] for c in server.cas if c.name in files]
 
@@ -54,6 +54,8 @@ def crl_missing_for_some_ca(ctx):
             continue
         on_span = crl_span(*turned_on)
         for ca, certs, _ in cas:
+            if ca.leaf:
+                continue  # no CRL can be had for a leaf: MTLS121
             for cert in ca_certs(certs):
                 if _covered(cert, crls) or (ca.name, cert.fingerprint) in seen:
                     continue

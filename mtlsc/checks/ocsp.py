@@ -43,7 +43,8 @@ def ocsp_without_responder_url(ctx):
             continue
         owner, ocsp = found
         for ca, certs, _ in cas:
-            if any(c.ocsp_urls for c in certs) or ca.name in seen:
+            # nginx asks no responder about a self-signed leaf (docs/nginx-facts.md §F11)
+            if ca.leaf or any(c.ocsp_urls for c in certs) or ca.name in seen:
                 continue
             seen.add(ca.name)
             other = "" if ca is owner else f" (server `{server.names[0]}` checks OCSP for every CA it trusts)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from mtlsc import dn, ir
+from mtlsc.checks.leaves import leaf_routes_unbound
 from mtlsc.pki.binding import KeyEntry, key_bound
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.emit import nginx as emit_nginx
@@ -71,7 +72,8 @@ def cn_only_identity(ctx):
     for ident in ctx.policy.identities:
         if ident.kind is not ir.IdentityKind.ATTRS or {a.attr for a in ident.attrs} & _ORGANISATION:
             continue
-        allowing = _routes_allowing(ctx.policy, ident)
+        # on a `leaf` CA's routes only the listed certificates pass, whatever their names
+        allowing = [(s, r) for s, r in _routes_allowing(ctx.policy, ident) if r.ca is not None and not r.ca.leaf]
         if not allowing:
             continue
         ca = allowing[0][1].ca
@@ -175,12 +177,20 @@ def route_accepts_another_ca(ctx):
     employees' route, and, where another CA could copy the route's CA's name (MTLS232), the key
     check (`auth_request` to the njs module holding exactly that CA's public keys).
 
+    On every route of a `leaf` CA the location must also refuse, by `$ssl_client_fingerprint`, every
+    verified certificate that is not one of the CA's listed leaves (docs/language.md "Trusted leaf
+    certificates"), whether or not the server has other CAs.
+
     Example: an emitter change that drops the `not_caN` gate of `route /internal/ { require internal }`
     on a server that also has `route /partner/ { require vendors }`.
 
     Fix: a bug in mtlsc's emitter (mtlsc/emit/nginx.py); report it and do not deploy this output.
     """
     for server, view in _views(ctx):
+        for route in leaf_routes_unbound(server, view, ctx.pki):
+            yield Finding(route.span, f"the emitted location for `{route.path}` would accept certificates other than "
+                          f"the leaves of `{route.ca.name}`", "this is a bug in mtlsc's emitter; report it and do "
+                          "not deploy this output")
         if len(server.cas) < 2:
             continue
         keys = {n: [k.spki for k in ks] for n, ks in key_bound(server, ctx.pki).items()
@@ -236,7 +246,8 @@ def require_without_allow(ctx):
     """
     for server in ctx.policy.servers:
         for route in server.routes:
-            if route.mode is ir.Mode.REQUIRE and not route.allow and not route.allow_any:
+            # a `leaf` CA's list is itself the list of who may pass
+            if route.mode is ir.Mode.REQUIRE and not route.allow and not route.allow_any and not route.ca.leaf:
                 yield Finding(
                     route.span,
                     f"route `{route.path}` requires a certificate of `{route.ca.name}` but allows no identities: "

@@ -43,11 +43,12 @@ def _file_span(paths, spans, path: str, ca: ir.Ca) -> Span:
     return ca.span or point(path)
 
 
-def ca_files(ctx) -> Iterator[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, ...]]]:
-    """(CA, its certificates, its CRLs) for every CA of the policy whose files were read."""
+def ca_files(ctx, leaves: bool = False) -> Iterator[tuple[ir.Ca, tuple[CertInfo, ...], tuple[CrlInfo, ...]]]:
+    """(CA, its certificates, its CRLs) for every CA of the policy whose files were read. `leaf` CAs
+    only with `leaves`: the CA-certificate checks do not apply to them (checks/leaves.py judges them)."""
     for ca in ctx.policy.cas:
         facts = ctx.pki.ca(ca.name)
-        if facts is not None:
+        if facts is not None and (leaves or not ca.leaf):
             yield ca, facts.certs, facts.crls
 
 
@@ -331,7 +332,8 @@ def not_a_ca_certificate(ctx):
 
     Example: a home-made "CA" generated with `openssl req -x509` and a config that sets CA:FALSE.
 
-    Fix: reissue the CA certificate with `basicConstraints = critical, CA:TRUE`.
+    Fix: reissue the CA certificate with `basicConstraints = critical, CA:TRUE`; or, if it is a
+    client's own self-signed certificate, trust it as itself with `leaf` in a CA of its own.
     """
     for ca, certs, _ in ca_files(ctx):
         for cert in certs:
@@ -339,7 +341,8 @@ def not_a_ca_certificate(ctx):
                 yield Finding(bundle_span(ca, cert),
                               f"{describe(cert)} is not a CA certificate (no basicConstraints CA:TRUE): the clients "
                               "it signed get `unsuitable certificate purpose`",
-                              "reissue it with `basicConstraints = critical, CA:TRUE`", label="not a CA")
+                              "reissue it with `basicConstraints = critical, CA:TRUE`; if it is a client's own "
+                              "self-signed certificate, list it with `leaf` in a CA of its own", label="not a CA")
 
 
 def ca_without_key_cert_sign(ctx):
@@ -371,6 +374,7 @@ def leaf_certificate_in_bundle(ctx):
     Example: `bundle "clients/alice.pem"`.
 
     Fix: put the CA that issued it in `bundle`, and name the client with an `identity` (subject or fingerprint).
+    A client's own self-signed certificate goes under `leaf` (`ca laptops { leaf "alice.pem" }`).
     """
     for ca, certs, _ in ca_files(ctx):
         for cert in certs:
@@ -378,5 +382,6 @@ def leaf_certificate_in_bundle(ctx):
                 yield Finding(bundle_span(ca, cert),
                               f"{describe(cert)} is an end-entity certificate, not a CA: it anchors nothing, its "
                               "holder gets `unable to verify the first certificate`",
-                              f"put its issuer `{cert.issuer}` in `bundle` and name the client with an `identity`",
+                              f"put its issuer `{cert.issuer}` in `bundle` and name the client with an `identity` "
+                              "(`leaf` takes only self-signed client certificates)",
                               label="a leaf certificate")

@@ -122,3 +122,22 @@ def _identity_key(ident: ir.Identity) -> Safe:
     if ident.kind is ir.IdentityKind.FINGERPRINT:
         return quote.map_key(ident.fingerprint)
     return quote.map_key(f"{ident.serial}:{ident.issuer}")
+
+
+def leaf_maps(server, pki, prefix, ca_index) -> list[MapView]:
+    """A `leaf` CA's routes admit exactly its listed certificates, by SHA-1 fingerprint: the issuer
+    DN of a self-signed leaf is a name anyone can copy into a sub-CA of another CA of the server,
+    and a leaf without basicConstraints could issue (docs/language.md "Trusted leaf certificates")."""
+    maps = []
+    for ca in server.cas:
+        if not ca.leaf:
+            continue
+        facts = pki.ca(ca.name)
+        view = MapView(quote.comment(f"1 when a verified certificate is not one of the leaves of ca {ca.name}"),
+                       quote.nginx_concat("ssl_client_verify", "ssl_client_fingerprint"),
+                       quote.nginx_var(f"{prefix}not_leaf{ca_index[ca.name]}"), 0)
+        for fp, subject in sorted({(c.fingerprint, c.subject) for c in facts.certs} if facts else ()):
+            view.entries.append(MapEntry(quote.map_key(f"SUCCESS:{fp}"), 0, quote.comment(subject)))
+        view.entries.append(MapEntry(quote.map_regex("^SUCCESS:"), 1))
+        maps.append(view)
+    return maps

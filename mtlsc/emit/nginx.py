@@ -13,7 +13,7 @@ from mtlsc import ir
 from mtlsc.emit import quote
 from mtlsc.emit.http import HTTP_CONF, _default_listens, _hash_sizes, _listen_text, _sources, http_conf
 from mtlsc.emit.tls import TlsView, listen_profiles, location_hsts, tls_view
-from mtlsc.emit.identity_maps import MapEntry, MapView, _identity_maps
+from mtlsc.emit.identity_maps import MapEntry, MapView, _identity_maps, leaf_maps
 from mtlsc.emit import san as san_emit
 from mtlsc.emit.san import SanModule
 from mtlsc.emit.quote import Safe
@@ -242,6 +242,7 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
                             [MapEntry(Safe("SUCCESS"), 0)]))
     if len(cas) > 1:
         maps += _ca_binding_maps(server, pki, prefix, ca_index)
+    maps += leaf_maps(server, pki, prefix, ca_index)
     target_gates = _target_gates(server, prefix, maps)
     san_module = san_emit.module_for(server, prefix)
     identity_gate = _identity_maps(server, prefix, maps, san_module)
@@ -274,7 +275,9 @@ def _server_view(policy: ir.Policy, server: ir.Server, pki: Pki, prefix: str) ->
         target_gates=target_gates,
         locations=views,
         catch_all=not any(not loc.exact and loc.name == "/" for loc in locations(server)),
-        cas_note=[quote.comment(f"ca {c.name}: depth {c.depth}, {len(c.crls)} CRL file(s)") for c in cas],
+        cas_note=[quote.comment(f"ca {c.name}: " + (f"{len(c.bundle)} leaf file(s), each certificate its own anchor"
+                                                     if c.leaf else f"depth {c.depth}, {len(c.crls)} CRL file(s)"))
+                  for c in cas],
         upstream_tls=_upstream_tls(server),
         key_binding=binding,
         san=san_module if san_module.functions else None,
@@ -365,6 +368,9 @@ def _location(server, loc: Location, prefix, ca_index, identity_gate, key_checks
     if route.ca is not None and len(server.cas) > 1:
         gates.append(Gate(quote.nginx_var(f"{prefix}not_ca{ca_index[route.ca.name]}"), _response(rej.bad_cert),
                           quote.comment(f"certificate from another CA than {route.ca.name}")))
+    if route.ca is not None and route.ca.leaf:
+        gates.append(Gate(quote.nginx_var(f"{prefix}not_leaf{ca_index[route.ca.name]}"), _response(rej.bad_cert),
+                          quote.comment(f"certificate not listed in leaf ca {route.ca.name}")))
     if route.allow:
         gates.append(Gate(identity_gate[tuple(sorted(i.name for i in route.allow))], _response(rej.forbidden),
                           quote.comment("identity not on the allow list")))

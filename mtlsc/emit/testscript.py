@@ -64,7 +64,7 @@ def _w(s: str) -> Safe:
 
 
 def _member_verified_by(m: Member, server: ir.Server) -> str | None:
-    if m.kind in ("untrusted", "revoked", "ocsp-down", "expired"):
+    if m.kind in ("untrusted", "revoked", "ocsp-down", "expired", "twin"):
         return None
     if m.kind == "lookalike" and not lookalike_verifies(server):
         return None
@@ -73,7 +73,8 @@ def _member_verified_by(m: Member, server: ir.Server) -> str | None:
 
 # Certificates of a trusted CA that nginx refuses in the handshake, and how a case names them.
 _REFUSED = {"revoked": "revoked certificate of ca {ca}", "expired": "expired certificate of ca {ca}",
-            "ocsp-down": "certificate of ca {ca} whose OCSP responder does not answer"}
+            "ocsp-down": "certificate of ca {ca} whose OCSP responder does not answer",
+            "twin": "self-signed copy of a leaf of ca {ca} (its subject and serial, another key)"}
 
 
 def _fields(route: ir.Route, with_cert: bool) -> str:

@@ -184,10 +184,11 @@ def make_chain(prefix: str, intermediates: int, *, now: datetime,
     return CaChain(root, tuple(chain[1:]))
 
 
-def issue_client(issuer: Issued, subject: x509.Name, *, now: datetime, days: int = 365,
+def issue_client(issuer: Issued | None, subject: x509.Name, *, now: datetime, days: int = 365,
                  not_before: datetime | None = None, serial: int | None = None,
                  ocsp_url: str | None = None, sans: Sans = Sans()) -> Issued:
-    """A client (leaf) certificate valid from `not_before` (default: just before `now`) for `days`.
+    """A client (leaf) certificate valid from `not_before` (default: just before `now`) for `days`;
+    self-signed when `issuer` is None (a `leaf` CA's listed certificate).
 
     An expired certificate: `not_before=now - timedelta(days=30), days=1`. `sans` go in its
     subjectAltName, critical when the subject is empty (RFC 5280 §4.2.1.6), as in SPIFFE SVIDs.
@@ -203,7 +204,7 @@ def issue_client(issuer: Issued, subject: x509.Name, *, now: datetime, days: int
     if sans.names:
         b = b.add_extension(x509.SubjectAlternativeName([_general_name(k, v) for k, v in sans.names]),
                             critical=len(subject) == 0)
-    return _signed(b, issuer.key, key)
+    return _signed(b, issuer.key if issuer else key, key)
 
 
 def _general_name(kind: str, value: str) -> x509.GeneralName:

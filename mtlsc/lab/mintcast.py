@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mtlsc import dn, ir, pipeline
 from mtlsc.model.cast import cast
+from mtlsc.lab.leaves import mint_user_leaf_near_misses
 from mtlsc.lab.pki import CaChain, MintedCast, PINNED_BY_FINGERPRINT, mint_cast
 from mtlsc.lab.userca import CaKey, UserCaError, load_user_ca
 from mtlsc.render import render
@@ -103,8 +104,13 @@ def mint_cast_command(policies: list[str], keys: Sequence[CaKey], out: Path, *, 
         _say(f"error: {exc}")
         return 2
     aia, gaps = _ocsp_urls(policy, ocsp_urls or {})
+    gaps.update({name: u.cast_gap for name, u in users.items() if u.cast_gap and name not in gaps})  # `leaf` CAs
     members = cast(policy)
     minted = mint_cast(members, chains, out, now=now or datetime.now(timezone.utc), aia=aia, days=days, gaps=gaps)
+    for ca in (c for c in policy.cas if c.leaf and isinstance(chains.get(c.name), CaChain)):
+        for f in mint_user_leaf_near_misses(ca, members, chains[ca.name].root.cert, out,
+                                            now=now or datetime.now(timezone.utc), days=days):
+            minted.not_minted.pop(f, None)
     written = sum(1 for m in members if m.file not in minted.not_minted)
     _say(f"mtlsc mint-cast: wrote {written} of {len(members)} client certificates to {out}, valid {days} day(s). "
          "They are real credentials of your CA: keep the directory private and delete it after the run.")

@@ -24,6 +24,7 @@ from mtlsc.lab.certs import (  # noqa: F401 (re-exported)
     BACKDATE, LAB_ORG, MAX_SERIAL, CaChain, Issued, issue_client, issue_ocsp_signer, issue_server, make_chain, make_crl,
     make_intermediate, make_root, signing_hash, write_pem,
 )
+from mtlsc.lab.leaves import mint_leaf_ca, mint_user_leaf_near_misses
 from mtlsc.model.cast import Member, cast
 
 
@@ -278,15 +279,28 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
     serial_pos: dict[str, dict[str, int]] = {}
     urls = {ca.name: ocsp_url for ca in policy.cas if ca.ocsp and ocsp_url}
     written: dict[Path, Issued] = {}
+    leaf_gaps: dict[str, str] = {}
     for ca in policy.cas:
         if ca.name in user_cas:
             chains[ca.name] = user_cas[ca.name].chain
             continue
+        if ca.leaf:
+            chains[ca.name], gaps = mint_leaf_ca(ca, members, [_resolve(p, base_dir) for p in ca.bundle],
+                                                 out_dir / "clients", now=now)
+            leaf_gaps.update(gaps)
+            continue
         subjects, serial_pos[ca.name] = _serial_issuers(ca, members)
         chains[ca.name] = _lab_chain(ca, subjects, now, urls.get(ca.name), base_dir, written)
     gaps = {name: u.cast_gap for name, u in user_cas.items() if u.cast_gap}
-    minted = mint_cast(members, chains, out_dir / "clients", now=now, aia=urls, serial_pos=serial_pos, gaps=gaps,
+    leaf_cas = {ca.name for ca in policy.cas if ca.leaf and ca.name not in user_cas}  # minted above
+    minted = mint_cast([m for m in members if m.ca not in leaf_cas or m.kind == "lookalike"], chains,
+                       out_dir / "clients", now=now, aia=urls, serial_pos=serial_pos, gaps=gaps,
                        days=USER_CAST_DAYS if user_cas else 365)
+    minted.not_minted.update(leaf_gaps)
+    for ca in (c for c in policy.cas if c.leaf and c.name in user_cas):
+        for f in mint_user_leaf_near_misses(ca, members, chains[ca.name].root.cert, out_dir / "clients", now=now,
+                                            days=USER_CAST_DAYS):
+            minted.not_minted.pop(f, None)
     _write_crls(policy, chains, user_cas, minted.revoked, base_dir, now, crl_valid)
     from mtlsc.lab.server_pki import write_server_pki  # it imports this module
 

@@ -69,8 +69,8 @@ def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir:
                     elif add_responder:
                         end = _offset(text, stmt.mode.span.end_line, stmt.mode.span.end_col)
                         edits.append((end, end, f" responder {_quoted(ocsp_responder)}"))
-                elif isinstance(stmt, (ast.Bundle, ast.Crl)) and files is not None:
-                    paths = files.bundle if isinstance(stmt, ast.Bundle) else files.crls
+                elif isinstance(stmt, (ast.Bundle, ast.Leaf, ast.Crl)) and files is not None:
+                    paths = files.crls if isinstance(stmt, ast.Crl) else files.bundle
                     for written, path in zip(stmt.files, paths):
                         replace(written.span, _quoted(path))
     for server in (i for i in tree.items if isinstance(i, ast.Server)):

@@ -143,7 +143,13 @@ def load_user_ca(ca: ir.Ca, keys: list[CaKey], *, ocsp_in_lab: bool = False) -> 
                               + (" (one such issuing CA per ca)" if below else ""))
     members = [Issued(c, held.get(c.public_bytes(serialization.Encoding.DER))) for c in bundle]
     chain = CaChain(members[0], tuple(members[1:]), tuple(below), user=True)
+    if ca.leaf:  # a key of a listed leaf would sign certificates nginx refuses: they are not listed
+        return UserCa(chain, {}, LEAF_GAP)
     return UserCa(chain, _resign(ca, chain), _ocsp_gap(ca, chain) if ocsp_in_lab else None)
+
+
+LEAF_GAP = ("a `leaf` CA trusts exactly its holders' own certificates: of its cast the lab mints only what nginx "
+            "must refuse (a twin, an expired copy); name the holders' certificates in a policy test (*.mtls-test.yaml)")
 
 
 def _resign(ca: ir.Ca, chain: CaChain) -> dict[int, tuple[Issued, tuple[x509.RevokedCertificate, ...]]]:

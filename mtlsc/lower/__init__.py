@@ -247,9 +247,13 @@ def _lower_ca(ctx, node: ast.Ca, policy_path: str) -> ir.Ca | None:
     depth = once(ctx, node.body, ast.Depth, where)
     crl = once(ctx, node.body, ast.Crl, where)
     ocsp = once(ctx, node.body, ast.Ocsp, where)
+    leaf = once(ctx, node.body, ast.Leaf, where)
+    if leaf is not None:
+        return _lower_leaf_ca(ctx, node, leaf, policy_path)
     if bundle is None:
         ctx.err("MTLS011", node.name.span, f"{where} has no `bundle`",
-                'name the CA certificates: `bundle "ca/root.pem" "ca/issuing.pem"`')
+                'name the CA certificates: `bundle "ca/root.pem" "ca/issuing.pem"`, or the self-signed client '
+                'certificates to trust as themselves: `leaf "clients/alice.pem"`')
         return None
     depth_value = 1  # nginx's default ssl_verify_depth (docs/nginx-facts.md §3)
     if depth is not None:
@@ -289,3 +293,41 @@ def _lower_ca(ctx, node: ast.Ca, policy_path: str) -> ir.Ca | None:
     )
 
 
+
+
+# What each statement means in a CA bundle, and why a `leaf` CA has no use for it.
+_NOT_FOR_LEAF = {
+    ast.Bundle: ("`bundle` and `leaf` in one CA", "a CA trusts either CA certificates (`bundle`) or self-signed client "
+                 "certificates (`leaf`): put the other kind in a `ca` block of its own"),
+    ast.Depth: ("`depth` in a `leaf` CA", "remove it: a listed leaf is its own anchor, with no certificate between "
+                "(mtlsc emits depth 0 for it)"),
+    ast.Crl: ("`crl` in a `leaf` CA", "remove it: to revoke a leaf, remove it from the `leaf` list and reload nginx; "
+              "only the leaf's own key could sign a CRL for it"),
+    ast.Ocsp: ("`ocsp` in a `leaf` CA", "remove it: nginx asks no responder about a self-signed certificate; to revoke "
+               "a leaf, remove it from the `leaf` list and reload nginx"),
+}
+
+
+def _lower_leaf_ca(ctx, node: ast.Ca, leaf: ast.Leaf, policy_path: str) -> ir.Ca | None:
+    """`ca NAME { leaf "alice.pem" ... }`: Caddy's trusted leaf certificates. The files go where a
+    bundle's would (the server's trust file); depth 0 verifies them (docs/nginx-facts.md §F11); the
+    emitter binds the CA's routes to their fingerprints."""
+    refused = False
+    for stmt in node.body:
+        if type(stmt) in _NOT_FOR_LEAF:
+            message, fix = _NOT_FOR_LEAF[type(stmt)]
+            ctx.err("MTLS026", stmt.span, f"{message} (ca `{node.name.value}`)", fix,
+                    related=[Related(leaf.span, "the leaf certificates are listed here")])
+            refused = True
+    if refused:
+        return None
+    return ir.Ca(
+        name=node.name.value,
+        bundle=tuple(file_path(ctx, s, policy_path) for s in leaf.files),
+        depth=0,
+        crls=(),
+        ocsp=None,
+        span=node.span,
+        bundle_spans=tuple(s.span for s in leaf.files),
+        leaf=True,
+    )

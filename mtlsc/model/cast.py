@@ -9,6 +9,10 @@ compares strings naively: an extra RDN, a `,` smuggled into a value as `\\,` (do
 attribute set that satisfies every constraint but one, a named attribute held twice (in its own
 RDN first or last, or the good RDN made multi-valued: `CN=mallory+CN=globex-a`). Each is kept only
 if no identity allowed on that CA matches it, so the evaluator refuses it on every allow-list route.
+
+For a `leaf` CA every member it "issues" (stranger, identities, near misses) is a self-signed leaf
+the lab lists in the CA's files; its `expired` one and its `twin` (the `client` leaf's subject and
+serial, another key) are self-signed and not listed, so nginx refuses them.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ UNTRUSTED_DIR = "untrusted"
 @dataclass(frozen=True, slots=True)
 class Member:
     file: str  # path under the clients directory, without .crt/.key
-    kind: str  # identity | near | stranger | revoked | ocsp-down | expired | untrusted | lookalike
+    kind: str  # identity | near | stranger | revoked | ocsp-down | expired | untrusted | lookalike | twin
     ca: str | None  # the CA that issues it (None: a CA no server trusts)
     subject: str  # nginx form; for a fingerprint identity, unknown until the user supplies it
     identity: ir.Identity | None = None  # for `near`: the identity it imitates
@@ -227,7 +231,8 @@ def _lookalikes(policy: ir.Policy, members: list[Member], stranger: str) -> list
         if max((c.depth for c in server.cas), default=0) < 1:
             continue  # no room for the copy's sub-CA: nginx refuses it in the handshake
         bound = sorted({r.ca.name for r in server.routes if r.ca is not None})
-        pairs.update((of, by) for of in bound for by in (c.name for c in server.cas) if by != of)
+        # a `leaf` CA signs no sub-CA (its leaves are CA:FALSE: nginx refuses the chain)
+        pairs.update((of, by) for of in bound for by in (c.name for c in server.cas if not c.leaf) if by != of)
     return [Member(f"{of}/lookalike-by-{by}", "lookalike", by, subjects.get(of, stranger), imitates=of)
             for of, by in sorted(pairs)]
 
@@ -266,6 +271,9 @@ def cast(policy: ir.Policy) -> list[Member]:
             continue
         members.append(Member(f"{ca.name}/client", "stranger", ca.name, stranger))
         members.append(Member(f"{ca.name}/expired", "expired", ca.name, stranger))
+        if ca.leaf:
+            # a self-signed copy of the listed `client` leaf: its subject and serial, another key
+            members.append(Member(f"{ca.name}/twin", "twin", ca.name, stranger))
         if ca.crls or ca.ocsp:
             members.append(Member(f"{ca.name}/revoked", "revoked", ca.name, stranger))
         if ca.ocsp:  # its OCSP lookup gets no answer: refused like a revoked one

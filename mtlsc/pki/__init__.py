@@ -74,7 +74,7 @@ def _load_ca(ca: ir.Ca, cache: dict) -> tuple[CaFacts, list[Diagnostic]]:
     certs: list[CertInfo] = []
     for i, path in enumerate(ca.bundle):
         data = _read(path, cache)
-        found, issues = ([], [_unreadable(path, data, "CA bundle")]) if isinstance(data, OSError) else _read_bundle(path, data)
+        found, issues = ([], [_unreadable(path, data, "leaf file" if ca.leaf else "CA bundle")]) if isinstance(data, OSError) else _read_bundle(path, data)
         certs += found
         diags += _place(issues, _span(ca.bundle_spans, i, ca, path))
     # The CertInfo pem round-trips exactly, so CRL signatures can be checked against it.

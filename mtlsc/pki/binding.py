@@ -57,13 +57,17 @@ def impersonations(cas: list[tuple[ir.Ca, tuple[CertInfo, ...]]]) -> list[Impers
     depth = max(ca.depth for ca, _ in cas)
     out = []
     for ca, certs in cas:
+        # a `leaf` CA mints nothing (a CA:TRUE leaf is refused, MTLS317), and its routes are bound
+        # by fingerprint, which no copy passes
+        if ca.leaf:
+            continue
         for cert in ca_certs(certs):
             path = root_path(cert, certs)
             # The copy's clients sit one level deeper than cert's own: that must fit in the depth.
             if not path or intermediates(path) + 1 > depth or not chain_allows_sub_ca(path):
                 continue
             for other, other_certs in cas:
-                if other.name == ca.name:
+                if other.name == ca.name or other.leaf:
                     continue
                 copied = tuple(c for c in other_certs if names_allow(path, parsed(c.pem).subject))
                 if copied:

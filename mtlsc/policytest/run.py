@@ -221,6 +221,10 @@ def lab_certificate(lab: Lab, spec: ClientSpec, name: str, now: datetime, cache:
             return Skip(f"`{cast_file}` was not minted: {pki.not_minted[cast_file]}")
         if spec.revoked or (ident.kind is ir.IdentityKind.SERIAL and spec.ca in pki.chains):
             return Skip(f"the lab has no `{cast_file}`: it makes one only for a CA and identity that a route uses")
+    if not spec.expired and any(c.name == spec.ca and c.leaf for c in policy.cas):
+        # a certificate the lab makes now is not in the CA's list: nginx would refuse it
+        return Skip(f"ca {spec.ca} is a `leaf` CA: the lab lists only its cast's leaves; name an identity a route "
+                    "of it allows, or your own listed certificate (`client: {cert: ..., key: ...}`)")
     if "outsider" not in cache:
         cache["outsider"] = make_root("mtlsc policy-test untrusted root", now=now)
     chain = pki.chains.get(spec.ca)

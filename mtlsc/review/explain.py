@@ -127,8 +127,10 @@ def client_rows(policy: ir.Policy, server: ir.Server) -> tuple[ClientRow, ...]:
                       full_certificate(Client(first or UNTRUSTED_SUBJECT, "")))]
     stranger = stranger_subject(policy)
     several = len(trusted) > 1
+    leaves = {c.name for c in server.cas if c.leaf}
     for ca in trusted:
-        rows.append(ClientRow(f"ca:{ca}", f"any certificate of CA {ca}", "stranger", ca, None,
+        what = f"any listed leaf of CA {ca}" if ca in leaves else f"any certificate of CA {ca}"
+        rows.append(ClientRow(f"ca:{ca}", what, "stranger", ca, None,
                               full_certificate(Client(stranger, "", verified_by=ca))))
         allowed = {i.name: i for r in server.routes if r.ca is not None and r.ca.name == ca for i in r.allow}
         for name in sorted(allowed):

@@ -12,7 +12,7 @@ from mtlsc.nginx_conf import parse as parse_nginx
 
 WIDTH = 100  # a one-line block, or a list statement, must fit in this many columns
 INDENT = "  "
-_LIST_WORDS = {ast.Bundle: "bundle", ast.Crl: "crl", ast.ClearHeaders: "clear_headers", ast.Allow: "allow",
+_LIST_WORDS = {ast.Bundle: "bundle", ast.Leaf: "leaf", ast.Crl: "crl", ast.ClearHeaders: "clear_headers", ast.Allow: "allow",
                ast.BackendPaths: "backend_paths", ast.Forward: "forward"}  # statements that may go one item per line
 _BLOCKS = (ast.Ca, ast.Identity, ast.Server, ast.Route)
 
@@ -38,7 +38,7 @@ def _opt(prefix: str, s: ast.Str | None) -> str:
 def _list(node) -> tuple[str, list[tuple[str, object]]] | None:
     """A list statement as (keyword, [(item text, item node)]); None for other statements."""
     match node:
-        case ast.Bundle(items) | ast.Crl(items) | ast.ClearHeaders(items):
+        case ast.Bundle(items) | ast.Leaf(items) | ast.Crl(items) | ast.ClearHeaders(items):
             return _LIST_WORDS[type(node)], [(quote(s.value), s) for s in items]
         case ast.Allow(items) | ast.BackendPaths(items):
             return _LIST_WORDS[type(node)], [(w.value, w) for w in items]
