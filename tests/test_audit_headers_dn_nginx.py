@@ -84,19 +84,22 @@ def test_mtls522_dn_tests_in_a_form_or_case_nginx_never_prints_lock_out_and_igno
     assert 'cn ~ "^billing-[a-z0-9]+$"  o "Initech"' in text
 
 
-def test_mtls523_a_gate_on_a_value_nginx_never_sets_is_open_and_the_import_says_so(tmp_path, nginx_bin):
+def test_mtls523_a_gate_on_a_value_nginx_never_sets_is_open_and_the_import_closes_it(tmp_path, nginx_bin):
     """`if ($ssl_client_verify = FAILED)` never fires: under `optional` a client without a certificate
     (`NONE`) walks through, and a failed certificate never reaches the location at all (400).
 
-    The import does not guess the intent: it writes what the location did, `optional clients`, so the
-    open route is visible in the policy (and forwards `verify`, so the backend sees `NONE`); it does
-    not close it. The fix is the finding's help: `!= SUCCESS`, i.e. `require` in the policy."""
+    The test was meant to refuse, so the import fails closed: `require clients` (the finding's fix,
+    `!= SUCCESS`), with a comment saying why and how to keep the old access if it was intended."""
     codes, rows, text = _prove("if_never.conf", tmp_path, nginx_bin)
     assert ("MTLS523", 14) in codes
     anyone = rows[("admin.example.com", True, "/admin/x", "no certificate")]
     assert anyone.original.reached and anyone.original.forged == ()
-    assert anyone.policy.reached
-    assert "route /admin/ { optional clients  forward verify" in text
+    assert not anyone.policy.allowed and not anyone.policy.reached
+    assert "route /admin/ { require clients  allow any  forward verify" in text
+    assert "never fired (nginx never sets that value)" in text
+    member = next(r for (server, sni, path, client), r in rows.items()
+                  if path == "/admin/x" and sni and client.startswith("clients.pem"))
+    assert member.original.reached and member.policy.reached  # a real client keeps its access
     failed = rows[("admin.example.com", True, "/admin/x", "unknown CA: CN=mtlsc-prove,O=Nowhere")]
     assert failed.original.status == 400 and not failed.policy.allowed
 

@@ -183,7 +183,7 @@ def test_mtls544_default_verify_depth_locks_out_clients_two_intermediates_down_a
 def test_mtls546_without_revocation_a_revoked_client_gets_in_and_the_import_keeps_that_until_a_crl_is_given(
         tmp_path, nginx_bin):
     """The import cannot invent a CRL: the policy it writes lets the revoked client in too (and
-    `mtlsc check` does not flag a `ca` without `crl`). Closing it takes the fix the finding names:
+    `mtlsc check` does not flag a `ca` without `crl`), with a comment in the `ca` asking for one. Closing it takes the fix the finding names:
     a `crl` for the CA, after which mtlsc's compiled server refuses the revoked client."""
     result = audit([str(FIXTURES / "no_revocation.conf")], now=NOW)
     assert ("MTLS546", 10) in {(d.code, d.span.line) for d in result.diagnostics}
@@ -194,6 +194,7 @@ def test_mtls546_without_revocation_a_revoked_client_gets_in_and_the_import_keep
     member = next(r for r in table.rows if r.client == "clients.pem: CN=mtlsc-prove,O=Nowhere")
     assert member.original.reached and member.policy.reached
     assert [c.crl for c in imported.cas] == [None]
+    assert "# no revocation: the original names no `ssl_crl`" in render(imported)
     # the fix: the CA's CRL (the lab's, which revokes that client) named in the policy
     imported.cas[0].crl = "clients.crl"
     lab = tmp_path / "lab"

@@ -20,7 +20,7 @@ from mtlsc.audit.flow import Client
 from mtlsc.audit.import_identity import _dn_sample, _q, identity_body
 from mtlsc.audit.import_model import Imported, PCa, PIdentity, PRoute, PServer
 from mtlsc.audit.model import ARRAY_HEADERS, Config, Location, Server, own
-from mtlsc.audit.traps import ANY_CERT, NO_CERT, is_probe, proxied, refuses
+from mtlsc.audit.traps import ANY_CERT, NO_CERT, dead_verify_test, is_probe, proxied, refuses
 from mtlsc.audit.trust import resolve
 from mtlsc.lower.nginx_block import ALLOWED
 from mtlsc.nginx_conf import Directive
@@ -161,7 +161,13 @@ class _Builder:
         else:
             none_refused = refuses(self.config, srv, loc, NO_CERT)
         if not none_refused:
-            return "optional", [], False
+            dead = [d for block in (srv.directive.block, loc.body) for d in own(block, "if") if dead_verify_test(d)]
+            if not dead:
+                return "optional", [], False
+            # MTLS523: the `if` was meant to refuse, and never did; fail closed, and say so
+            comments.append(f"the original's `if ({' '.join(dead[0].args).strip('()')})` ({_where(dead[0])}) never fired "
+                            "(nginx never sets that value), so clients without a certificate got in: imported as "
+                            "`require`, as that test meant; write `optional` if they must keep access")
         if not refuses(self.config, srv, loc, ANY_CERT):
             return "require", [], True
         allowed = []

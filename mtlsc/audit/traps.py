@@ -261,6 +261,15 @@ def underscores(config: Config) -> list[Diagnostic]:
 _IF_SAFE = {"return", "rewrite", "set", "break"}
 
 
+def dead_verify_test(d: Directive) -> bool:
+    """An `if` comparing `$ssl_client_verify` with a value nginx never sets (`= FAILED`): never
+    true (or, with `!=`, always)."""
+    parts = strip_parens(d.args)
+    return (len(parts) == 3 and parts[0] in ("$ssl_client_verify", "${ssl_client_verify}")
+            and parts[1] in ("=", "!=") and parts[2] not in ("SUCCESS", "NONE")
+            and not parts[2].startswith("FAILED:") and "$" not in parts[2])
+
+
 def if_misuse(config: Config) -> list[Diagnostic]:
     out = []
     for srv in config.servers:
@@ -268,9 +277,7 @@ def if_misuse(config: Config) -> list[Diagnostic]:
         for block, loc in blocks:
             for d in own(block, "if"):
                 parts = strip_parens(d.args)
-                if len(parts) == 3 and parts[0] in ("$ssl_client_verify", "${ssl_client_verify}") \
-                        and parts[1] in ("=", "!=") and parts[2] not in ("SUCCESS", "NONE") \
-                        and not parts[2].startswith("FAILED:") and "$" not in parts[2]:
+                if dead_verify_test(d):
                     out.append(finding(
                         "MTLS523", span_word(d, 3),
                         f"`$ssl_client_verify` is never `{parts[2]}`: nginx sets `SUCCESS`, `NONE` or "
