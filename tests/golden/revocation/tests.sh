@@ -113,12 +113,13 @@ field_of() {  # CERTFILE FIELD
 }
 
 # The SANs of one kind as mtlsc's njs module forwards them: in certificate order, comma-separated,
-# each byte but A-Z a-z 0-9 - . _ ~ : / @ as %XX; IPv6 in RFC 5952 form. Read from OpenSSL's
-# listing, which separates names by ", ": a value holding ", " itself is not told apart.
+# each byte but A-Z a-z 0-9 - . _ ~ : / @ as %XX; IPv6 in RFC 5952 form. Read from the extension's
+# own bytes (`openssl asn1parse`), not from OpenSSL's listing, whose ", " between names is also a
+# byte sequence a name may hold.
 sans_of() {  # CERTFILE KIND
-    openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | LC_ALL=C awk -v k="$2" '
-        function enc(v,   i, c, o) { o = ""; for (i = 1; i <= length(v); i++) { c = substr(v, i, 1)
-            o = o (c ~ /[A-Za-z0-9._~:\/@-]/ ? c : sprintf("%%%02X", ord[c])) }; return o }
+    openssl x509 -in "$1" -outform DER 2>/dev/null | openssl asn1parse -inform DER 2>/dev/null | LC_ALL=C awk -v k="$2" '
+        function byte(i) { return (index(H, substr(hex, 2 * i - 1, 1)) - 1) * 16 + index(H, substr(hex, 2 * i, 1)) - 1 }
+        function enc(b) { return (b >= 48 && b <= 57) || (b >= 65 && b <= 90) || (b >= 97 && b <= 122) || index("-._~:/@", sprintf("%c", b)) ? sprintf("%c", b) : sprintf("%%%02X", b) }
         function v6(v,   g, n, i, s, e, best, size, o) { n = split(tolower(v), g, ":"); best = 0; size = 0
             for (i = 1; i <= n; i++) { sub(/^0+/, "", g[i]); if (g[i] == "") g[i] = "0" }
             for (s = 1; s <= n; s = e + 1) { e = s; if (g[s] != "0") continue
@@ -126,12 +127,21 @@ sans_of() {  # CERTFILE KIND
             if (size < 2) { o = g[1]; for (i = 2; i <= n; i++) o = o ":" g[i]; return o }
             o = ""; for (i = 1; i < best; i++) o = o (i > 1 ? ":" : "") g[i]; o = o "::"
             for (i = best + size; i <= n; i++) o = o g[i] (i < n ? ":" : ""); return o }
-        BEGIN { for (i = 1; i < 256; i++) ord[sprintf("%c", i)] = i }
-        NR > 1 { n = split($0, p, ", "); for (i = 1; i <= n; i++) { x = p[i]; sub(/^ +/, "", x)
-            if (index(x, k ":") != 1) continue; x = substr(x, length(k) + 2)
-            if (k == "IP Address" && index(x, ":")) x = v6(x)
-            out = out (out == "" ? "" : ",") enc(x) } }
-        END { print out }'
+        # DER length at byte i: sets len, returns the index of the first content byte
+        function length_at(i,   n, j) { len = byte(i); if (len < 128) return i + 1
+            n = len - 128; len = 0; for (j = 1; j <= n; j++) len = len * 256 + byte(i + j); return i + 1 + n }
+        BEGIN { H = "0123456789ABCDEF"; tag = (k == "email" ? 129 : k == "DNS" ? 130 : k == "URI" ? 134 : 135) }
+        /:X509v3 Subject Alternative Name/ { want = 1; next }
+        want && /OCTET STRING/ { hex = toupper($0); sub(/.*\[HEX DUMP\]:/, "", hex); want = 0; found = 1 }
+        END { if (!found) { print ""; exit }
+            i = length_at(2); out = ""
+            while (2 * i <= length(hex)) { t = byte(i); i = length_at(i + 1); v = ""
+                if (t == tag && tag == 135 && len == 4) v = byte(i) "." byte(i + 1) "." byte(i + 2) "." byte(i + 3)
+                else if (t == tag && tag == 135 && len == 16) { for (j = 0; j < 16; j += 2) v = v (j ? ":" : "") sprintf("%x", byte(i + j) * 256 + byte(i + j + 1)); v = v6(v) }
+                else if (t == tag) for (j = 0; j < len; j++) v = v enc(byte(i + j))
+                if (t == tag) out = out (out == "" ? "" : ",") v
+                i += len }
+            print out }'
 }
 
 # What the echoing backend received in header NAME (any case), one value per line.
