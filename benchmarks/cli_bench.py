@@ -67,12 +67,17 @@ def _run(command: list[str], env, timeout: float = 120) -> tuple[float, subproce
 
 
 def measure_latency(work: Path, runs: int, policy: str = "policies/partner-api.mtls") -> list[Latency]:
-    """Interpreter alone, imports alone, then `mtlsc check POLICY`, `runs` times each, in turns."""
+    """Interpreter alone, the libraries alone, mtlsc's imports, then `mtlsc check POLICY`, `runs`
+    times each, in turns."""
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     env = _env(cache)
     cases = [
         Latency("python -c pass (interpreter start-up)", [sys.executable, "-c", "pass"]),
+        Latency("import lark, cryptography.x509 (the libraries `check` reads with)",
+                [sys.executable, "-c", "import lark, cryptography.x509"]),
+        Latency("import lark, cryptography.x509, jinja2 (and `compile` writes with)",
+                [sys.executable, "-c", "import lark, cryptography.x509, jinja2"]),
         Latency("import mtlsc.cli, pipeline, render", [sys.executable, "-c", "import mtlsc.cli, mtlsc.pipeline, mtlsc.render"]),
         Latency(f"mtlsc check {policy}", [*_mtlsc(), "check", policy]),
     ]

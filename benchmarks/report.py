@@ -312,7 +312,7 @@ def verdicts(sweeps: Sweeps | None, growth_raw, rt: RuntimeResult | None, latenc
             worst_r, worst_s = max(ratios, key=lambda x: x[0])
             figure = (f"{min(r for r, _ in ratios):.2f}x to {worst_r:.2f}x over {len(ratios)} sizes "
                       f"(worst at {worst_s.shape.routes:,} routes / {worst_s.shape.identities:,} identities)")
-            out.append(Verdict(name, figure, not over, "" if not over else _peer_cause(op, peer, over, met)))
+            out.append(Verdict(name, figure, not over, "" if not over else _peer_cause(op, peer, over, met, latency)))
     if rt is not None:
         for comparison, mode, rate, cpu, spread in runtime_ratios(rt):
             if comparison.startswith(SAN_GATE):
@@ -354,12 +354,15 @@ def verdicts(sweeps: Sweeps | None, growth_raw, rt: RuntimeResult | None, latenc
                                cpu >= RUNTIME_RATIO, cause))
     if latency:
         check = latency[-1]
-        base, imports = latency[0].median, latency[1].median
+        found = {c.label.split(" (")[0]: c.median for c in latency}
+        base, libraries, imports = found["python -c pass"], found["import lark, cryptography.x509"], \
+            found["import mtlsc.cli, pipeline, render"]
         met = check.median <= CLI_TARGET
         out.append(Verdict(f"cold `mtlsc check` <= {CLI_TARGET * 1000:.0f} ms median", f"{_ms(check.median)} ms (first run, empty cache: "
                            f"{_ms(check.first)} ms)", met,
-                           "" if met else f"the interpreter alone starts in {_ms(base)} ms on this machine; imports "
-                           f"(cryptography, lark, mtlsc's dataclasses) take {_ms(imports - base)} ms more; parsing, "
+                           "" if met else f"the interpreter alone starts in {_ms(base)} ms on this machine and importing "
+                           f"lark and cryptography alone takes it to {_ms(libraries)} ms; mtlsc's own modules (their "
+                           f"dataclasses, the checks, the emitter views) bring the imports to {_ms(imports)} ms; parsing, "
                            f"checking and printing the policy take {_ms(check.median - imports)} ms"))
     if labs:
         measured = [l for l in labs if l.median is not None]
@@ -372,10 +375,16 @@ def verdicts(sweeps: Sweeps | None, growth_raw, rt: RuntimeResult | None, latenc
     return out
 
 
-def _phase_share(s: ShapeResult) -> str:
-    total = sum(s.phases.values()) or 1
-    parts = sorted(s.phases.items(), key=lambda kv: -kv[1])[:3]
+def _phase_share(s: ShapeResult, op: str = "compile") -> str:
+    phases = _stages(s, op)
+    total = sum(phases.values()) or 1
+    parts = sorted(phases.items(), key=lambda kv: -kv[1])[:3]
     return ", ".join(f"{k} {v / total * 100:.0f}%" for k, v in parts)
+
+
+def _stages(s: ShapeResult, op: str) -> dict[str, float]:
+    """The stages `op` runs: `check` stops before the emitters."""
+    return {k: v for k, v in s.phases.items() if op == "compile" or not k.startswith("emit")}
 
 
 def _growth_cause(sweeps: Sweeps, label: str) -> str:
@@ -389,19 +398,27 @@ def _growth_cause(sweeps: Sweeps, label: str) -> str:
     return "see the stage table"
 
 
-def _peer_cause(op: str, peer: str, over, met) -> str:
+def _peer_cause(op: str, peer: str, over, met, latency: list[Latency] | None) -> str:
     r, s = max(over, key=lambda x: x[0])
     mine, theirs = _median(s, op), _median(s, peer)
     text = (f"over at {', '.join(f'{x.shape.routes:,}/{x.shape.identities:,}' for _, x in over)} (routes/identities)"
             + (f", met at {', '.join(f'{x.shape.routes:,}/{x.shape.identities:,}' for _, x in met)}" if met else "")
             + f". Worst, {s.shape.routes:,}/{s.shape.identities:,}: mtlsc {_ms(mine)} ms against {peer} {_ms(theirs)} ms")
-    stages = sum(v for k, v in s.phases.items() if op == "compile" or not k.startswith("emit"))
+    stages = sum(_stages(s, op).values())
     if mine and stages:
-        text += (f"; of mtlsc's {_ms(mine)} ms, the stages (in-process) take {_ms(stages)} ms ({_phase_share(s)}), "
+        text += (f"; of mtlsc's {_ms(mine)} ms, the stages (in-process) take {_ms(stages)} ms ({_phase_share(s, op)}), "
                  f"start-up, imports{' and writing the files' if op == 'compile' else ' and printing'} the other "
                  f"{_ms(max(mine - stages, 0))} ms")
     if s.shape.identities >= 10 * s.shape.routes and mine and theirs:
         text += (f". Per identity: {mine / s.shape.identities * 1e6:.0f} µs against {theirs / s.shape.identities * 1e6:.0f} µs")
+    floor = {c.label.split(" (")[0]: c.median for c in latency or ()}
+    libraries = floor.get("import lark, cryptography.x509" + (", jinja2" if op == "compile" else ""))
+    smallest = min((x for _, x in over), key=lambda x: x.shape.routes * x.shape.identities)
+    if libraries and _median(smallest, peer):
+        text += (f". A process that only imports the libraries mtlsc is built on (lark, cryptography"
+                 + (", jinja2" if op == "compile" else "") + f") takes {_ms(libraries)} ms, "
+                 f"{libraries / _median(smallest, peer):.2f}x {peer}'s whole run at "
+                 f"{smallest.shape.routes:,}/{smallest.shape.identities:,}")
     return text
 
 
