@@ -7,7 +7,6 @@ user's kind: plain `openssl` commands (tests/openssl_pki.py), RSA and EC client 
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,12 @@ from mtlsc import pipeline
 from mtlsc.lab.client import request
 from mtlsc.lab.echo import running_echo_backend
 from mtlsc.lab.nginx import free_port, running_nginx
+from mtlsc.lab.run import run_lab
 from mtlsc.model.evaluate import Client, evaluate
 from mtlsc.output import write_atomic
-from tests.openssl_pki import OpensslCa, openssl
+from openssl_pki import OpensslCa, openssl
 
 pytestmark = pytest.mark.nginx
-NOW = datetime.now(timezone.utc)
 
 POLICY = """\
 nginx ">= 1.22" with njs
@@ -82,8 +81,8 @@ def lab(tmp_path_factory):
     with running_echo_backend() as echo:
         (d / "p.mtls").write_text(POLICY.format(d=d, port=port, echo=echo.port, alice=clients["alice"][2],
                                                 bob_b64=bob_b64, carol=clients["carol"][3]))
-        result = pipeline.compile_policy([str(d / "p.mtls")], now=NOW)
-        assert not result.failed, [(x.code, x.message) for x in result.diagnostics]
+        result = pipeline.compile_policy([str(d / "p.mtls")])  # now: openssl dates its CA to the second
+        assert not result.failed, [(x.code, x.severity, x.message) for x in result.diagnostics if x.code != "MTLS104"]
         write_atomic(d / "out", result.outputs)
         with running_nginx(f"include {d}/out/nginx/*.conf;", d / "nginx", ports=[port]):
             yield result.policy.servers[0], port, clients, echo
@@ -124,3 +123,31 @@ def test_spki_forwarded_for_any_client_and_never_spoofed(lab, label):
     assert got.status == 200, got.body
     [seen] = echo.snapshot()
     assert seen.header_values("X-Client-Spki-Sha256") == [spki]
+
+
+LAB_POLICY = """\
+nginx ">= 1.22" with njs
+ca corp { bundle "ca/root.pem"  depth 0 }
+identity deploy { fingerprint spki "sha256//n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=" }
+identity ops { subject "CN=ops,O=Corp" }
+server api.example.com {
+  listen 8443
+  certificate "/etc/nginx/tls/api.crt" key "/etc/nginx/tls/api.key"
+  backend "http://127.0.0.1:9000"
+  route /deploy/ { require corp  allow deploy ops  forward verify spki_sha256 }
+  route /any/ { require corp  forward spki_sha256 fingerprint_sha256 }
+}
+"""
+
+
+def test_the_lab_proves_a_key_pin_its_renewal_and_its_near_miss(tmp_path, nginx_bin):
+    policy = tmp_path / "p.mtls"
+    policy.write_text(LAB_POLICY)
+    run = run_lab([str(policy)], tmp_path / "lab", nginx_bin=nginx_bin)
+    assert run.returncode == 0 and run.failed == 0 and run.skipped == 0, run.output
+    deploy = "PASS  api.example.com/deploy/ (require corp): "
+    for case in ("identity deploy -> 200", "identity deploy renewed with the same key -> 200",
+                 "near miss of identity deploy (CN=mtlsc-spki-deploy,O=mtlsc lab, another key) -> 403 forbidden"):
+        assert run.output.count(deploy + case) == 1, run.output
+    assert "PASS  api.example.com/any/ (require corp): identity deploy -> 200" in run.output
+    assert run.requests and any(r.header_values("X-Client-Spki-Sha256") for r in run.requests)
