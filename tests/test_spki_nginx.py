@@ -151,3 +151,14 @@ def test_the_lab_proves_a_key_pin_its_renewal_and_its_near_miss(tmp_path, nginx_
         assert run.output.count(deploy + case) == 1, run.output
     assert "PASS  api.example.com/any/ (require corp): identity deploy -> 200" in run.output
     assert run.requests and any(r.header_values("X-Client-Spki-Sha256") for r in run.requests)
+
+
+def test_the_lab_with_your_own_openssl_ca_key(tmp_path, nginx_bin):
+    from mtlsc.lab.userca import CaKey
+
+    ca = OpensslCa.root(tmp_path / "ca", "/O=Corp/CN=Corp Root", kind="rsa")
+    policy = tmp_path / "p.mtls"
+    policy.write_text(LAB_POLICY.replace('"ca/root.pem"', f'"{ca.cert}"'))
+    run = run_lab([str(policy)], tmp_path / "lab", nginx_bin=nginx_bin, ca_keys=[CaKey("corp", ca.key)])
+    assert run.returncode == 0 and run.failed == 0 and run.skipped == 0, run.output
+    assert "PASS  api.example.com/deploy/ (require corp): identity deploy renewed with the same key -> 200" in run.output
