@@ -87,6 +87,7 @@ class IdentityKind(enum.Enum):
     SERIAL = "serial"  # serial number + issuer DN
     SHA256 = "sha256"  # SHA-256 of the certificate's DER, computed in njs (mtlsc/emit/san.js.j2)
     SAN = "san"  # a subjectAltName rule (mtlsc.san), read in njs
+    SPKI = "spki"  # SHA-256 of the certificate's DER SubjectPublicKeyInfo (its key), computed in njs
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,7 @@ class Identity:
     kind: IdentityKind
     subject: str | None = None  # canonical RFC 2253 form, as nginx prints $ssl_client_s_dn
     attrs: tuple[AttrMatch, ...] = ()
-    fingerprint: str | None = None  # 40 (SHA-1) or, for SHA256, 64 lowercase hex digits
+    fingerprint: str | None = None  # 40 (SHA-1) or, for SHA256 and SPKI, 64 lowercase hex digits
     serial: str | None = None  # uppercase hex, as nginx prints $ssl_client_serial
     issuer: str | None = None  # canonical RFC 2253 form of the issuer DN
     san: SanRule | None = None
@@ -103,7 +104,7 @@ class Identity:
 
     @property
     def needs_njs(self) -> bool:
-        return self.kind in (IdentityKind.SAN, IdentityKind.SHA256)
+        return self.kind in (IdentityKind.SAN, IdentityKind.SHA256, IdentityKind.SPKI)
 
 
 @dataclass(frozen=True, slots=True)

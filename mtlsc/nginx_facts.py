@@ -123,6 +123,10 @@ VARIABLES: dict[str, Variable] = {
         Variable("sha256", "SHA-256 of the DER certificate: 64 lowercase hex digits", "no certificate was sent",
                  "Use it as a stable, collision-resistant key for one certificate (it changes on renewal).",
                  (1, 22, 0)),
+        Variable("spki", "SHA-256 of the certificate's DER SubjectPublicKeyInfo (its public key): 64 lowercase "
+                 "hex digits, as `openssl pkey -pubin -outform DER | openssl dgst -sha256` prints it",
+                 "no certificate was sent", "Use it as the key's identity: it stays the same when the certificate "
+                 "is renewed with the same key, and changes with the key.", (1, 22, 0)),
     )
 }
 
@@ -154,6 +158,7 @@ FORWARD_FIELDS: dict[str, ForwardField] = {
         ForwardField("san_ip", "san_ip", "X-Client-San-Ip", njs=True),
         ForwardField("spiffe_id", "spiffe_id", "X-Client-Spiffe-Id", njs=True),
         ForwardField("fingerprint_sha256", "sha256", "X-Client-Fingerprint-Sha256", njs=True),
+        ForwardField("spki_sha256", "spki", "X-Client-Spki-Sha256", njs=True),
     )
 }
 

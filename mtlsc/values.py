@@ -7,6 +7,8 @@ turns that into a located diagnostic.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -176,16 +178,41 @@ def route_path(text: str) -> str:
 
 
 def fingerprint(text: str, algorithm: str | None = None) -> str:
-    """40 (SHA-1) or 64 (SHA-256) lowercase hex digits; `algorithm` (`sha1`/`sha256`) fixes which."""
+    """40 (SHA-1) or 64 (SHA-256) lowercase hex digits; `algorithm` (`sha1`/`sha256`/`spki`) fixes
+    which. An `spki` pin may also be written as curl and HPKP print it, `sha256//BASE64`."""
+    if algorithm == "spki" and text.startswith("sha256//"):
+        return _spki_base64(text)
     hexdigits = text.replace(":", "").lower()
-    sizes = {"sha1": 40, "sha256": 64}
+    sizes = {"sha1": 40, "sha256": 64, "spki": 64}
     wanted = (sizes[algorithm],) if algorithm else (40, 64)
     if not re.fullmatch(r"[0-9a-f]+", hexdigits) or len(hexdigits) not in wanted:
+        if algorithm == "spki":
+            raise ValueProblem(f"`{text}` is not an SPKI pin", SPKI_HELP)
+        if text.startswith("sha256//"):
+            raise ValueProblem(f"`{text}` is a public-key (SPKI) pin, not a certificate fingerprint",
+                               f'write `fingerprint spki "{text}"`')
         what = {None: "a SHA-1 or SHA-256", "sha1": "a SHA-1", "sha256": "a SHA-256"}[algorithm]
         return_help = ("write 40 (SHA-1) or 64 (SHA-256) hex digits, with or without `:` "
                        "(`openssl x509 -noout -fingerprint -sha256 -in CERT`)")
         raise ValueProblem(f"`{text}` is not {what} fingerprint", return_help)
     return hexdigits
+
+
+SPKI_HELP = ("write the SHA-256 of the certificate's public key as 64 hex digits (`openssl x509 -in CERT -noout "
+             "-pubkey | openssl pkey -pubin -outform DER | openssl dgst -sha256`) or as `sha256//BASE64` (curl's "
+             "--pinnedpubkey form)")
+
+
+def _spki_base64(text: str) -> str:
+    """`sha256//BASE64` (32 bytes, standard base64 with padding) as 64 lowercase hex digits."""
+    body = text[len("sha256//"):]
+    try:
+        raw = base64.b64decode(body, validate=True) if re.fullmatch(r"[A-Za-z0-9+/]{43}=", body) else b""
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueProblem(f"`{text}` is not an SPKI pin: after `sha256//` come 44 base64 characters", SPKI_HELP)
+    return raw.hex()
 
 
 def serial(text: str) -> str:

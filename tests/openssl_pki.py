@@ -123,11 +123,16 @@ class OpensslCa:
         openssl("ca", "-batch", "-config", str(self.config), "-preserveDN", "-notext", "-extensions", extensions,
                 *period, "-in", str(csr), "-out", str(out))
 
-    def issue(self, base: Path, subject: str, *, expired: bool = False, extensions: str = "client") -> Path:
-        """`base.crt` + `base.key` for `subject` (`/O=Corp/CN=alice`)."""
+    def issue(self, base: Path, subject: str, *, expired: bool = False, extensions: str = "client",
+              key_kind: str = "ec", reuse_key: Path | None = None) -> Path:
+        """`base.crt` + `base.key` for `subject` (`/O=Corp/CN=alice`); with `reuse_key`, a renewal:
+        `base.key` is a copy of that key."""
         base.parent.mkdir(parents=True, exist_ok=True)
         key, csr, crt = (base.with_name(base.name + s) for s in (".key", ".csr", ".crt"))
-        _new_key(key, "ec")
+        if reuse_key is not None:
+            key.write_bytes(reuse_key.read_bytes())
+        else:
+            _new_key(key, key_kind)
         openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
         self._sign(csr, crt, extensions, dates=("20200101000000Z", "20200102000000Z") if expired else None)
         return crt

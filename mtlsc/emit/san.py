@@ -1,4 +1,4 @@
-"""The njs module of a server's SAN identities, SHA-256 pins and SAN forwarding (san.js.j2).
+"""The njs module of a server's SAN identities, SHA-256 and SPKI pins and SAN forwarding (san.js.j2).
 
 Only servers that need it get one: a route allowing such an identity, or forwarding such a field.
 Each allow list with njs identities gets a js_set variable (`<prefix>allow<n>_njs`, "1" or "0")
@@ -37,6 +37,7 @@ class SanModule:
     js_sets: list[JsSet] = field(default_factory=list)
     functions: list[JsFunction] = field(default_factory=list)
     table: dict = field(default_factory=dict)
+    spki: bool = False  # some allow list pins a public key, or `forward spki_sha256`: the module reads the key
 
     def js(self) -> Safe:
         """The LISTS table as a JS literal: JSON, ASCII-only (every policy string escaped)."""
@@ -46,6 +47,7 @@ class SanModule:
 _FORWARD_BODY = {
     "san_uri": 'forward(r, "uri")', "san_dns": 'forward(r, "dns")', "san_email": 'forward(r, "email")',
     "san_ip": 'forward(r, "ip")', "spiffe_id": "encode(spiffeId(info(r).sans))", "sha256": "sha256(info(r))",
+    "spki": "spki(info(r))",
 }
 
 
@@ -64,15 +66,21 @@ def add_allow_list(m: SanModule, prefix: str, n: int, idents: list[ir.Identity])
     exact: dict[str, int] = {}
     patterns: list[list[str]] = []
     pins: list[str] = []
+    keys: list[str] = []
     for ident in sorted(idents, key=lambda i: i.name):
         if ident.kind is ir.IdentityKind.SHA256:
             pins.append(ident.fingerprint)
+        elif ident.kind is ir.IdentityKind.SPKI:
+            keys.append(ident.fingerprint)
         elif ident.san.pattern:
             patterns.append([ident.san.kind, ident.san.regex()])
         else:
             exact[f"{ident.san.kind} {ident.san.value}"] = 1
     m.table[name] = {"exact": exact, "patterns": patterns, "sha256": pins,
                      "identities": sorted(i.name for i in idents)}
+    if keys:  # only then: a module without public-key pins stays as it was
+        m.table[name]["spki"] = keys
+        m.spki = True
     var = f"{prefix}allow{n}_njs"
     m.functions.append(JsFunction(quote.bare(name), Safe(f'allowed(r, "{name}")')))
     m.js_sets.append(JsSet(quote.nginx_var(var), quote.bare(f"{prefix}san.{name}")))
@@ -85,6 +93,7 @@ def forward_variable(m: SanModule, prefix: str, field_name: str) -> str:
     var = f"{prefix}{suffix}"
     name = "fwd_" + suffix  # apart from the module's own functions (`sha256`)
     if not any(f.name == name for f in m.functions):
+        m.spki = m.spki or suffix == "spki"
         m.functions.append(JsFunction(quote.bare(name), Safe(_FORWARD_BODY[suffix])))
         m.js_sets.append(JsSet(quote.nginx_var(var), quote.bare(f"{prefix}san.{name}")))
     return var

@@ -93,7 +93,7 @@ class _Cast:
     order: dict[str, int]  # member file -> position in the cast: cases keep the cast's order
     general: list[Member]  # strangers, revoked, expired and untrusted clients
     identities: dict[str, dict[str, Member]]  # ca -> identity name -> its member
-    near: dict[str, dict[str, list[Member]]]  # ca -> identity name -> its near misses
+    near: dict[str, dict[str, list[Member]]]  # ca -> identity name -> its near misses (and renewals)
     any_sample: dict[str, list[str]]  # ca -> identities tested on its routes without an allow list
 
 
@@ -106,7 +106,7 @@ def _group(server: ir.Server, members: list[Member]) -> _Cast:
         grouped.order[m.file] = i
         if m.kind == "identity":
             grouped.identities.setdefault(m.ca, {})[m.identity.name] = m
-        elif m.kind == "near":
+        elif m.kind in ("near", "renewed"):
             grouped.near.setdefault(m.ca, {}).setdefault(m.identity.name, []).append(m)
         else:
             grouped.general.append(m)
@@ -155,6 +155,8 @@ def _cases_for_route(server: ir.Server, route: ir.Route, grouped: _Cast) -> Iter
             yield case(f"identity {m.identity.name}", m, spoof=True)
         elif m.kind == "near" and route.allow and m.ca == route.ca.name and m.identity.name in allowed:
             yield case(f"near miss of identity {m.identity.name} ({m.shown})", m, spoof=True)
+        elif m.kind == "renewed" and route.allow and m.ca == route.ca.name and m.identity.name in allowed:
+            yield case(f"identity {m.identity.name} renewed with the same key", m, spoof=True)
         elif m.kind == "stranger":
             same_ca = route.ca is not None and m.ca == route.ca.name
             if route.mode is ir.Mode.PUBLIC or not same_ca:
@@ -375,4 +377,5 @@ def emit(policy: ir.Policy, pki) -> dict[str, str]:
         "tests.sh.j2", table=Safe(table.out.getvalue()), table_end=Safe(TABLE_END), spoof_mark=Safe(SPOOF_MARK),
         spoof_headers=_w(",".join(_spoof_headers(policy)) or "-"),
         files=[_w(f) for f in needed], unmintable=[_w(f) for f in unmintable],
+        spki=any(f.field == "spki_sha256" for s in policy.servers for r in s.routes for f in r.forward),
     )}

@@ -51,6 +51,7 @@ def _gate_variables(server: ir.Server) -> dict[str, list[str]]:
                 ir.IdentityKind.SERIAL: ["ssl_client_serial", "ssl_client_i_dn"],
                 ir.IdentityKind.SAN: ["ssl_client_raw_cert"],
                 ir.IdentityKind.SHA256: ["ssl_client_raw_cert"],
+                ir.IdentityKind.SPKI: ["ssl_client_raw_cert"],
             }[ident.kind]
             for v in var:
                 used.setdefault(v, []).append(r.path)

@@ -5,6 +5,7 @@ Never for production: keys are written unencrypted."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from collections.abc import Iterable, Mapping
@@ -88,6 +89,17 @@ def _name(cn: str, org: str) -> x509.Name:
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def new_client_key() -> ec.EllipticCurvePrivateKey:
+    """A key for a client certificate the lab mints more than once (an SPKI pin's holder)."""
+    return _new_key()
+
+
+def spki_sha256(public_key) -> str:
+    """SHA-256 of a public key's DER SubjectPublicKeyInfo, as an SPKI pin writes it."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
 
 
 def signing_hash(key) -> hashes.HashAlgorithm | None:
@@ -186,14 +198,15 @@ def make_chain(prefix: str, intermediates: int, *, now: datetime,
 
 def issue_client(issuer: Issued | None, subject: x509.Name, *, now: datetime, days: int = 365,
                  not_before: datetime | None = None, serial: int | None = None,
-                 ocsp_url: str | None = None, sans: Sans = Sans()) -> Issued:
+                 ocsp_url: str | None = None, sans: Sans = Sans(), key=None) -> Issued:
     """A client (leaf) certificate valid from `not_before` (default: just before `now`) for `days`;
     self-signed when `issuer` is None (a `leaf` CA's listed certificate).
 
     An expired certificate: `not_before=now - timedelta(days=30), days=1`. `sans` go in its
     subjectAltName, critical when the subject is empty (RFC 5280 §4.2.1.6), as in SPIFFE SVIDs.
+    `key`: the client's key, for a renewal (default: a new one).
     """
-    key = _new_key()
+    key = key or _new_key()
     start = not_before or now - BACKDATE
     b = (_base(subject, issuer, key, start, start + timedelta(days=days), serial)
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from mtlsc import dn, ir, pipeline
 from mtlsc.model.cast import cast
 from mtlsc.lab.leaves import mint_user_leaf_near_misses
-from mtlsc.lab.pki import CaChain, MintedCast, PINNED_BY_FINGERPRINT, mint_cast
+from mtlsc.lab.pki import CaChain, MintedCast, PINNED_BY_FINGERPRINT, PINNED_BY_KEY, mint_cast
 from mtlsc.lab.userca import CaKey, UserCaError, load_user_ca
 from mtlsc.render import render
 
@@ -114,7 +114,7 @@ def mint_cast_command(policies: list[str], keys: Sequence[CaKey], out: Path, *, 
     written = sum(1 for m in members if m.file not in minted.not_minted)
     _say(f"mtlsc mint-cast: wrote {written} of {len(members)} client certificates to {out}, valid {days} day(s). "
          "They are real credentials of your CA: keep the directory private and delete it after the run.")
-    required = {f: r for f, r in minted.not_minted.items() if r != PINNED_BY_FINGERPRINT}
+    required = {f: r for f, r in minted.not_minted.items() if r not in (PINNED_BY_FINGERPRINT, PINNED_BY_KEY)}
     if minted.not_minted:
         _say("not minted (tests.sh skips their cases; it fails on those not pinned by fingerprint unless --allow-skips):")
         for f, reason in sorted(minted.not_minted.items()):

@@ -97,6 +97,7 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
 
 # Why a cast member was not minted: `mtlsc lab` and `mtlsc mint-cast` print these.
 PINNED_BY_FINGERPRINT = "pinned by fingerprint: only that one certificate matches; supply it yourself"
+PINNED_BY_KEY = "pinned by public key (spki): only its holder's key matches; supply the certificate (and its renewal)"
 
 
 def no_key(ca: str) -> str:
@@ -104,12 +105,15 @@ def no_key(ca: str) -> str:
 
 
 def _mint(m: Member, chain: CaChain, serial_pos: dict[str, int], now: datetime,
-          ocsp_url: str | None = None, days: int = 365) -> Issued | str:
+          ocsp_url: str | None = None, days: int = 365, holder_keys: Mapping[str, object] | None = None) -> Issued | str:
     """The certificate of one cast member of a trusted CA, or why it cannot be minted.
-    `ocsp_url` goes in its AIA."""
+    `ocsp_url` goes in its AIA; `holder_keys[identity]` is the key an SPKI identity pins."""
     ident = m.identity
-    if ident is not None and ident.kind is ir.IdentityKind.FINGERPRINT:
+    if ident is not None and ident.kind in (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SHA256):
         return PINNED_BY_FINGERPRINT
+    held = (holder_keys or {}).get(ident.name) if m.holds_pinned_key else None
+    if m.holds_pinned_key and held is None:
+        return PINNED_BY_KEY
     signer = chain.signer
     if signer is None:
         return no_key(m.ca)
@@ -127,7 +131,7 @@ def _mint(m: Member, chain: CaChain, serial_pos: dict[str, int], now: datetime,
         if issuer is None or issuer.cert.subject != _x509_name(ident.issuer) or not 0 < serial <= MAX_SERIAL:
             return f"pinned by serial {ident.serial} of `{ident.issuer}`, which no certificate of the lab's chain is named"
         return issue_client(issuer, subject, now=now, serial=serial, ocsp_url=ocsp_url, days=days)
-    return issue_client(signer, subject, now=now, ocsp_url=ocsp_url, days=days, sans=m.sans)
+    return issue_client(signer, subject, now=now, ocsp_url=ocsp_url, days=days, sans=m.sans, key=held)
 
 
 def _write_issued(base: Path, issued: Issued, chain: tuple[x509.Certificate, ...] = ()) -> None:
@@ -164,13 +168,15 @@ class MintedCast:
 
 def mint_cast(members: list[Member], chains: Mapping[str, CaChain | str], clients_dir: Path, *, now: datetime,
               aia: Mapping[str, str] | None = None, serial_pos: Mapping[str, dict[str, int]] | None = None,
-              days: int = 365, gaps: Mapping[str, str] | None = None) -> MintedCast:
+              days: int = 365, gaps: Mapping[str, str] | None = None,
+              holder_keys: Mapping[str, object] | None = None) -> MintedCast:
     """Write `<member>.crt|.key` under `clients_dir` for every cast member `chains` can issue.
 
     `chains[ca]` is a chain, or why the CA has none (its files cannot be read); `gaps[ca]` says
     why none of its members may be minted. A CA in `aia` puts that OCSP URL in its clients'
     AIA (`<ca>/ocsp-down` gets DEAD_OCSP_URL). Look-alikes need a key of the CA that signs their
-    sub-CA; the untrusted client comes from a throwaway root."""
+    sub-CA; the untrusted client comes from a throwaway root. `holder_keys[identity]`: the key
+    an SPKI identity pins (its holder's certificate and renewal are minted with it)."""
     aia, serial_pos, gaps = aia or {}, serial_pos or {}, gaps or {}
     out = MintedCast()
     for m in (m for m in members if m.ca is not None and m.kind != "lookalike"):
@@ -180,10 +186,11 @@ def mint_cast(members: list[Member], chains: Mapping[str, CaChain | str], client
             continue
         url = aia.get(m.ca)
         issued = _mint(m, chain, serial_pos.get(m.ca, {}), now, DEAD_OCSP_URL if m.kind == "ocsp-down" and url else url,
-                       days)
+                       days, holder_keys)
         if isinstance(issued, str):
             out.not_minted[m.file] = issued
-            if m.identity is not None and m.identity.kind in (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SERIAL):
+            if m.identity is not None and m.identity.kind in (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SERIAL,
+                                                              ir.IdentityKind.SHA256, ir.IdentityKind.SPKI):
                 out.unsatisfiable.append(m.identity.name)
             continue
         if m.kind == "revoked":
@@ -254,7 +261,8 @@ def _write_crls(policy: ir.Policy, chains: Mapping[str, CaChain], user_cas: Mapp
 
 def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: Path | None = None,
                   crl_valid: timedelta = timedelta(days=30), ocsp_url: str | None = None,
-                  user_cas: Mapping[str, UserCa] | None = None) -> LabPki:
+                  user_cas: Mapping[str, UserCa] | None = None,
+                  holder_keys: Mapping[str, object] | None = None) -> LabPki:
     """Make a PKI shaped like `policy` and write it (layout: see `LabPki`).
 
     Each CA gets a chain with one certificate per `bundle` file (root first), written to those
@@ -271,6 +279,7 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
     OCSP responder (AIA), except `<ca>/ocsp-down`, which names `DEAD_OCSP_URL`; `ocsp_status`
     says which certificates the responder must call revoked (`<ca>/revoked`) or not answer for
     (`<ca>/ocsp-down`, for a policy whose `responder` sends every question to the lab's).
+    `holder_keys[identity]`: the key an SPKI identity pins, when the lab holds it (`mint_cast`).
     """
     out_dir = Path(out_dir)
     user_cas = user_cas or {}
@@ -295,7 +304,7 @@ def build_lab_pki(policy: ir.Policy, out_dir: Path, *, now: datetime, base_dir: 
     leaf_cas = {ca.name for ca in policy.cas if ca.leaf and ca.name not in user_cas}  # minted above
     minted = mint_cast([m for m in members if m.ca not in leaf_cas or m.kind == "lookalike"], chains,
                        out_dir / "clients", now=now, aia=urls, serial_pos=serial_pos, gaps=gaps,
-                       days=USER_CAST_DAYS if user_cas else 365)
+                       days=USER_CAST_DAYS if user_cas else 365, holder_keys=holder_keys)
     minted.not_minted.update(leaf_gaps)
     for ca in (c for c in policy.cas if c.leaf and c.name in user_cas):
         for f in mint_user_leaf_near_misses(ca, members, chains[ca.name].root.cert, out_dir / "clients", now=now,

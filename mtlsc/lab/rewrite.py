@@ -36,14 +36,16 @@ def _quoted(value: str) -> str:
 def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir: str,
                     backend: str, install_dir: str, ocsp_responder: str | None = None,
                     resolver: str | None = None, ca_files: Mapping[str, CaFiles] | None = None,
-                    add_responder: bool = False) -> str:
+                    add_responder: bool = False, key_pins: Mapping[str, str] | None = None) -> str:
     """Every `listen X` of server N becomes `listen 127.0.0.1:port_for(N, X)` (X = "443" when the
     server has no listen); certificates become `cert_dir/<N>_<port>.crt|.key`, every backend
     `backend`, every install dir `install_dir`, every OCSP `responder` `ocsp_responder` and the
     `resolver`'s DNS servers the one `resolver`, when given: the lab asks nothing off loopback.
     The `bundle` and `crl` files of a CA in `ca_files` become the ones named there, so the lab
     never writes where the policy points. `add_responder`: an `ocsp` line without a `responder`
-    gets `ocsp_responder` (the user's own certificates name the user's responder, or none)."""
+    gets `ocsp_responder` (the user's own certificates name the user's responder, or none).
+    `key_pins[identity]` replaces the value of that identity's `fingerprint spki`: the lab pins a
+    key it holds, as only the holder of the policy's key could make a certificate that matches."""
     text = source.text
     starts = _line_starts(text)  # once: a policy with a backend per route has thousands of edits
 
@@ -60,6 +62,9 @@ def rewrite_for_lab(source: Source, tree: ast.PolicyFile, *, port_for, cert_dir:
             first, last = item.addresses[0].span, item.addresses[-1].span
             edits.append((_offset(text, first.line, first.col), _offset(text, last.end_line, last.end_col),
                           _quoted(resolver)))
+        elif isinstance(item, ast.Identity) and item.name.value in (key_pins or {}):
+            for stmt in (s for s in item.body if isinstance(s, ast.Fingerprint)):
+                replace(stmt.value.span, _quoted(key_pins[item.name.value]))
         elif isinstance(item, ast.Ca):
             files = (ca_files or {}).get(item.name.value)
             for stmt in item.body:

@@ -21,6 +21,7 @@ from pathlib import Path
 from mtlsc import dn, ir, pipeline
 from mtlsc.diagnostics import Diagnostic
 from mtlsc.lab.audit import audit
+from mtlsc.lab.certs import new_client_key, spki_sha256
 from mtlsc.lab.dns import DnsServer, running_dns_server
 from mtlsc.lab.echo import EchoBackend, EchoRequest, running_echo_backend
 from mtlsc.lab.nginx import (NJS_HINT, NginxProcess, NginxStartError, find_nginx, free_port, nginx_command,
@@ -153,6 +154,11 @@ def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime,
         progress(f"ca {name}: your own CA files, as they are; "
                  + (f"test clients issued by {dn.nginx_dn_of(signer.cert.subject)}" if signer
                     else "no key, so no test client of it can be minted (--ca-key)"))
+    holder_keys = {i.name: new_client_key() for i in original.policy.identities if i.kind is ir.IdentityKind.SPKI}
+    key_pins = {name: spki_sha256(key.public_key()) for name, key in holder_keys.items()}
+    for name in sorted(key_pins):
+        progress(f"identity {name}: pins a key the lab holds, in the lab's copy of the policy (only the holder of "
+                 "your key can make a certificate that matches yours)")
     ports: dict[tuple[str, str], int] = {}
 
     def port_for(name: str, listen: str) -> int:
@@ -170,7 +176,7 @@ def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime,
                                           backend=backend, install_dir=str(workdir / "out" / "mtls"),
                                           ocsp_responder=ocsp.url if ocsp else None,
                                           resolver=dns.address if dns else None, ca_files=files,
-                                          add_responder=add_responder))
+                                          add_responder=add_responder, key_pins=key_pins))
         lab_paths.append(str(target))
     front = pipeline.read_and_lower(lab_paths)
     if front.policy is None:
@@ -179,7 +185,8 @@ def prepare(policy_paths: list[str], workdir: Path, backend: str, now: datetime,
     ocsp_url = None
     if ocsp is not None:
         ocsp_url = f"http://{LAB_OCSP_HOST}:{ocsp.port}/" if front.policy.resolver and dns else ocsp.url
-    pki = build_lab_pki(front.policy, workdir / "lab", now=now, ocsp_url=ocsp_url, user_cas=users)
+    pki = build_lab_pki(front.policy, workdir / "lab", now=now, ocsp_url=ocsp_url, user_cas=users,
+                        holder_keys=holder_keys)
     clients = sum(1 for _ in pki.clients_dir.rglob("*.crt"))
     progress(f"pki: {len(pki.chains)} CA(s), {clients} client certificates ({time.monotonic() - started:.1f} s)"
              + (f"; {len(pki.not_minted)} not minted" if pki.not_minted else ""))

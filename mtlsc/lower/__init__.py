@@ -92,15 +92,16 @@ NJS_PACKAGE = "libnginx-mod-http-js"
 
 
 def _needs_njs(ctx, idents: dict, servers: list[ir.Server]) -> None:
-    """MTLS030: SAN identities, SHA-256 pins and SAN forwarding are read in njs, which stock nginx
-    lacks: the policy must say the target loads it, or nginx -t would stop at `unknown directive`."""
+    """MTLS030: SAN identities, SHA-256 and SPKI pins and SAN forwarding are read in njs, which
+    stock nginx lacks: the policy must say the target loads it, or nginx -t would stop at `unknown directive`."""
     help = (f'load njs in the target nginx (Debian/Ubuntu: `apt-get install {NJS_PACKAGE}`, then '
             f'`load_module modules/ngx_http_js_module.so;`) and say so: `nginx ">= 1.22" with njs`')
     used = {i.name for s in servers for r in s.routes for i in r.allow}
     for name in sorted(used):
         ident = idents.get(name)
         if ident is not None and ident.needs_njs:
-            what = "a SHA-256 pin" if ident.kind is ir.IdentityKind.SHA256 else "a SAN identity"
+            what = {ir.IdentityKind.SHA256: "a SHA-256 pin",
+                    ir.IdentityKind.SPKI: "an SPKI (public-key) pin"}.get(ident.kind, "a SAN identity")
             ctx.err("MTLS030", ident.span, f"identity `{name}` is {what}: nginx reads it only through njs, "
                     "and the policy does not say the target has njs", help, label="needs njs")
     for s in servers:
@@ -154,6 +155,8 @@ def _identity_key(ident: ir.Identity) -> tuple | None:
         return ("serial", ident.serial, ident.issuer.lower())
     if ident.kind is ir.IdentityKind.SHA256:
         return ("sha256", ident.fingerprint)
+    if ident.kind is ir.IdentityKind.SPKI:
+        return ("spki", ident.fingerprint)
     if ident.kind is ir.IdentityKind.SAN:
         return ("san", ident.san.kind, ident.san.value, ident.san.pattern)
     return None

@@ -100,17 +100,21 @@ def _subject_identity(ctx: Ctx, name: str, stmt: ast.Subject, span: Span) -> ir.
 
 
 def _fingerprint_identity(ctx: Ctx, name: str, stmt: ast.Fingerprint, span: Span) -> ir.Identity | None:
-    """SHA-1 (`$ssl_client_fingerprint`) or SHA-256 (njs), by `sha1`/`sha256` or by length."""
+    """SHA-1 (`$ssl_client_fingerprint`) or SHA-256 (njs), by `sha1`/`sha256` or by length; or, by
+    `spki`, SHA-256 of the certificate's public key (njs): a pin that survives renewal with the same key."""
     algorithm = stmt.algorithm.value.lower() if stmt.algorithm else None
-    if algorithm not in (None, "sha1", "sha256"):
+    if algorithm not in (None, "sha1", "sha256", "spki"):
         ctx.err("MTLS012", stmt.algorithm.span, f"`{stmt.algorithm.value}` is not a fingerprint algorithm",
-                "write `fingerprint sha256 \"...\"`, `fingerprint sha1 \"...\"`, or leave it out: the length tells")
+                "write `fingerprint sha256 \"...\"`, `fingerprint sha1 \"...\"` (the certificate), "
+                "`fingerprint spki \"...\"` (its public key), or leave it out: the length tells")
         return None
     try:
         digits = values.fingerprint(stmt.value.value, algorithm)
     except values.ValueProblem as p:
         ctx.err("MTLS014", stmt.value.span, p.message, p.help)
         return None
+    if algorithm == "spki":
+        return ir.Identity(name, ir.IdentityKind.SPKI, fingerprint=digits, span=span)
     kind = ir.IdentityKind.SHA256 if len(digits) == 64 else ir.IdentityKind.FINGERPRINT
     return ir.Identity(name, kind, fingerprint=digits, span=span)
 

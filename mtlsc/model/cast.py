@@ -10,6 +10,11 @@ attribute set that satisfies every constraint but one, a named attribute held tw
 RDN first or last, or the good RDN made multi-valued: `CN=mallory+CN=globex-a`). Each is kept only
 if no identity allowed on that CA matches it, so the evaluator refuses it on every allow-list route.
 
+An SPKI identity (a public-key pin) gets its holder's certificate (`id-<identity>`), that
+certificate renewed with the same key (`renewed-<identity>`, allowed as well) and a certificate with
+the same subject and another key (`near-<identity>-1`, refused). Only the key's holder can make the
+first two: the lab pins a key of its own in its copy of the policy (mtlsc.lab.run).
+
 For a `leaf` CA every member it "issues" (stranger, identities, near misses) is a self-signed leaf
 the lab lists in the CA's files; its `expired` one and its `twin` (the `client` leaf's subject and
 serial, another key) are self-signed and not listed, so nginx refuses them.
@@ -26,6 +31,8 @@ from mtlsc.model.evaluate import AllowIndex, Client, allow_index, identity_match
 from mtlsc.san import Sans
 
 STRANGER_SUBJECT = "CN=mtlsc-stranger,O=mtlsc lab"
+# Identities only their holder's certificate (or key) satisfies: a CA key alone cannot mint it.
+PINNED_KINDS = (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SHA256, ir.IdentityKind.SPKI)
 # Identities tested per allow list: a longer list is sampled (first, last and evenly between), so
 # tests.sh and the lab PKI stay proportional to the policy, not to routes x identities.
 IDENTITY_SAMPLE = 8
@@ -35,7 +42,7 @@ UNTRUSTED_DIR = "untrusted"
 @dataclass(frozen=True, slots=True)
 class Member:
     file: str  # path under the clients directory, without .crt/.key
-    kind: str  # identity | near | stranger | revoked | ocsp-down | expired | untrusted | lookalike | twin
+    kind: str  # identity | renewed | near | stranger | revoked | ocsp-down | expired | untrusted | lookalike | twin
     ca: str | None  # the CA that issues it (None: a CA no server trusts)
     subject: str  # nginx form; for a fingerprint identity, unknown until the user supplies it
     identity: ir.Identity | None = None  # for `near`: the identity it imitates
@@ -44,9 +51,14 @@ class Member:
     note: str = ""  # for a SAN near miss: what it tries
 
     @property
+    def holds_pinned_key(self) -> bool:
+        """The certificate of an SPKI identity's key holder, or its renewal."""
+        return self.identity is not None and self.identity.kind is ir.IdentityKind.SPKI and self.kind != "near"
+
+    @property
     def mintable(self) -> bool:
-        """False for fingerprint pins: only the user's own certificate has that fingerprint."""
-        return self.identity is None or self.identity.kind not in (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SHA256)
+        """False for fingerprint pins: only the user's own certificate has that fingerprint (or key)."""
+        return self.identity is None or (self.identity.kind not in PINNED_KINDS or self.kind == "near")
 
     @property
     def shown(self) -> str:
@@ -64,6 +76,8 @@ class Member:
             return Client(self.subject, "", fingerprint=ident.fingerprint, verified_by=verified_by)
         if ident is not None and ident.kind is ir.IdentityKind.SHA256 and self.kind == "identity":
             return Client(self.subject, "", sha256=ident.fingerprint, verified_by=verified_by)
+        if self.holds_pinned_key:
+            return Client(self.subject, "", spki=ident.fingerprint, verified_by=verified_by)
         if self.sans.names:
             return Client(self.subject, "", verified_by=verified_by, sans=self.sans)
         if ident is not None and ident.kind is ir.IdentityKind.SERIAL:
@@ -208,6 +222,16 @@ def _san_near(ca: str, ident: ir.Identity, on_ca: AllowIndex) -> list[Member]:
     return out
 
 
+def _key_companions(ca: str, ident: ir.Identity, on_ca: AllowIndex) -> list[Member]:
+    """An SPKI pin's renewal (same key, another certificate: allowed) and its near miss (same
+    subject, another key), kept only when no identity allowed on `ca` admits that subject anyway."""
+    subject = identity_subject(ident)
+    out = [Member(f"{ca}/renewed-{ident.name}", "renewed", ca, subject, ident)]
+    if not on_ca.matches(Client(subject, "")):
+        out.append(Member(f"{ca}/near-{ident.name}-1", "near", ca, subject, ident, note=f"{subject}, another key"))
+    return out
+
+
 def _mintable_subject(subject: str) -> bool:
     return subject == "" or _mintable(dn.parse_dn(subject))
 
@@ -289,6 +313,8 @@ def cast(policy: ir.Policy) -> list[Member]:
                 members.append(Member(f"{ca.name}/near-{name}-{n}", "near", ca.name, subject, ident))
             if ident.kind is ir.IdentityKind.SAN:
                 members += _san_near(ca.name, ident, on_ca)
+            if ident.kind is ir.IdentityKind.SPKI:
+                members += _key_companions(ca.name, ident, on_ca)
     members += _lookalikes(policy, members, stranger)
     first_subject = next((i.subject for i in policy.identities if i.kind is ir.IdentityKind.SUBJECT), None)
     members.append(Member(f"{UNTRUSTED_DIR}/client", "untrusted", None, first_subject or "CN=mtlsc-untrusted,O=mtlsc lab"))

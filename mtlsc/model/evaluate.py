@@ -38,6 +38,7 @@ class Client:
     expired: bool = False  # expired or not yet valid: refused even where nothing is verified (passthrough)
     sans: Sans = Sans()  # subjectAltNames (mtlsc.san), read in njs
     sha256: str = ""  # SHA-256 of the DER, lowercase hex ("" unknown)
+    spki: str = ""  # SHA-256 of the DER SubjectPublicKeyInfo (the key), lowercase hex ("" unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,8 @@ def identity_matches(identity: ir.Identity, client: Client) -> bool:
         return client.fingerprint.lower() == identity.fingerprint
     if kind is ir.IdentityKind.SHA256:
         return client.sha256.lower() == identity.fingerprint
+    if kind is ir.IdentityKind.SPKI:
+        return client.spki.lower() == identity.fingerprint
     if kind is ir.IdentityKind.SAN:
         return san.matches(identity.san, client.sans)
     return client.serial.upper() == identity.serial and client.issuer.lower() == identity.issuer.lower()
@@ -188,7 +191,7 @@ def allow_index(allow: tuple[ir.Identity, ...]) -> AllowIndex:
         subjects={i.subject.lower(): i for i in allow if i.kind is kinds.SUBJECT},
         fingerprints={i.fingerprint: i for i in allow if i.kind is kinds.FINGERPRINT},
         serials={(i.serial, i.issuer.lower()): i for i in allow if i.kind is kinds.SERIAL},
-        patterns=tuple(i for i in allow if i.kind in (kinds.ATTRS, kinds.SAN, kinds.SHA256)),
+        patterns=tuple(i for i in allow if i.kind in (kinds.ATTRS, kinds.SAN, kinds.SHA256, kinds.SPKI)),
     )
 
 
@@ -224,6 +227,8 @@ def _field(client: Client | None, name: str) -> str:
         return san.encode_value(client.sans.spiffe_id)
     if name == "fingerprint_sha256":
         return client.sha256
+    if name == "spki_sha256":
+        return client.spki
     return getattr(client, name, "")
 
 

@@ -90,8 +90,9 @@ def model_client(spec: ClientSpec, server: ir.Server, policy: ir.Policy) -> Clie
     # A SAN identity's certificate carries its example SAN (mtlsc.san_cast, as the lab mints it).
     sans = san_cast.example_sans(ident.san) if ident is not None and ident.kind is ir.IdentityKind.SAN else Sans()
     sha256 = ident.fingerprint if ident is not None and ident.kind is ir.IdentityKind.SHA256 else ""
+    spki = ident.fingerprint if ident is not None and ident.kind is ir.IdentityKind.SPKI else ""
     return Client(spec.subject, issuer, fingerprint, serial, spec.ca if ok else None, stand_in,
-                  "Jan  1 00:00:00 2025 GMT", "Jan  1 00:00:00 2035 GMT", "365", sans=sans, sha256=sha256)
+                  "Jan  1 00:00:00 2025 GMT", "Jan  1 00:00:00 2035 GMT", "365", sans=sans, sha256=sha256, spki=spki)
 
 
 def _nginx_time(t: datetime) -> str:
@@ -210,7 +211,7 @@ def lab_certificate(lab: Lab, spec: ClientSpec, name: str, now: datetime, cache:
                       None) if chain is not None else None
         gap = _ocsp_gap(lab, f.issued_by, issuer) if issuer is not None else None
         return Skip(gap) if gap else (Path(f.cert), Path(f.key))
-    if ident is not None and ident.kind in (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SHA256):
+    if ident is not None and ident.kind in (ir.IdentityKind.FINGERPRINT, ir.IdentityKind.SHA256, ir.IdentityKind.SPKI):
         return Skip("a fingerprint pin matches only the user's own certificate: name it in a case with "
                     "`client: {cert: ..., key: ...}`", required=False)
     if spec.revoked or (spec.kind == "identity" and not spec.expired):

@@ -300,6 +300,8 @@ def identity_samples(ident: ir.Identity) -> list[Client]:
         return [Client(ident.subject, "")]
     if kind is ir.IdentityKind.SHA256:
         return [Client(f"CN=mtlsc-sha256-{ident.name},O=mtlsc lab", "", sha256=ident.fingerprint)]
+    if kind is ir.IdentityKind.SPKI:
+        return [Client(f"CN=mtlsc-spki-{ident.name},O=mtlsc lab", "", spki=ident.fingerprint)]
     if kind is ir.IdentityKind.SAN:
         from mtlsc.model import san_cast
         return [Client(san_cast.identity_subject(ident.san), "", sans=san_cast.example_sans(ident.san))]
@@ -327,6 +329,8 @@ def describe_identity(ident: ir.Identity) -> str:
         return f'serial "{ident.serial}" issuer "{ident.issuer}"'
     if ident.kind is ir.IdentityKind.SHA256:
         return f'fingerprint sha256 "{ident.fingerprint}"'
+    if ident.kind is ir.IdentityKind.SPKI:
+        return f'fingerprint spki "{ident.fingerprint}"'
     if ident.kind is ir.IdentityKind.SAN:
         return f'san {ident.san.kind} "{ident.san.value if ident.san.kind != "ip" else san.ip_text(ident.san.value)}"'
     return " ".join(f'{a.attr.lower()} {"~ " if a.op == "re" else ""}"{a.value}"' for a in ident.attrs)
@@ -338,6 +342,8 @@ def cert_word(c: Client) -> str:
         return f"SHA-1 {_short(c.fingerprint)}"
     if c.sha256:
         return f"SHA-256 {_short(c.sha256)}"
+    if c.spki:
+        return f"public key SHA-256 {_short(c.spki)}"
     if c.sans.names:
         return ", ".join(f"{k.upper()} `{san.ip_text(v) if k == 'ip' else v}`" for k, v in c.sans.names)
     if c.serial:
