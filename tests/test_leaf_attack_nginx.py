@@ -1,0 +1,277 @@
+"""`ca NAME { leaf ... }` attacked as a hostile client would, on real nginx, through the echo
+backend and real frameworks (docs/language.md "Trusted leaf certificates", docs/nginx-facts.md
+§F11). Every client kind against every route kind, on one server holding two leaf CAs and an
+ordinary CA and on other servers of the same address (SNI, Host, no SNI); certificates signed by
+a listed leaf's key; session resumption across servers; identity headers sent by the client;
+path variants in front of Flask/Werkzeug and Express; how leaf files are read into fingerprints.
+
+One hole was found and is closed here: a holder's self-made certificate without basicConstraints
+but with a Netscape certificate type naming it an SSL CA is a CA to nginx, so the holder could
+mint a sub-CA named like another CA of the server and reach that CA's routes under any name
+(`test_leaf_with_netscape_ssl_ca_type_mints_into_another_cas_routes`); MTLS317 now refuses it."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from mtlsc import pipeline
+from mtlsc.checks import leaves
+from mtlsc.lab.client import request
+from mtlsc.lab.echo import running_echo_backend
+from mtlsc.lab.nginx import free_port, running_nginx
+from mtlsc.lab.pki import issue_server, make_root, write_pem
+from mtlsc.output import write_atomic
+
+pytestmark = pytest.mark.nginx
+NOW = datetime.now(timezone.utc)
+OK, BAD, REQ, FORBID, MISDIRECTED, NO_TLS = "ok", "bad", "req", "forbid", "421", "no tls"
+ANSWERS = {BAD: (403, b"client certificate not accepted\n"), REQ: (403, b"client certificate required\n"),
+           FORBID: (403, b"client certificate not allowed here\n")}
+ALICE = "CN=alice,O=Laptops"
+NAMES = ["api.test", "solo.test", "leafonly.test", "renewed.test", "pass.test"]
+# Netscape certificate type (OpenSSL's nsCertType), as DER BIT STRINGs: sslClient plus one CA bit.
+NS_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")
+NS_CLIENT_AND_SSL_CA = bytes.fromhex("03020284")
+NS_CLIENT_AND_SMIME_CA = bytes.fromhex("03020182")
+
+
+def _key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _name(text: str) -> x509.Name:
+    return x509.Name.from_rfc4514_string(text)
+
+
+def _ski(key) -> bytes:
+    return x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
+
+
+def _cert(subject: str, key, *, issuer: str | None = None, signer=None, ca: bool | None = False,
+          serial: int | None = None, valid=(timedelta(hours=-1), timedelta(days=30)), ski: bytes | None = b"",
+          aki: bytes | None = None, eku: bool = True, ns: bytes | None = None) -> x509.Certificate:
+    """A certificate; self-signed unless `issuer`/`signer` are given. `ca=None`: no basicConstraints;
+    `ski`: b"" for the key's own identifier, None for none, else the bytes to copy."""
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer or subject))
+         .public_key(key.public_key()).serial_number(serial or x509.random_serial_number())
+         .not_valid_before(NOW + valid[0]).not_valid_after(NOW + valid[1]))
+    if ca is not None:
+        b = b.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    if eku:
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    if ski is not None:
+        b = b.add_extension(x509.SubjectKeyIdentifier(ski or _ski(key)), critical=False)
+    if aki is not None:
+        b = b.add_extension(x509.AuthorityKeyIdentifier(aki, None, None), critical=False)
+    if ns is not None:
+        b = b.add_extension(x509.UnrecognizedExtension(NS_CERT_TYPE, ns), critical=False)
+    return b.sign(signer or key, hashes.SHA256())
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA1()).hex()
+
+
+class Pki:
+    """Certificates written under `d`: `clients[label] = (cert path, key path)`, `certs[label]`."""
+
+    def __init__(self, d: Path):
+        self.d, self.clients, self.certs = d, {}, {}
+
+    def client(self, label: str, cert: x509.Certificate, key, *chain: x509.Certificate) -> None:
+        self.certs[label] = cert
+        self.clients[label] = (write_pem(self.d / f"{label}.crt", cert, *chain), write_pem(self.d / f"{label}.key", key))
+
+    def anchor(self, file: str, cert: x509.Certificate) -> None:
+        write_pem(self.d / file, cert)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    d = tmp_path_factory.mktemp("leafattack")
+    srv = issue_server(make_root("server ca", now=NOW), NAMES, now=NOW)
+    write_pem(d / "srv.crt", srv.cert)
+    write_pem(d / "srv.key", srv.key)
+    p = Pki(d)
+    keys = {n: _key() for n in ("alice", "alice2", "bob", "carol", "root", "sub", "copy")}
+    alice = _cert(ALICE, keys["alice"], serial=0x1234)
+    for label, cert in (("alice", alice), ("alice renewed", _cert(ALICE, keys["alice2"])),
+                        ("bob", _cert("CN=bob,O=Laptops", keys["bob"])),
+                        ("carol", _cert("CN=carol,O=Phones", keys["carol"]))):
+        key = keys[label.split()[0] + ("2" if "renewed" in label else "")]
+        p.client(label, cert, key)
+        p.anchor(f"{label.replace(' ', '-')}.pem", cert)
+    root = _cert("CN=staff root,O=Example Corp", keys["root"], ca=True, eku=False)
+    p.anchor("staff-root.pem", root)
+    root_aki = _ski(keys["root"])
+
+    def staff(label: str, subject: str) -> None:
+        key = _key()
+        p.client(label, _cert(subject, key, issuer="CN=staff root,O=Example Corp", signer=keys["root"], aki=root_aki), key)
+
+    staff("dave", "CN=dave,O=Example Corp")
+    staff("staff client named alice", ALICE)
+    # A sub-CA of staff named like alice: its client's subject AND issuer are alice's name.
+    sub = _cert(ALICE, keys["sub"], issuer="CN=staff root,O=Example Corp", signer=keys["root"], ca=True, eku=False,
+                aki=root_aki)
+    key = _key()
+    p.client("client of a staff sub-CA named alice", _cert(ALICE, key, issuer=ALICE, signer=keys["sub"],
+                                                            aki=_ski(keys["sub"])), key, sub)
+    # ... and one that copies alice's key identifier too: OpenSSL then takes alice as the issuer.
+    copy = _cert(ALICE, keys["copy"], issuer="CN=staff root,O=Example Corp", signer=keys["root"], ca=True, eku=False,
+                 aki=root_aki, ski=_ski(keys["alice"]))
+    key = _key()
+    p.client("client of a staff sub-CA named alice with its key id", _cert(
+        "CN=mallory,O=Laptops", key, issuer=ALICE, signer=keys["copy"], aki=_ski(keys["alice"])), key, copy)
+    # Unlisted self-signed copies of alice: subject, serial and key identifier, another key.
+    for label, valid in (("alice's twin", None), ("expired copy of alice", (timedelta(days=-60), timedelta(days=-1))),
+                         ("future copy of alice", (timedelta(days=1), timedelta(days=30)))):
+        key = _key()
+        p.client(label, _cert(ALICE, key, serial=0x1234, ski=_ski(keys["alice"]),
+                              **({"valid": valid} if valid else {})), key)
+    # Signed by alice's own key (alice is CA:FALSE): a client, and a sub-CA named like the staff root.
+    key = _key()
+    p.client("signed by alice", _cert("CN=bob,O=Laptops", key, issuer=ALICE, signer=keys["alice"],
+                                      aki=_ski(keys["alice"])), key)
+    minted_sub_key = _key()
+    minted_sub = _cert("CN=staff root,O=Example Corp", minted_sub_key, issuer=ALICE, signer=keys["alice"], ca=True,
+                       eku=False, aki=_ski(keys["alice"]))
+    key = _key()
+    p.client("dave under a sub-CA signed by alice", _cert("CN=dave,O=Example Corp", key,
+                                                          issuer="CN=staff root,O=Example Corp",
+                                                          signer=minted_sub_key, aki=_ski(minted_sub_key)),
+             key, minted_sub)
+    return p
+
+
+def _compile(d: Path, text: str, *, ok: bool = True):
+    path = d / "p.mtls"
+    path.write_text(text)
+    result = pipeline.compile_policy([str(path)], now=datetime.now(timezone.utc))
+    if ok:
+        assert not result.failed, "\n".join(f"{x.code} {x.severity} {x.message}" for x in result.diagnostics)
+        write_atomic(d / "out", result.outputs)
+    return result
+
+
+@contextmanager
+def _serving(d: Path, text: str, port: int, backend: int):
+    """Compile `text` (with {d}, {port}, {backend} filled in) into d/out and run nginx on it."""
+    _compile(d, text.format(d=d, port=port, backend=backend))
+    with running_nginx(f"include {d}/out/nginx/*.conf;", d / "nginx", ports=[port]) as n:
+        yield n
+
+
+def _fresh(pki: Pki, tmp_path: Path) -> Path:
+    """A work directory holding the module's certificates (each test compiles its own policy)."""
+    for f in pki.d.iterdir():
+        if f.is_file():
+            (tmp_path / f.name).symlink_to(f)
+    return tmp_path
+
+
+def _get(port: int, sni: str | None, path: str, client, *, host: str | None = None, **kw):
+    cert, key = client if client else (None, None)
+    return request("127.0.0.1", port, path, server_name=sni, host_header=host or sni or "api.test", cert=cert,
+                   key=key, **kw)
+
+
+def _verdict(r) -> str:
+    if r.status == 0:
+        return NO_TLS
+    if r.status == 421:
+        return MISDIRECTED
+    for name, answer in ANSWERS.items():
+        if (r.status, r.body) == answer:
+            return name
+    return OK if r.status == 200 and r.body.startswith(b"GET ") else f"{r.status} {r.body[:80]!r}"
+
+
+# --- the hole: a leaf that nginx takes for a CA -----------------------------------------------------
+
+HOLE_POLICY = """nginx ">= 1.22"
+ca laptops {{ leaf "{d}/holder.pem" }}
+ca staff {{ bundle "{d}/staff-root.pem"  depth 1 }}
+identity dave {{ subject "CN=dave,O=Example Corp" }}
+server api.test {{
+  listen 127.0.0.1:{port}
+  certificate "{d}/srv.crt" key "{d}/srv.key"
+  backend "http://127.0.0.1:{backend}"
+  install "{d}/out/mtls"
+  route /leaf/ {{ require laptops  allow any  forward subject }}
+  route /staff/ {{ require staff  allow dave  forward subject }}
+}}
+"""
+
+
+def _holder_and_minted(pki: Pki, d: Path, ns: bytes | None, ca: bool | None):
+    """A leaf holder's self-made certificate (`ns`: its Netscape type, `ca`: its basicConstraints),
+    and dave under a sub-CA the holder signed, named like the staff root."""
+    holder_key, sub_key, dave_key = _key(), _key(), _key()
+    holder = _cert("CN=holder,O=Laptops", holder_key, ca=ca, ns=ns)
+    write_pem(d / "holder.pem", holder)
+    write_pem(d / "holder.key", holder_key)
+    sub = _cert("CN=staff root,O=Example Corp", sub_key, issuer="CN=holder,O=Laptops", signer=holder_key, ca=True,
+                eku=False, aki=_ski(holder_key))
+    dave = _cert("CN=dave,O=Example Corp", dave_key, issuer="CN=staff root,O=Example Corp", signer=sub_key,
+                 aki=_ski(sub_key))
+    return (d / "holder.pem", d / "holder.key"), (write_pem(d / "minted.crt", dave, sub), write_pem(d / "minted.key", dave_key))
+
+
+def test_leaf_with_netscape_ssl_ca_type_mints_into_another_cas_routes(pki, tmp_path, monkeypatch):
+    """The hole. A holder makes their own certificate: no basicConstraints, an nsCertType of
+    `client, sslCA`. OpenSSL's check_ca takes it for a CA (no basicConstraints, no keyUsage, a
+    Netscape CA type), so with the staff CA's depth 1 on the server a sub-CA signed by the holder's
+    key verifies; named like the staff root, its clients pass the issuer binding of `/staff/` and any
+    subject identity there. mtlsc used to compile this silently (MTLS317 looked only at
+    basicConstraints, keyUsage and version 1). Shown on nginx with MTLS317 switched off; now
+    MTLS317 refuses the leaf."""
+    d = _fresh(pki, tmp_path)
+    holder, minted = _holder_and_minted(pki, d, NS_CLIENT_AND_SSL_CA, None)
+    with running_echo_backend() as echo:
+        port = free_port()
+        text = HOLE_POLICY.format(d=d, port=port, backend=echo.port)
+        result = _compile(d, text, ok=False)
+        found = [x for x in result.diagnostics if x.code == "MTLS317"]
+        assert result.failed and found, [(x.code, x.message) for x in result.diagnostics]
+        assert "CN=holder,O=Laptops" in found[0].message
+        # What MTLS317 stands between: the config mtlsc emits without it lets the minted dave in.
+        monkeypatch.setattr(leaves, "_treated_as_ca", lambda cert: False)
+        with _serving(d, HOLE_POLICY, port, echo.port):
+            assert _verdict(_get(port, "api.test", "/leaf/x", holder)) == OK
+            got = _get(port, "api.test", "/staff/x", minted)
+            assert _verdict(got) == OK and b"X-Client-Subject: CN=dave,O=Example Corp\n" in got.body
+
+
+@pytest.mark.parametrize("ns, ca, reason", [
+    (NS_CLIENT_AND_SSL_CA, None, None),
+    (NS_CLIENT_AND_SSL_CA, False, "(24:invalid CA certificate)"),
+    (NS_CLIENT_AND_SMIME_CA, None, "(26:unsuitable certificate purpose)"),
+    (None, None, "(24:invalid CA certificate)"),
+    (None, False, "(24:invalid CA certificate)"),
+], ids=["ssl-ca-type", "ssl-ca-type-but-ca-false", "smime-ca-type", "no-basic-constraints", "ca-false"])
+def test_which_leaves_nginx_lets_sign(pki, tmp_path, monkeypatch, ns, ca, reason):
+    """What nginx verifies under a listed leaf's key, by the leaf's extensions: only an SSL CA
+    Netscape type without basicConstraints makes it an issuer; CA:FALSE always wins (`invalid CA
+    certificate`), an S/MIME CA type is not one for TLS clients. MTLS317 fires exactly for the
+    issuer (with everything else, the holder's own certificate verifies and is admitted)."""
+    d = _fresh(pki, tmp_path)
+    holder, minted = _holder_and_minted(pki, d, ns, ca)
+    with running_echo_backend() as echo:
+        port = free_port()
+        result = _compile(d, HOLE_POLICY.format(d=d, port=port, backend=echo.port), ok=False)
+        assert ("MTLS317" in {x.code for x in result.diagnostics}) == (reason is None)
+        monkeypatch.setattr(leaves, "_treated_as_ca", lambda cert: False)
+        with _serving(d, HOLE_POLICY, port, echo.port) as n:
+            assert _verdict(_get(port, "api.test", "/leaf/x", holder)) == OK
+            assert _verdict(_get(port, "api.test", "/staff/x", minted)) == (OK if reason is None else BAD)
+            if reason:
+                assert f"client SSL certificate verify error: {reason}" in n.error_log()
