@@ -19,12 +19,17 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 GOOD_DAYS = (timedelta(days=-1), timedelta(days=90))
 
 
-def _leaf(d: Path, name: str, *, eku=(ExtendedKeyUsageOID.CLIENT_AUTH,), ca: bool = False, days=GOOD_DAYS) -> str:
+def _leaf(d: Path, name: str, *, eku=(ExtendedKeyUsageOID.CLIENT_AUTH,), ca: bool | None = False, days=GOOD_DAYS,
+          ns: bytes | None = None) -> str:
+    """`ca=None`: no basicConstraints; `ns`: a Netscape certificate type (DER BIT STRING)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Laptops"), x509.NameAttribute(NameOID.COMMON_NAME, name)])
     b = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(NOW + days[0]).not_valid_after(NOW + days[1])
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+         .serial_number(x509.random_serial_number()).not_valid_before(NOW + days[0]).not_valid_after(NOW + days[1]))
+    if ca is not None:
+        b = b.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    if ns is not None:
+        b = b.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("2.16.840.1.113730.1.1"), ns), critical=False)
     if eku:
         b = b.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     write_pem(d / f"{name}.pem", b.sign(key, hashes.SHA256()))
@@ -133,8 +138,19 @@ def test_mtls317_triggers_on_a_ca_under_leaf(tmp_path):
     assert "use" in d.help or "bundle" in d.help
 
 
+def test_mtls317_triggers_on_a_netscape_ssl_ca_type_without_basic_constraints(tmp_path):
+    """nsCertType `client, sslCA` and no basicConstraints: a CA to OpenSSL, which a holder can
+    write into their own certificate (tests/test_leaf_attack_nginx.py shows it minting on nginx)."""
+    text, diags = _run(tmp_path, [_leaf(tmp_path, "alice", ca=None, ns=bytes.fromhex("03020284"))])
+    assert (_one(diags, "MTLS317").span.line, _one(diags, "MTLS317").span.col) == _at(text, '"alice.pem"')
+
+
 def test_mtls317_clean_for_ca_false(tmp_path):
     assert "MTLS317" not in _codes(_run(tmp_path, [_leaf(tmp_path, "alice")])[1])
+    # nginx refuses to chain through these (tests/test_leaf_attack_nginx.py::test_which_leaves_nginx_lets_sign)
+    for i, (ca, ns) in enumerate([(None, None), (False, "03020284"), (None, "03020182"), (None, "03020780")]):
+        leaf = _leaf(tmp_path, f"l{i}", ca=ca, ns=bytes.fromhex(ns) if ns else None)
+        assert "MTLS317" not in _codes(_run(tmp_path, [leaf])[1]), (ca, ns)
 
 
 def test_mtls318_triggers_on_expired_and_not_yet_valid_leaves(tmp_path):

@@ -113,11 +113,13 @@ def leaf_not_self_signed(ctx):
 
 def leaf_is_a_ca(ctx):
     """What it catches: a `leaf` certificate OpenSSL takes for a CA: basicConstraints CA:TRUE, a
-    keyUsage with keyCertSign and no basicConstraints, or a version 1 certificate.
+    keyUsage with keyCertSign and no basicConstraints, a version 1 certificate, or a Netscape
+    certificate type with the SSL CA bit and neither basicConstraints nor keyUsage.
 
-    Why: nginx would verify every certificate it signs as well (docs/nginx-facts.md §12), not
-    only its holder's. mtlsc's fingerprint gate still admits only the listed certificate on the
-    CA's routes, but a CA is not a client certificate and belongs in a `bundle`.
+    Why: nginx would verify every certificate it signs as well (docs/nginx-facts.md §12, §F11),
+    not only its holder's. The fingerprint gate still admits only the listed certificate on the
+    CA's routes, but the holder (who made the certificate) could sign a sub-CA named like another
+    CA of the server and reach that CA's routes under any name.
 
     Example: `leaf "company-root.pem"`.
 
