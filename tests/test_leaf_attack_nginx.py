@@ -162,10 +162,17 @@ def _compile(d: Path, text: str, *, ok: bool = True):
     return result
 
 
+def _fill(text: str, **values) -> str:
+    """`text` with each `{name}` replaced (policies are full of braces of their own)."""
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", str(value))
+    return text
+
+
 @contextmanager
 def _serving(d: Path, text: str, port: int, backend: int):
     """Compile `text` (with {d}, {port}, {backend} filled in) into d/out and run nginx on it."""
-    _compile(d, text.format(d=d, port=port, backend=backend))
+    _compile(d, _fill(text, d=d, port=port, backend=backend))
     with running_nginx(f"include {d}/out/nginx/*.conf;", d / "nginx", ports=[port]) as n:
         yield n
 
@@ -198,17 +205,17 @@ def _verdict(r) -> str:
 # --- the hole: a leaf that nginx takes for a CA -----------------------------------------------------
 
 HOLE_POLICY = """nginx ">= 1.22"
-ca laptops {{ leaf "{d}/holder.pem" }}
-ca staff {{ bundle "{d}/staff-root.pem"  depth 1 }}
-identity dave {{ subject "CN=dave,O=Example Corp" }}
-server api.test {{
+ca laptops { leaf "{d}/holder.pem" }
+ca staff { bundle "{d}/staff-root.pem"  depth 1 }
+identity dave { subject "CN=dave,O=Example Corp" }
+server api.test {
   listen 127.0.0.1:{port}
   certificate "{d}/srv.crt" key "{d}/srv.key"
   backend "http://127.0.0.1:{backend}"
   install "{d}/out/mtls"
-  route /leaf/ {{ require laptops  allow any  forward subject }}
-  route /staff/ {{ require staff  allow dave  forward subject }}
-}}
+  route /leaf/ { require laptops  allow any  forward subject }
+  route /staff/ { require staff  allow dave  forward subject }
+}
 """
 
 
@@ -238,7 +245,7 @@ def test_leaf_with_netscape_ssl_ca_type_mints_into_another_cas_routes(pki, tmp_p
     holder, minted = _holder_and_minted(pki, d, NS_CLIENT_AND_SSL_CA, None)
     with running_echo_backend() as echo:
         port = free_port()
-        text = HOLE_POLICY.format(d=d, port=port, backend=echo.port)
+        text = _fill(HOLE_POLICY, d=d, port=port, backend=echo.port)
         result = _compile(d, text, ok=False)
         found = [x for x in result.diagnostics if x.code == "MTLS317"]
         assert result.failed and found, [(x.code, x.message) for x in result.diagnostics]
@@ -270,7 +277,7 @@ def test_which_leaves_nginx_lets_sign(pki, tmp_path, monkeypatch, ns, ca, signs)
     holder, minted = _holder_and_minted(pki, d, ns, ca)
     with running_echo_backend() as echo:
         port = free_port()
-        result = _compile(d, HOLE_POLICY.format(d=d, port=port, backend=echo.port), ok=False)
+        result = _compile(d, _fill(HOLE_POLICY, d=d, port=port, backend=echo.port), ok=False)
         assert ("MTLS317" in {x.code for x in result.diagnostics}) == signs
         monkeypatch.setattr(leaves, "_treated_as_ca", lambda cert: False)
         with _serving(d, HOLE_POLICY, port, echo.port) as n:
@@ -278,3 +285,225 @@ def test_which_leaves_nginx_lets_sign(pki, tmp_path, monkeypatch, ns, ca, signs)
             assert _verdict(_get(port, "api.test", "/staff/x", minted)) == (OK if signs else BAD)
             if not signs:
                 assert "client SSL certificate verify error: (26:unsuitable certificate purpose)" in n.error_log()
+
+
+# --- every client kind on every route kind, on four servers of one address --------------------------
+
+def _server(name: str, routes: str) -> str:
+    return "server " + name + """ {
+  listen 127.0.0.1:{port}
+  certificate "{d}/srv.crt" key "{d}/srv.key"
+  backend "http://127.0.0.1:{backend}"
+  install "{d}/out/mtls"
+""" + routes + "}\n"
+
+
+MATRIX_POLICY = """nginx ">= 1.22"
+ca laptops { leaf "{d}/alice.pem" "{d}/bob.pem" }
+ca phones { leaf "{d}/carol.pem" }
+ca staff { bundle "{d}/staff-root.pem"  depth 1 }
+identity alice { subject "CN=alice,O=Laptops" }
+identity dave { subject "CN=dave,O=Example Corp" }
+""" + _server("api.test", """  route = /healthz { public }
+  route /leaf/ { require laptops  allow any  forward subject fingerprint verify }
+  route /alice/ { require laptops  allow alice  forward subject fingerprint }
+  route /maybe/ { optional laptops  forward subject fingerprint verify }
+  route /phone/ { require phones  allow any  forward subject fingerprint }
+  route /staff/ { require staff  allow any  forward subject fingerprint }
+  route /dave/ { require staff  allow dave  forward subject fingerprint }
+  route / { public }
+""") + _server("solo.test", """  route /staff/ { require staff  allow any  forward subject fingerprint }
+  route / { public }
+""") + _server("leafonly.test", """  route /leaf/ { require laptops  allow any  forward subject fingerprint }
+  route /maybe/ { optional laptops  forward subject fingerprint verify }
+  route / { public }
+""") + _server("pass.test", """  route / { passthrough  forward cert verify }
+""")
+
+# Every certificate nginx refuses to verify on api.test; each gets `bad` on every route of it.
+FAILED_ON_API = ("alice's twin", "expired copy of alice", "future copy of alice",
+                 "client of a staff sub-CA named alice with its key id", "signed by alice",
+                 "dave under a sub-CA signed by alice")
+API_PATHS = ("/leaf/x", "/alice/x", "/maybe/x", "/phone/x", "/staff/x", "/dave/x", "/x", "/healthz")
+API = {
+    None: (REQ, REQ, OK, REQ, REQ, REQ, OK, OK),
+    "alice": (OK, OK, OK, BAD, BAD, BAD, OK, OK),
+    "bob": (OK, FORBID, OK, BAD, BAD, BAD, OK, OK),
+    "carol": (BAD, BAD, BAD, OK, BAD, BAD, OK, OK),
+    "dave": (BAD, BAD, BAD, BAD, OK, OK, OK, OK),
+    "staff client named alice": (BAD, BAD, BAD, BAD, OK, FORBID, OK, OK),
+    # verified (staff root -> sub-CA), but its issuer DN is alice's name: bound to laptops, not listed
+    "client of a staff sub-CA named alice": (BAD, BAD, BAD, BAD, BAD, BAD, OK, OK),
+    **{label: (BAD,) * 8 for label in FAILED_ON_API},
+}
+SOLO_PATHS = ("/staff/x", "/x")
+# The staff CA's own subtree, look-alikes of alice included: without alice in its trust file the
+# sub-CA copying her key id is the only issuer OpenSSL finds. Every other kind: bad.
+SOLO = {None: (REQ, OK), "dave": (OK, OK), "staff client named alice": (OK, OK),
+        "client of a staff sub-CA named alice": (OK, OK), "client of a staff sub-CA named alice with its key id": (OK, OK)}
+LEAFONLY_PATHS = ("/leaf/x", "/maybe/x", "/x")
+LEAFONLY = {None: (REQ, OK, OK), "alice": (OK, OK, OK), "bob": (OK, OK, OK)}  # every other kind: bad
+
+
+@pytest.fixture(scope="module")
+def matrix(pki, tmp_path_factory):
+    """nginx serving MATRIX_POLICY through the echo backend: (port, echo, nginx)."""
+    d = _fresh(pki, tmp_path_factory.mktemp("matrix"))
+    with running_echo_backend() as echo:
+        port = free_port()
+        with _serving(d, MATRIX_POLICY, port, echo.port) as n:
+            yield port, echo, n
+
+
+def _check(port, echo, sni: str, paths, expected: dict, pki: Pki, host: str | None = None) -> list[str]:
+    """Every client of `pki` (and none) on `paths` of `sni`; the mismatches with `expected`
+    (a client not in it expects `bad` everywhere). A 200 must reach the backend with the client's
+    own subject and fingerprint; a refusal must not reach it at all."""
+    problems = []
+    for label in [None, *pki.clients]:
+        want = expected.get(label, (BAD,) * len(paths))
+        for path, verdict in zip(paths, want):
+            before = len(echo.snapshot())
+            got = _get(port, sni, path, pki.clients[label] if label else None, host=host)
+            seen = echo.snapshot()[before:]
+            if _verdict(got) != verdict:
+                problems.append(f"{label} {sni} {path}: {_verdict(got)} (expected {verdict})")
+            elif verdict == OK and label and "fingerprint" in _forwarded(sni, path):
+                cert = pki.certs[label]
+                if seen[-1].header_values("X-Client-Fingerprint") != [_fingerprint(cert)]:
+                    problems.append(f"{label} {sni} {path}: fingerprint {seen[-1].header_values('X-Client-Fingerprint')}")
+            elif verdict != OK and seen:
+                problems.append(f"{label} {sni} {path}: refused ({verdict}) but reached the backend")
+    return problems
+
+
+def _forwarded(sni: str, path: str) -> str:
+    return "" if path in ("/x", "/healthz") or sni == "pass.test" else "subject fingerprint"
+
+
+def test_every_client_kind_on_every_route_of_the_shared_server(pki, matrix):
+    port, echo, n = matrix
+    assert _check(port, echo, "api.test", API_PATHS, API, pki) == []
+    log = n.error_log()
+    # a certificate signed by alice's key: alice is CA:FALSE, OpenSSL refuses the chain through it
+    assert 'verify error: (26:unsuitable certificate purpose)' in log
+    # the sub-CA that copies alice's key identifier: OpenSSL takes alice as the issuer, and her key did not sign
+    assert 'verify error: (7:certificate signature failure)' in log
+    assert 'verify error: (18:self-signed certificate)' in log  # the twin
+    assert 'verify error: (10:certificate has expired)' in log and 'verify error: (9:certificate is not yet valid)' in log
+
+
+def test_every_client_kind_on_the_other_servers_of_the_address(pki, matrix):
+    port, echo, _ = matrix
+    assert _check(port, echo, "solo.test", SOLO_PATHS, SOLO, pki) == []
+    assert _check(port, echo, "leafonly.test", LEAFONLY_PATHS, LEAFONLY, pki) == []
+
+
+# (client, SNI, Host, path, verdict): the handshake is verified against the SNI's server; a Host of
+# another server that verifies clients gets 421 from nginx, and no SNI or an unknown one reaches
+# mtlsc's default server, which refuses the handshake.
+SNI_HOST = [
+    ("alice", "leafonly.test", "solo.test", "/staff/x", MISDIRECTED),
+    ("alice", "leafonly.test", "api.test", "/staff/x", MISDIRECTED),
+    ("alice", "leafonly.test", "solo.test.", "/staff/x", MISDIRECTED),
+    ("alice", "leafonly.test", "solo.test:443", "/staff/x", MISDIRECTED),
+    ("alice", "leafonly.test", "pass.test", "/x", MISDIRECTED),
+    ("alice", "api.test", "leafonly.test", "/leaf/x", MISDIRECTED),
+    ("carol", "api.test", "leafonly.test", "/leaf/x", MISDIRECTED),
+    ("dave", "solo.test", "api.test", "/dave/x", MISDIRECTED),
+    ("dave", "solo.test", "leafonly.test", "/leaf/x", MISDIRECTED),
+    ("client of a staff sub-CA named alice", "solo.test", "api.test", "/alice/x", MISDIRECTED),
+    ("client of a staff sub-CA named alice", "solo.test", "leafonly.test", "/leaf/x", MISDIRECTED),
+    ("alice's twin", "pass.test", "leafonly.test", "/leaf/x", MISDIRECTED),
+    ("alice's twin", "pass.test", "api.test", "/alice/x", MISDIRECTED),
+    ("alice", None, "leafonly.test", "/leaf/x", NO_TLS),
+    ("alice", None, "api.test", "/alice/x", NO_TLS),
+    ("dave", None, "solo.test", "/staff/x", NO_TLS),
+    ("alice", "other.test", "leafonly.test", "/leaf/x", NO_TLS),
+    ("alice", "127.0.0.1", "leafonly.test", "/leaf/x", NO_TLS),
+    # the same server under other spellings: served as itself, still gated
+    ("alice", "LEAFONLY.TEST", "leafonly.test", "/leaf/x", OK),
+    ("alice", "leafonly.test", "LeafOnly.Test.", "/leaf/x", OK),
+    ("dave", "LEAFONLY.TEST", "leafonly.test", "/leaf/x", BAD),
+    ("bob", "api.test", "API.TEST", "/alice/x", FORBID),
+]
+
+
+@pytest.mark.parametrize("client, sni, host, path, verdict", SNI_HOST)
+def test_sni_host_and_no_sni(pki, matrix, client, sni, host, path, verdict):
+    port, echo, _ = matrix
+    before = len(echo.snapshot())
+    got = _get(port, sni, path, pki.clients[client], host=host)
+    assert _verdict(got) == verdict, (got.status, got.body[:100], got.error)
+    assert len(echo.snapshot()) == before + (verdict == OK)
+
+
+# --- session resumption across the servers of one address -----------------------------------------
+
+# Tickets on (only fixed builds targeted, MTLS238 silent). renewed.test trusts alice's renewed
+# certificate: the same subject, so the same CA names, the same server certificate, and so the same
+# session id context as leafonly.test in nginx; only the fingerprint tells them apart.
+RESUME_POLICY = """nginx ">= 1.26.3"
+ca laptops { leaf "{d}/alice.pem" }
+ca renewed { leaf "{d}/alice-renewed.pem" }
+ca staff { bundle "{d}/staff-root.pem"  depth 1 }
+""" + _server("leafonly.test", """  route /leaf/ { require laptops  allow any  forward fingerprint }
+  route / { public }
+""") + _server("renewed.test", """  route /leaf/ { require renewed  allow any  forward fingerprint }
+  route / { public }
+""") + _server("solo.test", """  route /staff/ { require staff  allow any  forward subject }
+  route / { public }
+""") + _server("api.test", """  route /leaf/ { require laptops  allow any  forward fingerprint }
+  route /staff/ { require staff  allow any  forward subject }
+  route / { public }
+""")
+
+
+@pytest.fixture(scope="module")
+def resumption(pki, tmp_path_factory):
+    d = _fresh(pki, tmp_path_factory.mktemp("resume"))
+    with running_echo_backend() as echo:
+        port = free_port()
+        with _serving(d, RESUME_POLICY, port, echo.port) as n:
+            yield port, echo, n
+
+
+def _session(port: int, client, sni: str, path: str, **kw):
+    """A session of `client` on `sni` (TLS 1.3 tickets come after the handshake: a second
+    connection resumes the first and carries the ticket on), and whether it resumed there."""
+    first = _get(port, sni, path, client, **kw)
+    assert _verdict(first) == OK, (first.status, first.error)
+    second = _get(port, sni, path, client, session=first.session, **kw)
+    third = _get(port, sni, path, client, session=second.session or first.session, **kw)
+    assert _verdict(second) == _verdict(third) == OK
+    return third.session or second.session or first.session, second.session_reused or third.session_reused
+
+
+@pytest.mark.parametrize("version, tickets, verdict", [("TLSv1.2", True, MISDIRECTED), ("TLSv1.2", False, BAD),
+                                                      ("TLSv1.3", True, NO_TLS)],
+                         ids=["tls12-tickets", "tls12-session-id", "tls13"])
+def test_a_leafs_session_offered_to_another_server_gets_nothing_there(pki, resumption, version, tickets, verdict):
+    """alice's session from leafonly.test, offered to each other server of the address for a route
+    alice has no business on there, renewed.test (same session id context) included; and the
+    renewed leaf's session of renewed.test offered to leafonly.test. On its own server the session
+    resumes (with tickets), so the offer is real. What nginx 1.22 (with the CVE-2025-23419 fix) does:
+    TLS 1.2 resumes the ticket but keeps the server it was made on (`client attempted to request the
+    server name different from the one that was negotiated`: 421); TLS 1.3 refuses the handshake;
+    a TLS 1.2 session id is never resumed (`ssl_session_cache off`), so the client is verified
+    afresh and refused. No request reaches the backend."""
+    port, echo, n = resumption
+    kw = dict(tls_version=version, tickets=tickets)
+    offers = []
+    session, resumed = _session(port, pki.clients["alice"], "leafonly.test", "/leaf/x", **kw)
+    assert resumed == tickets
+    offers += [("alice", session, sni, path) for sni, path in
+               (("renewed.test", "/leaf/x"), ("solo.test", "/staff/x"), ("api.test", "/staff/x"))]
+    session, resumed = _session(port, pki.clients["alice renewed"], "renewed.test", "/leaf/x", **kw)
+    assert resumed == tickets
+    offers.append(("alice renewed", session, "leafonly.test", "/leaf/x"))
+    before = len(echo.snapshot())
+    for label, session, sni, path in offers:
+        got = _get(port, sni, path, pki.clients[label], session=session, **kw)
+        assert _verdict(got) == verdict, (label, sni, path, got.status, got.body, got.error)
+        assert got.session_reused == (verdict == MISDIRECTED)
+    assert len(echo.snapshot()) == before
