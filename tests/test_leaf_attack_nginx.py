@@ -507,3 +507,168 @@ def test_a_leafs_session_offered_to_another_server_gets_nothing_there(pki, resum
         assert _verdict(got) == verdict, (label, sni, path, got.status, got.body, got.error)
         assert got.session_reused == (verdict == MISDIRECTED)
     assert len(echo.snapshot()) == before
+
+
+# --- real frameworks behind the leaf routes: forged identity headers, path variants ------------------
+
+FRAMEWORK_POLICY = """nginx ">= 1.22"
+ca laptops { leaf "{d}/alice.pem" "{d}/bob.pem" }
+ca phones { leaf "{d}/carol.pem" }
+ca staff { bundle "{d}/staff-root.pem"  depth 1 }
+identity alice { subject "CN=alice,O=Laptops" }
+""" + _server("api.test", """  route = /healthz { public }
+  route /leaf/ { require laptops  allow any  forward subject fingerprint verify }
+  route /alice/ { require laptops  allow alice  forward subject fingerprint verify }
+  route /maybe/ { optional laptops  forward subject fingerprint verify }
+  route /phone/ { require phones  allow any  forward subject }
+  route / { public }
+""") + _server("solo.test", """  route /staff/ { require staff  allow any }
+  route / { public }
+""")
+FRAMEWORK_SPECS = ["= /healthz", "/leaf/", "/alice/", "/maybe/", "/phone/", "/staff/", "/"]
+
+
+@pytest.fixture(scope="module", params=["flask", "express"])
+def framework(request, pki, tmp_path_factory):
+    """nginx serving FRAMEWORK_POLICY in front of one real framework: (port, framework name)."""
+    from real_backends import BackendUnavailable, running_backend
+
+    d = _fresh(pki, tmp_path_factory.mktemp(request.param))
+    try:
+        with running_backend(request.param, FRAMEWORK_SPECS, d / "backend") as backend:
+            port = free_port()
+            with _serving(d, FRAMEWORK_POLICY, port, backend.port):
+                yield port, request.param
+    except BackendUnavailable as exc:
+        (pytest.skip if exc.skippable else pytest.fail)(str(exc))
+
+
+def _send(port: int, target: str, client, *, sni: str | None = "api.test", host: str | None = "",
+          headers=(), version: str = "HTTP/1.1"):
+    from real_backends import get_request, raw_request
+
+    raw = get_request(target, (sni if host == "" else host), headers, version)
+    return raw_request(port, sni, raw, cert=client)
+
+
+def _raw_verdict(resp) -> str:
+    if resp.status == 0:
+        return NO_TLS
+    for name, answer in ANSWERS.items():
+        if (resp.status, resp.body) == answer:
+            return name
+    if resp.backend is not None:
+        return f"{OK} {resp.backend['handler']} {resp.backend['target']}"
+    return str(resp.status)
+
+
+def _forged(alice_fp: str) -> list[tuple[str, str]]:
+    """What a client other than alice sends to pass for her, in the spellings a backend may read."""
+    return [("X-Client-Subject", ALICE), ("x-client-subject", ALICE), ("X-Client-Fingerprint", alice_fp),
+            ("X-Client-Verify", "SUCCESS"), ("X_Client_Subject", ALICE), ("X-CLIENT-VERIFY", "SUCCESS"),
+            ("X-SSL-Client-S-DN", ALICE), ("ssl-client-subject-dn", ALICE), ("ssl_client_verify", "SUCCESS"),
+            ("X-Forwarded-Client-Cert", f"Hash={alice_fp};Subject=\"{ALICE}\""), ("X-Client-Fingerprint", alice_fp)]
+
+
+# (client, SNI, target, verdict, the identity headers the backend must see: name -> client whose value)
+FORGED_CASES = [
+    ("bob", "api.test", "/leaf/x", "ok /leaf/ /leaf/x", "bob"),
+    ("bob", "api.test", "/alice/x", FORBID, None),
+    ("carol", "api.test", "/leaf/x", BAD, None),
+    ("carol", "api.test", "/phone/x", "ok /phone/ /phone/x", "carol"),
+    (None, "api.test", "/leaf/x", REQ, None),
+    (None, "api.test", "/maybe/x", "ok /maybe/ /maybe/x", None),
+    ("bob", "api.test", "/maybe/x", "ok /maybe/ /maybe/x", "bob"),
+    (None, "api.test", "/x", "ok / /x", None),
+    ("bob", "api.test", "/healthz", "ok = /healthz /healthz", None),
+    ("bob", "solo.test", "/x", BAD, None),  # bob is no client of solo.test's CA
+    (None, "solo.test", "/x", "ok / /x", None),
+    # solo.test's public catch-all proxies to the same backend, whose /alice/ handler then runs: with
+    # no identity at all (every identity header set empty), which is all a shared backend may rely on
+    (None, "solo.test", "/alice/x", "ok /alice/ /alice/x", None),
+]
+
+
+@pytest.mark.parametrize("client, sni, target, verdict, identity", FORGED_CASES,
+                         ids=[f"{c}-{s}-{t}" for c, s, t, _, _ in FORGED_CASES])
+def test_forged_identity_headers_never_reach_the_framework(pki, framework, client, sni, target, verdict, identity):
+    port, name = framework
+    alice_fp = _fingerprint(pki.certs["alice"])
+    resp = _send(port, target, pki.clients[client] if client else None, sni=sni, headers=_forged(alice_fp))
+    assert _raw_verdict(resp) == verdict, (name, resp.status, resp.text[:200])
+    if resp.backend is None:
+        return
+    got = [(k, v) for k, v in resp.backend["headers"]]
+    leaked = [(k, v) for k, v in got if "alice" in v or alice_fp in v or "SUCCESS" in v and identity is None]
+    assert leaked == [], (name, leaked)
+    values = {k.lower(): v for k, v in got}
+    if identity:
+        cert = pki.certs[identity]
+        assert values.get("x-client-subject") == cert.subject.rfc4514_string(), (name, got)
+        if target != "/phone/x":
+            assert values.get("x-client-fingerprint") == _fingerprint(cert), (name, got)
+            assert values.get("x-client-verify") == "SUCCESS"
+    elif target == "/maybe/x":
+        assert values.get("x-client-verify") == "NONE" and "x-client-subject" not in values, (name, got)
+    assert sum(k.lower() == "x-client-subject" for k, _ in got) <= 1, (name, got)
+
+
+@pytest.mark.parametrize("line", ["X-Client-Subject : " + ALICE, "X-Client-Subject\t: " + ALICE,
+                                  " X-Client-Subject: " + ALICE])
+def test_identity_header_with_whitespace_in_its_name_is_refused(pki, framework, line):
+    """A header name followed by whitespace, or a folded line, which some parsers read as the
+    identity header: nginx answers 400 and nothing reaches the framework."""
+    name, value = line.split(":", 1)
+    resp = _send(framework[0], "/maybe/x", pki.clients["bob"], headers=[(name, value.strip())])
+    assert resp.status == 400 and resp.backend is None, (framework[1], resp.status, resp.text[:200])
+
+
+# (target as sent, verdict without a certificate, with bob's, with alice's): /alice/ admits only
+# alice. A 200 names the handler that ran and the target it received.
+ALICE_OK = "ok /alice/ /alice/x"
+PATH_CASES = [
+    ("/alice/x", REQ, FORBID, ALICE_OK),
+    ("//alice/x", REQ, FORBID, ALICE_OK),
+    ("/%61lice/x", REQ, FORBID, ALICE_OK),
+    ("/alice//x", REQ, FORBID, "ok /alice/ /alice/x"),
+    ("/alice/x?next=/../leaf/", REQ, FORBID, "ok /alice/ /alice/x?next=/../leaf/"),
+    ("https://api.test/alice/x", REQ, FORBID, ALICE_OK),
+    ("/alice", "301", "301", "301"),
+    ("/alicex", "ok / /alicex", "ok / /alicex", "ok / /alicex"),
+    ("/leaf", "301", "301", "301"),
+    ("/leafx/../alice/x", "400", "400", "400"),
+    ("/leaf/../alice/x", "400", "400", "400"),
+    ("/leaf/%2e%2e/alice/x", "400", "400", "400"),
+    ("/leaf/.%2E/alice/x", "400", "400", "400"),
+    ("/leaf/..%2falice/x", "400", "400", "400"),
+    ("/maybe/..;/alice/x", "400", "400", "400"),
+    ("/alice;x/y", "400", "400", "400"),
+    ("/alice/x;y", "400", "400", "400"),
+    ("/ALICE/x", "400", "400", "400"),
+    ("/Alice/x", "400", "400", "400"),
+    ("/alice%2fx", "400", "400", "400"),
+    ("/alice%5cx", "400", "400", "400"),
+    ("/alice\\x", "400", "400", "400"),
+    ("/alice/%00", "400", "400", "400"),
+    ("/alice/%c0%af", "400", "400", "400"),
+    ("https://solo.test/alice/x", "421", "421", "421"),
+]
+
+
+@pytest.mark.parametrize("target, none, bob, alice", PATH_CASES, ids=[c[0] for c in PATH_CASES])
+def test_paths_around_a_leaf_route_through_the_framework(pki, framework, target, none, bob, alice):
+    """The gated handler runs for alice only, and only on the path nginx judged; nothing else
+    reaches it from api.test, whatever spelling (Werkzeug and Express both decode and route)."""
+    port, name = framework
+    for label, want in ((None, none), ("bob", bob), ("alice", alice)):
+        resp = _send(port, target, pki.clients[label] if label else None)
+        assert _raw_verdict(resp) == want, (name, label, resp.status, resp.text[:200])
+
+
+def test_http10_without_host_gets_421(pki, framework):
+    """No Host: nginx serves the request by the address's default server (mtlsc's), not by the SNI's,
+    and answers 421 to everyone."""
+    port, name = framework
+    for label, want in ((None, "421"), ("bob", "421"), ("alice", "421")):
+        resp = _send(port, "/alice/x", pki.clients[label] if label else None, host=None, version="HTTP/1.0")
+        assert _raw_verdict(resp) == want, (name, label, resp.status, resp.text[:200])
