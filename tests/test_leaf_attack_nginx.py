@@ -672,3 +672,104 @@ def test_http10_without_host_gets_421(pki, framework):
     for label, want in ((None, "421"), ("bob", "421"), ("alice", "421")):
         resp = _send(port, "/alice/x", pki.clients[label] if label else None, host=None, version="HTTP/1.0")
         assert _raw_verdict(resp) == want, (name, label, resp.status, resp.text[:200])
+
+
+# --- how leaf files become fingerprints --------------------------------------------------------------
+
+def _pem(der: bytes, label: str = "CERTIFICATE", width: int = 64, newline: str = "\n") -> bytes:
+    import base64
+    import textwrap
+
+    body = newline.join(textwrap.wrap(base64.b64encode(der).decode(), width))
+    return f"-----BEGIN {label}-----{newline}{body}{newline}-----END {label}-----{newline}".encode()
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+QUIRKS_POLICY = """nginx ">= 1.22" with njs
+ca laptops { leaf "{d}/pair.pem" }
+ca phones { leaf "{d}/carols.pem" }
+identity alice1 { fingerprint "{sha1}" }
+identity alice256 { fingerprint sha256 "{sha256}" }
+""" + _server("api.test", """  route /leaf/ { require laptops  allow any  forward fingerprint }
+  route /fp1/ { require laptops  allow alice1  forward fingerprint }
+  route /fp256/ { require laptops  allow alice256  forward fingerprint }
+  route /phone/ { require phones  allow any  forward fingerprint }
+""")
+
+
+def test_leaf_files_in_odd_shapes_give_nginxs_fingerprints(pki, tmp_path):
+    """One leaf file holding two certificates among junk text and a private key, CRLF line ends,
+    the `X509 CERTIFICATE` label and 76-column base64; another holding one certificate twice.
+    Each holder is admitted, and the fingerprint nginx computes (`$ssl_client_fingerprint`,
+    forwarded) is the map key mtlsc wrote; fingerprint identities written in upper case with
+    colons (SHA-1 and SHA-256) narrow the route to alice. A certificate with bytes after its DER,
+    which OpenSSL would read, does not compile (mtlsc cannot be sure of its fingerprint)."""
+    d = _fresh(pki, tmp_path)
+    alice, bob, carol = (pki.certs[n] for n in ("alice", "bob", "carol"))
+    key = pki.clients["alice"][1].read_bytes()
+    (d / "pair.pem").write_bytes(b"Alice's laptop, enrolled 2026\n" + _pem(_der(alice), "X509 CERTIFICATE", 76, "\r\n")
+                                 + key + b"\nand Bob's:\n" + _pem(_der(bob), width=76))
+    (d / "carols.pem").write_bytes(_pem(_der(carol)) + _pem(_der(carol)))
+    colons = lambda digest: ":".join(f"{b:02X}" for b in digest)  # noqa: E731
+    text = _fill(QUIRKS_POLICY, sha1=colons(alice.fingerprint(hashes.SHA1())),
+                 sha256=colons(alice.fingerprint(hashes.SHA256())))
+    (d / "trailing.pem").write_bytes(_pem(_der(alice) + b"\x05\x00"))
+    bad = _compile(d, _fill(text.replace("pair.pem", "trailing.pem"), d=d, port=1, backend=1), ok=False)
+    assert bad.failed and {"MTLS304", "MTLS035"} & {x.code for x in bad.diagnostics}
+    with running_echo_backend() as echo:
+        port = free_port()
+        result = _compile(d, _fill(text, d=d, port=port, backend=echo.port))
+        assert "MTLS303" in {x.code for x in result.diagnostics}  # the key in the leaf file, left out
+        conf = next((d / "out" / "nginx").glob("api.test_*.conf")).read_text()
+        trust = next((d / "out" / "mtls").glob("api.test_*.ca.pem")).read_bytes()
+        assert b"PRIVATE" not in trust and trust.count(b"BEGIN CERTIFICATE") == 3
+        with running_nginx(f"include {d}/out/nginx/*.conf;", d / "nginx", ports=[port]):
+            for label, path, verdict in (("alice", "/leaf/x", OK), ("bob", "/leaf/x", OK), ("carol", "/phone/x", OK),
+                                         ("alice", "/fp1/x", OK), ("bob", "/fp1/x", FORBID),
+                                         ("alice", "/fp256/x", OK), ("bob", "/fp256/x", FORBID),
+                                         ("carol", "/leaf/x", BAD), ("alice's twin", "/fp1/x", BAD)):
+                got = _get(port, "api.test", path, pki.clients[label])
+                assert _verdict(got) == verdict, (label, path, got.status, got.body)
+                if verdict == OK:
+                    fp = _fingerprint(pki.certs[label])
+                    assert echo.snapshot()[-1].header_values("X-Client-Fingerprint") == [fp]
+                    assert f'"SUCCESS:{fp}" 0;' in conf
+
+
+RENEWAL_POLICY = """nginx ">= 1.22"
+ca laptops { leaf "{d}/alice.pem" "{d}/alice-renewed.pem" }
+ca staff { bundle "{d}/staff-root.pem" "{d}/staff-root-renewed.pem" "{d}/staff-root.pem"  depth 1 }
+""" + _server("api.test", """  route /leaf/ { require laptops  allow any  forward fingerprint }
+  route /staff/ { require staff  allow any  forward subject }
+""")
+
+
+def test_renewed_certificates_listed_beside_the_old_ones_on_a_server_with_two_cas(pki, tmp_path):
+    """MTLS319's advice: list the holder's renewed leaf beside the old one until the switch; same for
+    a CA renewed under its old name, and a bundle naming a file twice. The issuer map used to get
+    one entry per certificate, so the same name twice, and nginx refused the whole config
+    (`conflicting parameter "cn=alice,o=laptops"`: its map keys are case-insensitive). Now each
+    name is mapped once, both leaves' holders get in, and each CA's clients only on its routes."""
+    d = _fresh(pki, tmp_path)
+    key = _key()
+    renewed_root = _cert("CN=staff root,O=Example Corp", key, ca=True, eku=False)
+    write_pem(d / "staff-root-renewed.pem", renewed_root)
+    client_key = _key()
+    client = _cert("CN=erin,O=Example Corp", client_key, issuer="CN=staff root,O=Example Corp", signer=key,
+                   aki=_ski(key))
+    pki_erin = (write_pem(d / "erin.crt", client), write_pem(d / "erin.key", client_key))
+    with running_echo_backend() as echo:
+        port = free_port()
+        with _serving(d, RENEWAL_POLICY, port, echo.port):
+            conf = next((d / "out" / "nginx").glob("api.test_*.conf")).read_text()
+            assert conf.count('"CN=alice,O=Laptops" ca0;') == 1 and conf.count('"CN=staff root,O=Example Corp" ca1;') == 1
+            for client_files, path, verdict in ((pki.clients["alice"], "/leaf/x", OK),
+                                                (pki.clients["alice renewed"], "/leaf/x", OK),
+                                                (pki.clients["alice renewed"], "/staff/x", BAD),
+                                                (pki.clients["dave"], "/staff/x", OK), (pki_erin, "/staff/x", OK),
+                                                (pki_erin, "/leaf/x", BAD), (pki.clients["alice's twin"], "/leaf/x", BAD)):
+                got = _get(port, "api.test", path, client_files)
+                assert _verdict(got) == verdict, (client_files[0].name, path, got.status, got.body)
