@@ -740,11 +740,20 @@ def test_leaf_files_in_odd_shapes_give_nginxs_fingerprints(pki, tmp_path):
 
 
 RENEWAL_POLICY = """nginx ">= 1.22"
-ca laptops { leaf "{d}/alice.pem" "{d}/alice-renewed.pem" }
+ca laptops { leaf "{d}/old.pem" "{d}/new.pem" }
 ca staff { bundle "{d}/staff-root.pem" "{d}/staff-root-renewed.pem" "{d}/staff-root.pem"  depth 1 }
 """ + _server("api.test", """  route /leaf/ { require laptops  allow any  forward fingerprint }
   route /staff/ { require staff  allow any  forward subject }
 """)
+
+
+def _as_openssl_makes_it(label: str, d: Path) -> tuple[Path, Path]:
+    """A self-signed leaf of alice's name with an authorityKeyIdentifier naming its own key, as
+    `openssl req -x509` writes one: OpenSSL then tells two anchors of one name apart by it."""
+    key = _key()
+    cert = _cert(ALICE, key, aki=_ski(key))
+    write_pem(d / f"{label}.pem", cert)
+    return d / f"{label}.pem", write_pem(d / f"{label}.key", key)
 
 
 def test_renewed_certificates_listed_beside_the_old_ones_on_a_server_with_two_cas(pki, tmp_path):
@@ -754,22 +763,20 @@ def test_renewed_certificates_listed_beside_the_old_ones_on_a_server_with_two_ca
     (`conflicting parameter "cn=alice,o=laptops"`: its map keys are case-insensitive). Now each
     name is mapped once, both leaves' holders get in, and each CA's clients only on its routes."""
     d = _fresh(pki, tmp_path)
+    old, new = _as_openssl_makes_it("old", d), _as_openssl_makes_it("new", d)
     key = _key()
-    renewed_root = _cert("CN=staff root,O=Example Corp", key, ca=True, eku=False)
-    write_pem(d / "staff-root-renewed.pem", renewed_root)
+    write_pem(d / "staff-root-renewed.pem", _cert("CN=staff root,O=Example Corp", key, ca=True, eku=False))
     client_key = _key()
     client = _cert("CN=erin,O=Example Corp", client_key, issuer="CN=staff root,O=Example Corp", signer=key,
                    aki=_ski(key))
-    pki_erin = (write_pem(d / "erin.crt", client), write_pem(d / "erin.key", client_key))
+    erin = (write_pem(d / "erin.crt", client), write_pem(d / "erin.key", client_key))
     with running_echo_backend() as echo:
         port = free_port()
         with _serving(d, RENEWAL_POLICY, port, echo.port):
             conf = next((d / "out" / "nginx").glob("api.test_*.conf")).read_text()
             assert conf.count('"CN=alice,O=Laptops" ca0;') == 1 and conf.count('"CN=staff root,O=Example Corp" ca1;') == 1
-            for client_files, path, verdict in ((pki.clients["alice"], "/leaf/x", OK),
-                                                (pki.clients["alice renewed"], "/leaf/x", OK),
-                                                (pki.clients["alice renewed"], "/staff/x", BAD),
-                                                (pki.clients["dave"], "/staff/x", OK), (pki_erin, "/staff/x", OK),
-                                                (pki_erin, "/leaf/x", BAD), (pki.clients["alice's twin"], "/leaf/x", BAD)):
+            for client_files, path, verdict in ((old, "/leaf/x", OK), (new, "/leaf/x", OK), (new, "/staff/x", BAD),
+                                                (pki.clients["dave"], "/staff/x", OK), (erin, "/staff/x", OK),
+                                                (erin, "/leaf/x", BAD), (pki.clients["alice"], "/leaf/x", BAD)):
                 got = _get(port, "api.test", path, client_files)
                 assert _verdict(got) == verdict, (client_files[0].name, path, got.status, got.body)

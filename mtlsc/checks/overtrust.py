@@ -200,10 +200,10 @@ def route_accepts_another_ca(ctx):
         issuer = next((m for m in view.maps if str(m.source) == "$ssl_client_i_dn"), None)
         tags = {}  # ca tag -> quoted subjects mapped to it
         for e in issuer.entries if issuer else ():
-            tags.setdefault(str(e.value), set()).add(str(e.key))
+            tags.setdefault(str(e.value), set()).add(quote.map_key_folded(e.key))
         for i, ca in enumerate(server.cas):
             facts = ctx.pki.ca(ca.name)
-            mine = {str(quote.map_key(c.subject)) for c in facts.certs} if facts else set()
+            mine = {quote.map_key_folded(quote.map_key(c.subject)) for c in facts.certs} if facts else set()
             for route, loc in zip([loc.route for loc in locations(server)], view.locations):
                 if route.ca is None or route.ca.name != ca.name:
                     continue

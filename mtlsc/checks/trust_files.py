@@ -22,6 +22,7 @@ from mtlsc.diagnostics import Finding
 from mtlsc.pki import CertInfo, CrlInfo, describe
 from mtlsc.source import Span, point
 
+_NS_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")  # Netscape certificate type
 
 # ----- helpers shared with chains.py ------------------------------------------------------------
 
@@ -310,8 +311,7 @@ def ca_certificate_expiring_soon(ctx):
 
 
 def _treated_as_ca(cert: CertInfo) -> bool:
-    """Whether OpenSSL accepts the certificate as an issuer of TLS clients (its `check_ca` and
-    `check_ssl_ca`, non-strict mode)."""
+    """Whether OpenSSL accepts the certificate as an issuer of TLS clients (its `check_ca`, non-strict)."""
     obj = parsed(cert.pem)
     try:
         return obj.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -325,24 +325,15 @@ def _treated_as_ca(cert: CertInfo) -> bool:
         return _netscape_ssl_ca(obj)
 
 
-_NS_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")
-_NS_SSL_CA = 0x04  # OpenSSL's NS_SSL_CA, in the first byte of the bits
-
-
 def _netscape_ssl_ca(obj: x509.Certificate) -> bool:
-    """A Netscape certificate type (nsCertType) with the SSL CA bit: with neither basicConstraints
-    nor keyUsage, OpenSSL takes the certificate for a CA on that alone, and a self-made client
-    certificate can say so (docs/nginx-facts.md §F11)."""
+    """nsCertType with the SSL CA bit (0x04 of the first byte): with neither basicConstraints nor
+    keyUsage, OpenSSL takes the certificate for a CA on that alone (docs/nginx-facts.md §F11)."""
     try:
-        value = obj.extensions.get_extension_for_oid(_NS_CERT_TYPE).value.value
+        der = obj.extensions.get_extension_for_oid(_NS_CERT_TYPE).value.value  # 03, length, unused bits, bits
     except x509.ExtensionNotFound:
         return False
-    # A BIT STRING: tag 0x03, its length, the count of unused bits, then the bits.
-    if len(value) < 2 or value[0] != 0x03:
-        return False
-    start = 2 + (value[1] & 0x7F if value[1] & 0x80 else 0)
-    bits = value[start + 1:]
-    return bool(bits) and bool(bits[0] & _NS_SSL_CA)
+    bits = der[3 + (der[1] & 0x7F if der[1] & 0x80 else 0):] if len(der) > 1 and der[0] == 0x03 else b""
+    return bool(bits) and bool(bits[0] & 0x04)
 
 
 def not_a_ca_certificate(ctx):

@@ -93,6 +93,11 @@ def map_key(s: str) -> Safe:
     return Safe(_quoted(s))
 
 
+def map_key_folded(key: Safe) -> bytes:
+    """What nginx tells `map_key`s apart by: it lowercases ASCII letters only, at load and lookup."""
+    return str(key).encode().lower()
+
+
 def map_regex(pattern: str) -> Safe:
     """A case-sensitive `map` regex key. nginx unescapes `\\\\` in quotes, so every backslash doubles."""
     if _CONTROL.search(pattern):
