@@ -227,3 +227,32 @@ def test_mtls206_asserts_the_leaf_gate(tmp_path, monkeypatch):
     found = sorted((x.span.line, x.span.col) for x in diags if x.code == "MTLS206")
     assert found == sorted([_at(text, "route /l/"), _at(text, "route /o/")]), [(x.code, x.message) for x in diags]
     assert identity_maps.leaf_maps  # the real one is untouched
+
+
+def _same_name(d: Path, name: str, *, key_id: bool) -> str:
+    """A self-signed leaf named `CN=alice,O=Laptops`, with or without an authorityKeyIdentifier
+    naming its own key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Laptops"), x509.NameAttribute(NameOID.COMMON_NAME, "alice")])
+    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(NOW + GOOD_DAYS[0]).not_valid_after(NOW + GOOD_DAYS[1])
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+    if key_id:
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+    write_pem(d / f"{name}.pem", b.sign(key, hashes.SHA256()))
+    return f"{name}.pem"
+
+
+def test_mtls329_triggers_on_two_leaves_of_one_name_without_key_ids(tmp_path):
+    text, diags = _run(tmp_path, [_same_name(tmp_path, "old", key_id=False), _same_name(tmp_path, "new", key_id=True)])
+    d = _one(diags, "MTLS329")  # only the one naming no key: the other is told apart by its identifier
+    assert (d.span.line, d.span.col) == _at(text, '"old.pem"')
+    assert "openssl req -x509" in d.help
+
+
+def test_mtls329_clean_with_own_key_ids_a_file_twice_or_other_names(tmp_path):
+    both = [_same_name(tmp_path, "old", key_id=True), _same_name(tmp_path, "new", key_id=True)]
+    assert "MTLS329" not in _codes(_run(tmp_path, both)[1])
+    assert "MTLS329" not in _codes(_run(tmp_path, [both[0], both[0]])[1])
+    assert "MTLS329" not in _codes(_run(tmp_path, [_leaf(tmp_path, "alice"), _leaf(tmp_path, "bob")])[1])

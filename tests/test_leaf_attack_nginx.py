@@ -780,3 +780,35 @@ def test_renewed_certificates_listed_beside_the_old_ones_on_a_server_with_two_ca
                                                 (erin, "/leaf/x", BAD), (pki.clients["alice"], "/leaf/x", BAD)):
                 got = _get(port, "api.test", path, client_files)
                 assert _verdict(got) == verdict, (client_files[0].name, path, got.status, got.body)
+
+
+SAME_NAME_POLICY = """nginx ">= 1.22"
+ca laptops { leaf "{d}/first.pem" "{d}/second.pem" }
+""" + _server("leafonly.test", """  route /leaf/ { require laptops  allow any  forward fingerprint }
+""")
+
+
+@pytest.mark.parametrize("key_ids", [False, True], ids=["no-authority-key-id", "own-authority-key-id"])
+def test_two_leaves_of_one_name_need_their_own_key_ids(pki, tmp_path, key_ids):
+    """Two listed leaves with one subject (a renewal listed beside the old certificate): OpenSSL
+    looks the anchor up by name, and without an authorityKeyIdentifier naming its own key a
+    holder's certificate may be matched to the other anchor, then refused (`self-signed
+    certificate`): exactly one of the two holders gets in. With the key identifiers (as `openssl
+    req -x509` writes them) both do. MTLS329 warns of the first case."""
+    d = _fresh(pki, tmp_path)
+    holders = []
+    for label in ("first", "second"):
+        key = _key()
+        write_pem(d / f"{label}.pem", _cert(ALICE, key, aki=_ski(key) if key_ids else None))
+        holders.append((d / f"{label}.pem", write_pem(d / f"{label}.key", key)))
+    port = free_port()
+    result = _compile(d, _fill(SAME_NAME_POLICY, d=d, port=port, backend=9), ok=False)
+    assert not result.failed
+    assert ("MTLS329" in {x.code for x in result.diagnostics}) == (not key_ids)
+    write_atomic(d / "out", result.outputs)
+    with running_nginx(f"include {d}/out/nginx/*.conf;", d / "nginx", ports=[port]) as n:
+        # the backend (port 9) is down: 502 means every gate passed
+        verdicts = sorted(_get(port, "leafonly.test", "/leaf/x", h).status for h in holders)
+        assert verdicts == ([502, 502] if key_ids else [403, 502]), verdicts
+        if not key_ids:
+            assert "verify error: (18:self-signed certificate)" in n.error_log()

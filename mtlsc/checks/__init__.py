@@ -138,6 +138,7 @@ CHECKS: tuple[Check, ...] = (
     Check("MTLS326", WARNING, server_cert.server_certificate_outside_profile),
     Check("MTLS327", ERROR, server_cert.server_name_not_covered),
     Check("MTLS328", WARNING, server_cert.stapling_not_possible),
+    Check("MTLS329", WARNING, leaves.leaves_share_a_name),
 )
 
 

@@ -167,7 +167,8 @@ def leaf_expiring_soon(ctx):
 
     Example: `leaf "alice.pem"` with a notAfter next week.
 
-    Fix: ask the holder for a renewed certificate and list it beside the old one until the switch.
+    Fix: ask the holder for a renewed certificate and list it beside the old one until the switch
+    (made with `openssl req -x509`, so nginx can tell the two apart: MTLS329).
     """
     for ca, cert in leaves(ctx):
         if ctx.now <= cert.not_after < ctx.now + ctx.expiry_window:
@@ -201,3 +202,38 @@ def _passes_only(view_map, source: str, listed: set[str]) -> bool:
     entries = {str(e.key): str(e.value) for e in view_map.entries}
     return ({k for k, v in entries.items() if v == "0"} == listed
             and entries.get(str(quote.map_regex("^SUCCESS:"))) == "1" and str(view_map.default) == "0")
+
+
+def leaves_share_a_name(ctx):
+    """What it catches: two `leaf` certificates of one CA with the same subject, where one does not
+    name its own key in an authorityKeyIdentifier that tells it from the other.
+
+    Why: OpenSSL looks a trust anchor up by name and takes the first certificate of that name whose
+    key identifier does not contradict the presented one's. A holder whose certificate names no key
+    may be matched to the other leaf, and is refused (`self-signed certificate`): one of the two
+    holders gets in, whichever OpenSSL meets first (docs/nginx-facts.md §F11). It happens when a
+    renewed certificate is listed beside the old one.
+
+    Example: `leaf "alice-2025.pem" "alice-2026.pem"`, both `CN=alice`, made without an
+    authorityKeyIdentifier (`openssl req -x509` writes one; other tools may not).
+
+    Fix: have the holder make the new certificate with `openssl req -x509`, which names its own key
+    (`authorityKeyIdentifier = keyid`), or switch at once: list only the new certificate.
+    """
+    for ca in (c for c in ctx.policy.cas if c.leaf):
+        facts = ctx.pki.ca(ca.name)
+        by_name: dict[str, dict[str, CertInfo]] = {}
+        for cert in facts.certs if facts else ():
+            # OpenSSL compares names case-insensitively, runs of spaces as one; a file twice is one leaf
+            by_name.setdefault(" ".join(cert.subject.lower().split()), {})[cert.fingerprint] = cert
+        for same in (list(g.values()) for g in by_name.values() if len(g) > 1):
+            for cert in same:
+                others = [o for o in same if o is not cert]
+                if cert.aki and cert.aki == cert.ski and all(o.ski and o.ski != cert.aki for o in others):
+                    continue
+                yield Finding(bundle_span(ca, cert),
+                              f"{describe(cert)} has the name of {describe(others[0])}, another leaf of ca `{ca.name}`, "
+                              "and no authorityKeyIdentifier naming its own key: nginx may take the other for its "
+                              "anchor and refuse its holder (`self-signed certificate`)",
+                              "have the holder make it with `openssl req -x509` (which names its own key), or list "
+                              "only one certificate of the name", label="same name as another leaf")
