@@ -344,15 +344,15 @@ def _ca_binding_maps(server, pki, prefix, ca_index) -> list[MapView]:
     """Several CAs share the trust file: bind each route to its CA by the issuer DN (docs/nginx-facts.md §E2)."""
     issuer = MapView(Safe("which of this server's CAs issued the client certificate"),
                      Safe("$ssl_client_i_dn"), quote.nginx_var(prefix + "issuer_ca"), Safe('""'))
-    seen: set[bytes] = set()
+    seen: set[tuple[bytes, int]] = set()
     for ca in server.cas:
         facts = pki.ca(ca.name)
         for cert in facts.certs if facts else ():
             key = quote.map_key(cert.subject)
             # nginx refuses a key twice ("conflicting parameter"); a CA renewed under its old name, or a
             # renewed leaf beside the old one, repeats it (two CAs sharing a name are MTLS201)
-            if quote.map_key_folded(key) not in seen:
-                seen.add(quote.map_key_folded(key))
+            if (quote.map_key_folded(key), ca_index[ca.name]) not in seen:
+                seen.add((quote.map_key_folded(key), ca_index[ca.name]))
                 issuer.entries.append(MapEntry(key, quote.bare(f"ca{ca_index[ca.name]}"), quote.comment(f"ca {ca.name}")))
     maps = [issuer]
     for ca in server.cas:
