@@ -812,3 +812,48 @@ def test_two_leaves_of_one_name_need_their_own_key_ids(pki, tmp_path, key_ids):
         assert verdicts == ([502, 502] if key_ids else [403, 502]), verdicts
         if not key_ids:
             assert "verify error: (18:self-signed certificate)" in n.error_log()
+
+
+# --- identities a look-alike satisfies: only the fingerprint gate is left --------------------------
+
+LOOKALIKE_POLICY = """nginx ">= 1.22"
+ca laptops { leaf "{d}/alice.pem" "{d}/bob.pem" }
+ca staff { bundle "{d}/staff-root.pem"  depth 1 }
+identity alice_sn { serial "1234"  issuer "CN=alice,O=Laptops" }
+identity alice_dn { subject "CN=alice,O=Laptops" }
+identity laptops_o { o "Laptops" }
+""" + _server("api.test", """  route /sn/ { require laptops  allow alice_sn  forward subject serial }
+  route /dn/ { require laptops  allow alice_dn  forward subject }
+  route /o/ { require laptops  allow laptops_o  forward subject }
+  route /staff/ { require staff  allow laptops_o  forward subject }
+""")
+
+
+def test_a_lookalike_satisfying_every_identity_is_stopped_by_the_fingerprint_gate(pki, tmp_path):
+    """A client under a staff sub-CA named alice, with alice's subject and serial: its issuer DN,
+    subject and serial are byte for byte alice's, so it passes the issuer binding onto the leaf
+    routes and every identity naming alice (serial and issuer, subject, attributes). The routes
+    refuse it by fingerprint; with the gate removed from the emitted config, it gets in. On the
+    staff route it is refused too: its issuer name binds it to the leaf CA."""
+    d = _fresh(pki, tmp_path)
+    key, sub_key, client_key = _key(), _key(), _key()  # a staff root of its own: the module's key is not kept
+    (d / "staff-root.pem").unlink()
+    write_pem(d / "staff-root.pem", _cert("CN=staff root,O=Example Corp", key, ca=True, eku=False))
+    sub = _cert(ALICE, sub_key, issuer="CN=staff root,O=Example Corp", signer=key, ca=True, eku=False, aki=_ski(key))
+    copy = _cert(ALICE, client_key, issuer=ALICE, signer=sub_key, serial=0x1234, aki=_ski(sub_key))
+    lookalike = (write_pem(d / "lookalike.crt", copy, sub), write_pem(d / "lookalike.key", client_key))
+    assert copy.serial_number == pki.certs["alice"].serial_number and copy.issuer == pki.certs["alice"].issuer
+    paths = ("/sn/x", "/dn/x", "/o/x", "/staff/x")
+    with running_echo_backend() as echo:
+        port = free_port()
+        with _serving(d, LOOKALIKE_POLICY, port, echo.port) as n:
+            assert [_verdict(_get(port, "api.test", p, pki.clients["alice"])) for p in paths] == [OK, OK, OK, BAD]
+            assert [_verdict(_get(port, "api.test", p, pki.clients["bob"])) for p in paths] == [FORBID, FORBID, OK, BAD]
+            assert [_verdict(_get(port, "api.test", p, lookalike)) for p in paths] == [BAD, BAD, BAD, BAD]
+            assert n.wait_for_log('verify=SUCCESS sni=api.test host=api.test reused=. proto=TLSv1.3 s_dn="CN=alice')
+        conf = next((d / "out" / "nginx").glob("api.test_*.conf"))
+        gate = "_not_leaf0) {"
+        assert conf.read_text().count(gate) == 3
+        conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True) if gate not in line))
+        with running_nginx(f"include {d}/out/nginx/*.conf;", tmp_path / "nginx-without-gate", ports=[port]):
+            assert [_verdict(_get(port, "api.test", p, lookalike)) for p in paths] == [OK, OK, OK, BAD]
