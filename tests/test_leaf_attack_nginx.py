@@ -857,3 +857,40 @@ def test_a_lookalike_satisfying_every_identity_is_stopped_by_the_fingerprint_gat
         conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True) if gate not in line))
         with running_nginx(f"include {d}/out/nginx/*.conf;", tmp_path / "nginx-without-gate", ports=[port]):
             assert [_verdict(_get(port, "api.test", p, lookalike)) for p in paths] == [OK, OK, OK, BAD]
+
+
+# --- a holder's name that is another CA's to OpenSSL ----------------------------------------------
+
+SPACED_POLICY = """nginx ">= 1.22"
+ca laptops { leaf "{d}/spaced.pem" }
+ca staff { bundle "{d}/root-no-aki.pem"  depth 1 }
+""" + _server("api.test", """  route /leaf/ { require laptops  allow any }
+  route /staff/ { require staff  allow any  forward subject }
+""")
+
+
+def test_a_leaf_named_like_another_cas_certificate_but_for_spaces_is_mtls201(pki, tmp_path, monkeypatch):
+    """A holder names their self-made leaf `CN=staff root,O=Example  Corp` (two spaces). nginx's
+    maps tell it from the staff root (other bytes), but OpenSSL compares names with runs of
+    whitespace as one (and ASCII case folded): looking for the issuer of a staff client that names
+    no key (no authorityKeyIdentifier), it takes the leaf and the client is refused (`certificate
+    signature failure`): the holder locks the staff CA's clients out. MTLS201 used to compare the
+    names as printed; it now compares them as OpenSSL does. Shown with MTLS201 off."""
+    d = _fresh(pki, tmp_path)
+    root_key, client_key, leaf_key = _key(), _key(), _key()
+    write_pem(d / "root-no-aki.pem", _cert("CN=staff root,O=Example Corp", root_key, ca=True, eku=False))
+    dave = _cert("CN=dave,O=Example Corp", client_key, issuer="CN=staff root,O=Example Corp", signer=root_key, ski=None)
+    dave_files = (write_pem(d / "dave-no-aki.crt", dave), write_pem(d / "dave-no-aki.key", client_key))
+    write_pem(d / "spaced.pem", _cert("CN=staff root,O=Example  Corp", leaf_key))
+    holder = (d / "spaced.pem", write_pem(d / "spaced.key", leaf_key))
+    port = free_port()
+    result = _compile(d, _fill(SPACED_POLICY, d=d, port=port, backend=9), ok=False)
+    assert result.failed and "MTLS201" in {x.code for x in result.diagnostics}
+    from mtlsc.checks import chains
+
+    monkeypatch.setattr(chains, "_name_keys", lambda cert: (cert.subject.lower(),))  # MTLS201 as it was
+    with running_echo_backend() as echo:
+        with _serving(d, SPACED_POLICY, port, echo.port) as n:
+            assert _verdict(_get(port, "api.test", "/leaf/x", holder)) == OK
+            assert _verdict(_get(port, "api.test", "/staff/x", dave_files)) == BAD
+            assert "verify error: (7:certificate signature failure)" in n.error_log()
