@@ -391,6 +391,15 @@ def test_mtls201_triggers_for_two_cas_with_a_shared_name(tmp_path):
     assert d.related[0].span.line == _pos(text, '"r.pem"')[0]
 
 
+def test_mtls201_triggers_for_names_openssl_takes_as_one(tmp_path):
+    """`T  ROOT` (case, two spaces) is another name to nginx's map but the same to OpenSSL's
+    X509_NAME_cmp, which then may pick the wrong issuer (tests/test_leaf_attack_nginx.py)."""
+    _chain(tmp_path, crls=False)
+    _write(tmp_path, "o.pem", make_root("T  ROOT ", now=NOW).cert)
+    text, diags = _run(tmp_path, _policy('  bundle "r.pem" "i1.pem"', TWO_CAS, Q_ROUTE))
+    assert _where(_one(diags, "MTLS201")) == _pos(text, '"o.pem"')
+
+
 def test_mtls201_clean_for_distinct_names(tmp_path):
     _chain(tmp_path, crls=False)
     _write(tmp_path, "o.pem", make_root("other", now=NOW).cert)

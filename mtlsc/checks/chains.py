@@ -8,12 +8,13 @@ stand in for each other. Single-certificate facts are in `trust_files.py`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 
 from mtlsc import ir
 from mtlsc.pki.binding import impersonations, key_bound
-from mtlsc.pki.chains import ca_certs, intermediates, needed_depth, root_path
+from mtlsc.pki.chains import ca_certs, intermediates, needed_depth, parsed, root_path
 from mtlsc.checks.trust_files import bundle_span, ca_files, crl_span, in_system_trust_dir, public_match
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.pki import CertInfo, CrlInfo, describe
@@ -151,6 +152,9 @@ def issuer_dn_shared_between_cas(ctx):
 
     Why: nginx shows a route only `$ssl_client_i_dn`; mtlsc binds each route to its CA by the issuer
     DN, which cannot tell two issuers with the same DN apart (docs/nginx-facts.md §E2, over-trust trap 9).
+    OpenSSL compares names with ASCII case folded and runs of whitespace as one: it may take the
+    other CA's certificate for the issuer of a client naming no key, and refuse the client, so a
+    `leaf` holder's name that differs only so locks another CA's clients out (§F11).
 
     Example: `ca a { bundle "a.pem" }` and `ca b { bundle "copy-of-a.pem" }` on one server.
 
@@ -158,17 +162,31 @@ def issuer_dn_shared_between_cas(ctx):
     """
     seen = set()
     for server, cas in servers_of(ctx):
-        owner: dict[str, tuple[ir.Ca, CertInfo]] = {}
+        owner: dict[object, tuple[ir.Ca, CertInfo]] = {}
         for ca, certs, _ in cas:
             for cert in certs:
-                key = cert.subject.lower()
-                first = owner.setdefault(key, (ca, cert))
+                first = next((owner[k] for k in _name_keys(cert) if k in owner), (ca, cert))
+                for k in _name_keys(cert):
+                    owner.setdefault(k, first)
                 if first[0].name != ca.name and (ca.name, cert.fingerprint) not in seen:
                     seen.add((ca.name, cert.fingerprint))
                     yield Finding(bundle_span(ca, cert),
                                   f"ca `{ca.name}` and ca `{first[0].name}` both hold a certificate named `{cert.subject}`",
                                   "nginx cannot tell their clients apart; serve them on different server names or ports",
                                   related=(Related(bundle_span(*first), f"ca `{first[0].name}`"),))
+
+
+_OPENSSL_SPACE = re.compile(r"[ \t\n\v\f\r]+")
+
+
+def _name_keys(cert: CertInfo) -> tuple:
+    """What makes two subjects one name: to nginx's map (as printed, ASCII case folded) and to
+    OpenSSL (X509_NAME_cmp's canonical form: string values trimmed, runs of whitespace as one
+    space, ASCII letters folded)."""
+    canon = tuple(tuple(sorted((a.oid.dotted_string, _OPENSSL_SPACE.sub(" ", a.value).strip(" ").encode().lower()
+                               if isinstance(a.value, str) else a.value) for a in rdn))
+                  for rdn in parsed(cert.pem).subject.rdns)
+    return cert.subject.encode().lower(), canon
 
 
 def public_ca_in_bundle(ctx):
