@@ -5,10 +5,16 @@ ordinary CA and on other servers of the same address (SNI, Host, no SNI); certif
 a listed leaf's key; session resumption across servers; identity headers sent by the client;
 path variants in front of Flask/Werkzeug and Express; how leaf files are read into fingerprints.
 
-One hole was found and is closed here: a holder's self-made certificate without basicConstraints
-but with a Netscape certificate type naming it an SSL CA is a CA to nginx, so the holder could
-mint a sub-CA named like another CA of the server and reach that CA's routes under any name
-(`test_leaf_with_netscape_ssl_ca_type_mints_into_another_cas_routes`); MTLS317 now refuses it."""
+Found and closed here:
+- a hole: a holder's self-made certificate without basicConstraints but with a Netscape
+  certificate type naming it an SSL CA is a CA to nginx, so the holder could mint a sub-CA named
+  like another CA of the server and reach that CA's routes under any name
+  (`test_leaf_with_netscape_ssl_ca_type_mints_into_another_cas_routes`); MTLS317 now refuses it;
+- a holder's name that is another CA's certificate's to OpenSSL (but for whitespace) locked that
+  CA's clients out; MTLS201 now compares names as OpenSSL does;
+- a leaf renewed beside the old one (or any name twice in the issuer map) made nginx refuse the
+  config; the map names each once, and MTLS329 warns when OpenSSL cannot tell two leaves of one
+  name apart."""
 
 from __future__ import annotations
 
@@ -101,13 +107,11 @@ def pki(tmp_path_factory) -> Pki:
     write_pem(d / "srv.crt", srv.cert)
     write_pem(d / "srv.key", srv.key)
     p = Pki(d)
-    keys = {n: _key() for n in ("alice", "alice2", "bob", "carol", "root", "sub", "copy")}
-    alice = _cert(ALICE, keys["alice"], serial=0x1234)
-    for label, cert in (("alice", alice), ("alice renewed", _cert(ALICE, keys["alice2"])),
-                        ("bob", _cert("CN=bob,O=Laptops", keys["bob"])),
-                        ("carol", _cert("CN=carol,O=Phones", keys["carol"]))):
-        key = keys[label.split()[0] + ("2" if "renewed" in label else "")]
-        p.client(label, cert, key)
+    keys = {n: _key() for n in ("alice", "alice renewed", "bob", "carol", "root", "sub", "copy")}
+    for label, subject, serial in (("alice", ALICE, 0x1234), ("alice renewed", ALICE, None),
+                                   ("bob", "CN=bob,O=Laptops", None), ("carol", "CN=carol,O=Phones", None)):
+        cert = _cert(subject, keys[label], serial=serial)
+        p.client(label, cert, keys[label])
         p.anchor(f"{label.replace(' ', '-')}.pem", cert)
     root = _cert("CN=staff root,O=Example Corp", keys["root"], ca=True, eku=False)
     p.anchor("staff-root.pem", root)
