@@ -898,3 +898,74 @@ def test_a_leaf_named_like_another_cas_certificate_but_for_spaces_is_mtls201(pki
             assert _verdict(_get(port, "api.test", "/leaf/x", holder)) == OK
             assert _verdict(_get(port, "api.test", "/staff/x", dave_files)) == BAD
             assert "verify error: (7:certificate signature failure)" in n.error_log()
+
+
+# --- a CA nginx takes for one without basicConstraints, beside another -----------------------------
+
+KEY_BINDING_POLICY = """nginx ">= 1.22" with njs
+ca laptops { leaf "{d}/alice.pem" }
+ca a { bundle "{d}/a-root.pem"  depth 1 }
+ca b { bundle "{d}/b-root.pem"  depth 1 }
+""" + _server("api.test", """  route /leaf/ { require laptops  allow any }
+  route /a/ { require a  allow any  forward subject }
+  route /b/ { require b  allow any  forward subject }
+""")
+
+
+def _old_style_root(subject: str, key, how: str) -> x509.Certificate:
+    """A root without basicConstraints that OpenSSL still takes for a CA: by its keyUsage
+    (keyCertSign) or by its Netscape certificate type (SSL CA)."""
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(subject))
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(NOW - timedelta(hours=1)).not_valid_after(NOW + timedelta(days=30))
+         .add_extension(x509.SubjectKeyIdentifier(_ski(key)), critical=False))
+    if how == "key-usage":
+        b = b.add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+    else:
+        b = b.add_extension(x509.UnrecognizedExtension(NS_CERT_TYPE, bytes.fromhex("03020204")), critical=False)
+    return b.sign(key, hashes.SHA256())
+
+
+@pytest.mark.parametrize("how", ["key-usage", "netscape-type"])
+def test_a_root_without_basic_constraints_is_a_minter_for_the_key_binding(pki, tmp_path, monkeypatch, how):
+    """ca a's root has no basicConstraints; OpenSSL takes it for a CA all the same (keyUsage
+    keyCertSign, or a Netscape SSL CA type). Its operator signs a sub-CA named like ca b's root, and
+    the sub-CA's client passes the issuer binding of `/b/`. mtlsc's key binding (MTLS232) looked
+    only at CA:TRUE certificates for who could mint, so `/b/` was not bound and the client got in
+    (shown with the old rule); now b's routes check the signature under b's key in njs."""
+    from mtlsc.pki import chains as pki_chains
+
+    d = _fresh(pki, tmp_path)
+    a_key, b_key, sub_key = _key(), _key(), _key()
+    write_pem(d / "a-root.pem", _old_style_root("CN=a root,O=A", a_key, how))
+    write_pem(d / "b-root.pem", _cert("CN=b root,O=B", b_key, ca=True, eku=False))
+    clients = {}
+    for label, cert, key in (("amy", "CN=amy,O=A", a_key), ("bea", "CN=bea,O=B", b_key)):
+        k = _key()
+        issuer = "CN=a root,O=A" if label == "amy" else "CN=b root,O=B"
+        clients[label] = (write_pem(d / f"{label}.crt", _cert(cert, k, issuer=issuer, signer=key, aki=_ski(key))),
+                          write_pem(d / f"{label}.key", k))
+    sub = _cert("CN=b root,O=B", sub_key, issuer="CN=a root,O=A", signer=a_key, ca=True, eku=False, aki=_ski(a_key))
+    k = _key()
+    clients["mallory"] = (write_pem(d / "mallory.crt", _cert("CN=mallory,O=B", k, issuer="CN=b root,O=B",
+                                                             signer=sub_key, aki=_ski(sub_key)), sub),
+                          write_pem(d / "mallory.key", k))
+    expected = {"amy": (OK, BAD), "bea": (BAD, OK), "mallory": (BAD, BAD), "alice": (BAD, BAD)}
+    clients["alice"] = pki.clients["alice"]
+    with running_echo_backend() as echo:
+        port = free_port()
+        result = _compile(d, _fill(KEY_BINDING_POLICY, d=d, port=port, backend=echo.port))
+        assert any(x.code == "MTLS232" and "of ca `a` can sign" in x.message for x in result.diagnostics), \
+            [x.message for x in result.diagnostics if x.code == "MTLS232"]
+        with _serving(d, KEY_BINDING_POLICY, port, echo.port):
+            for label, want in expected.items():
+                got = tuple(_verdict(_get(port, "api.test", p, clients[label])) for p in ("/a/x", "/b/x"))
+                assert got == want, (label, got)
+        monkeypatch.setattr(pki_chains, "ca_certs", lambda certs: [c for c in certs if c.is_ca])  # the old rule
+        from mtlsc.pki import binding
+
+        monkeypatch.setattr(binding, "ca_certs", pki_chains.ca_certs)
+        with _serving(d, KEY_BINDING_POLICY, port, echo.port):
+            assert _verdict(_get(port, "api.test", "/b/x", clients["mallory"])) == OK
