@@ -255,7 +255,7 @@ def test_leaf_with_netscape_ssl_ca_type_mints_into_another_cas_routes(pki, tmp_p
         assert result.failed and found, [(x.code, x.message) for x in result.diagnostics]
         assert "CN=holder,O=Laptops" in found[0].message
         # What MTLS317 stands between: the config mtlsc emits without it lets the minted dave in.
-        monkeypatch.setattr(leaves, "_treated_as_ca", lambda cert: False)
+        monkeypatch.setattr(leaves, "openssl_ca", lambda cert: False)
         with _serving(d, HOLE_POLICY, port, echo.port):
             assert _verdict(_get(port, "api.test", "/leaf/x", holder)) == OK
             got = _get(port, "api.test", "/staff/x", minted)
@@ -283,7 +283,7 @@ def test_which_leaves_nginx_lets_sign(pki, tmp_path, monkeypatch, ns, ca, signs)
         port = free_port()
         result = _compile(d, _fill(HOLE_POLICY, d=d, port=port, backend=echo.port), ok=False)
         assert ("MTLS317" in {x.code for x in result.diagnostics}) == signs
-        monkeypatch.setattr(leaves, "_treated_as_ca", lambda cert: False)
+        monkeypatch.setattr(leaves, "openssl_ca", lambda cert: False)
         with _serving(d, HOLE_POLICY, port, echo.port) as n:
             assert _verdict(_get(port, "api.test", "/leaf/x", holder)) == OK
             assert _verdict(_get(port, "api.test", "/staff/x", minted)) == (OK if signs else BAD)

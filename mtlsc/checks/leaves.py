@@ -14,12 +14,12 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtlsc import ir
-from mtlsc.checks.trust_files import _treated_as_ca, _when, bundle_span, crl_span
+from mtlsc.checks.trust_files import _when, bundle_span, crl_span
 from mtlsc.diagnostics import Finding, Related
 from mtlsc.emit import quote
 from mtlsc.model.locations import locations
 from mtlsc.pki import CertInfo, describe
-from mtlsc.pki.chains import parsed
+from mtlsc.pki.chains import openssl_ca, parsed
 
 
 def leaves(ctx) -> Iterator[tuple[ir.Ca, CertInfo]]:
@@ -127,7 +127,7 @@ def leaf_is_a_ca(ctx):
     the client certificates themselves under `leaf`.
     """
     for ca, cert in leaves(ctx):
-        if cert.self_signed and _treated_as_ca(cert):
+        if cert.self_signed and openssl_ca(cert):
             yield Finding(bundle_span(ca, cert),
                           f"{describe(cert)} is a CA certificate, not a client's own: it would anchor every "
                           "certificate it signs",

@@ -17,12 +17,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from mtlsc import dn, ir
-from mtlsc.pki.chains import parsed
+from mtlsc.pki.chains import openssl_ca, parsed
 from mtlsc.diagnostics import Finding
 from mtlsc.pki import CertInfo, CrlInfo, describe
 from mtlsc.source import Span, point
 
-_NS_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")  # Netscape certificate type
 
 # ----- helpers shared with chains.py ------------------------------------------------------------
 
@@ -310,32 +309,6 @@ def ca_certificate_expiring_soon(ctx):
                               label="expires soon")
 
 
-def _treated_as_ca(cert: CertInfo) -> bool:
-    """Whether OpenSSL accepts the certificate as an issuer of TLS clients (its `check_ca`, non-strict)."""
-    obj = parsed(cert.pem)
-    try:
-        return obj.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        pass
-    if cert.self_signed and obj.version is x509.Version.v1:
-        return True  # OpenSSL still takes a self-signed version 1 certificate as a root
-    try:
-        return obj.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    except x509.ExtensionNotFound:
-        return _netscape_ssl_ca(obj)
-
-
-def _netscape_ssl_ca(obj: x509.Certificate) -> bool:
-    """nsCertType with the SSL CA bit (0x04 of the first byte): with neither basicConstraints nor
-    keyUsage, OpenSSL takes the certificate for a CA on that alone (docs/nginx-facts.md §F11)."""
-    try:
-        der = obj.extensions.get_extension_for_oid(_NS_CERT_TYPE).value.value  # 03, length, unused bits, bits
-    except x509.ExtensionNotFound:
-        return False
-    bits = der[3 + (der[1] & 0x7F if der[1] & 0x80 else 0):] if len(der) > 1 and der[0] == 0x03 else b""
-    return bool(bits) and bool(bits[0] & 0x04)
-
-
 def not_a_ca_certificate(ctx):
     """What it catches: a self-signed certificate in a bundle without basicConstraints CA:TRUE.
 
@@ -349,7 +322,7 @@ def not_a_ca_certificate(ctx):
     """
     for ca, certs, _ in ca_files(ctx):
         for cert in certs:
-            if cert.self_signed and not _treated_as_ca(cert):
+            if cert.self_signed and not openssl_ca(cert):
                 yield Finding(bundle_span(ca, cert),
                               f"{describe(cert)} is not a CA certificate (no basicConstraints CA:TRUE): the clients "
                               "it signed get `unsuitable certificate purpose`",
@@ -390,7 +363,7 @@ def leaf_certificate_in_bundle(ctx):
     """
     for ca, certs, _ in ca_files(ctx):
         for cert in certs:
-            if not cert.self_signed and not _treated_as_ca(cert):
+            if not cert.self_signed and not openssl_ca(cert):
                 yield Finding(bundle_span(ca, cert),
                               f"{describe(cert)} is an end-entity certificate, not a CA: it anchors nothing, its "
                               "holder gets `unable to verify the first certificate`",

@@ -71,7 +71,42 @@ def root_path(cert: CertInfo, pool) -> list[CertInfo] | None:
 
 
 def ca_certs(certs) -> list[CertInfo]:
-    return [c for c in certs if c.is_ca]
+    """The certificates OpenSSL takes for CAs: what may issue, and so what may mint a look-alike."""
+    return [c for c in certs if openssl_ca(c)]
+
+
+_NS_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")  # Netscape certificate type
+
+
+def openssl_ca(cert: CertInfo) -> bool:
+    """Whether OpenSSL accepts the certificate as an issuer of TLS clients (its `check_ca`,
+    non-strict): basicConstraints CA:TRUE or, without basicConstraints, a self-signed version 1
+    certificate, a keyUsage with keyCertSign, or with no keyUsage a Netscape SSL CA type."""
+    if cert.is_ca:
+        return True
+    obj = parsed(cert.pem)
+    try:
+        obj.extensions.get_extension_for_class(x509.BasicConstraints)
+        return False  # CA:FALSE
+    except x509.ExtensionNotFound:
+        pass
+    if cert.self_signed and obj.version is x509.Version.v1:
+        return True  # OpenSSL still takes a self-signed version 1 certificate as a root
+    try:
+        return obj.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return _netscape_ssl_ca(obj)
+
+
+def _netscape_ssl_ca(obj: x509.Certificate) -> bool:
+    """nsCertType with the SSL CA bit (0x04 of the first byte): with neither basicConstraints nor
+    keyUsage, OpenSSL takes the certificate for a CA on that alone (docs/nginx-facts.md §F11)."""
+    try:
+        der = obj.extensions.get_extension_for_oid(_NS_CERT_TYPE).value.value  # 03, length, unused bits, bits
+    except x509.ExtensionNotFound:
+        return False
+    bits = der[3 + (der[1] & 0x7F if der[1] & 0x80 else 0):] if len(der) > 1 and der[0] == 0x03 else b""
+    return bool(bits) and bool(bits[0] & 0x04)
 
 
 def intermediates(path: list[CertInfo]) -> int:
