@@ -10,6 +10,10 @@ Found and closed here:
   certificate type naming it an SSL CA is a CA to nginx, so the holder could mint a sub-CA named
   like another CA of the server and reach that CA's routes under any name
   (`test_leaf_with_netscape_ssl_ca_type_mints_into_another_cas_routes`); MTLS317 now refuses it;
+- a hole beside it: a bundle root without basicConstraints (keyUsage keyCertSign, or that Netscape
+  type) is a CA to OpenSSL but was no minter to the key binding, so its operator's look-alike of
+  another CA's root reached that CA's routes
+  (`test_a_root_without_basic_constraints_is_a_minter_for_the_key_binding`);
 - a holder's name that is another CA's certificate's to OpenSSL (but for whitespace) locked that
   CA's clients out; MTLS201 now compares names as OpenSSL does;
 - a leaf renewed beside the old one (or any name twice in the issuer map) made nginx refuse the
