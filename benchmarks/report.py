@@ -409,7 +409,7 @@ def _peer_cause(op: str, peer: str, over, met, latency: list[Latency] | None) ->
         text += (f"; of mtlsc's {_ms(mine)} ms, the stages (in-process) take {_ms(stages)} ms ({_phase_share(s, op)}), "
                  f"start-up, imports{' and writing the files' if op == 'compile' else ' and printing'} the other "
                  f"{_ms(max(mine - stages, 0))} ms")
-    if s.shape.identities >= 10 * s.shape.routes and mine and theirs:
+    if s.shape.identities >= 1000 and mine and theirs:
         text += (f". Per identity: {mine / s.shape.identities * 1e6:.0f} µs against {theirs / s.shape.identities * 1e6:.0f} µs")
     floor = {c.label.split(" (")[0]: c.median for c in latency or ()}
     libraries = floor.get("import lark, cryptography.x509" + (", jinja2" if op == "compile" else ""))
@@ -448,8 +448,11 @@ def _runtime_cause(rt: RuntimeResult, comparison: str, mode: str) -> str:
             text += (f". The rest ({rest:.1f} µs, the diagnostic row without identity gates) is the per-route "
                      "`if`s and locations, `optional` verification and the default server")
         else:
-            text += (f". The rest ({rest:.1f} µs) is setting or clearing the 12 forwarding and identity headers on "
-                     "the proxied request (the hand-written config forwards none, so a client can spoof them)")
+            headers = rt.header_lines.get(this)
+            text += (f". The rest ({rest:.1f} µs) is setting or clearing the "
+                     + (f"{headers} " if headers else "")
+                     + "forwarding and identity headers on the proxied request (the hand-written config forwards "
+                     "none, so a client can spoof them)")
         return text
     if "hand-written" in comparison:
         return "the emitted config checks the identity on every request; the hand-written one checks none"
