@@ -40,3 +40,9 @@ def run_cli(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
     finally:
         os.chdir(old)
     return code, out.getvalue(), err.getvalue()
+
+
+def drop_lines(conf: Path, needle: str) -> None:
+    """Remove every line of `conf` containing `needle`: the control experiment of a gate test (the
+    same config without the gate, to show the hole it closes)."""
+    conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True) if needle not in line))

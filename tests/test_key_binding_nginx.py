@@ -27,6 +27,7 @@ from mtlsc.lab.echo import running_echo_backend
 from mtlsc.lab.nginx import free_port, running_nginx
 from mtlsc.lab.pki import issue_server, make_root, write_pem
 from mtlsc.output import write_atomic
+from support import drop_lines
 
 pytestmark = pytest.mark.nginx
 NOW = datetime.now(timezone.utc)
@@ -195,8 +196,7 @@ def test_without_the_key_check_the_lookalike_gets_in(cast, tmp_path):
     with running_echo_backend() as echo:
         port = _serve(d, echo.port)
         conf = next((d / "out" / "nginx").glob("api.test_*.conf"))
-        conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True)
-                                if "auth_request " not in line))
+        drop_lines(conf, "auth_request ")
         with running_nginx(f"include {d}/out/nginx/*.conf;", tmp_path / "nginx", ports=[port]) as nginx:
             for name in LOOKALIKES:
                 if "key id" in name:

@@ -39,6 +39,7 @@ from mtlsc.lab.echo import running_echo_backend
 from mtlsc.lab.nginx import free_port, running_nginx
 from mtlsc.lab.pki import issue_server, make_root, write_pem
 from mtlsc.output import write_atomic
+from support import drop_lines
 
 pytestmark = pytest.mark.nginx
 NOW = datetime.now(timezone.utc)
@@ -862,7 +863,7 @@ def test_a_lookalike_satisfying_every_identity_is_stopped_by_the_fingerprint_gat
         conf = next((d / "out" / "nginx").glob("api.test_*.conf"))
         gate = "_not_leaf0) {"
         assert conf.read_text().count(gate) == 3
-        conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True) if gate not in line))
+        drop_lines(conf, gate)
         with running_nginx(f"include {d}/out/nginx/*.conf;", tmp_path / "nginx-without-gate", ports=[port]):
             assert [_verdict(_get(port, "api.test", p, lookalike)) for p in paths] == [OK, OK, OK, BAD]
 

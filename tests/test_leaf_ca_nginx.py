@@ -24,6 +24,7 @@ from mtlsc.lab.echo import running_echo_backend
 from mtlsc.lab.nginx import free_port, running_nginx
 from mtlsc.lab.pki import issue_server, make_root, write_pem
 from mtlsc.output import write_atomic
+from support import drop_lines
 
 pytestmark = pytest.mark.nginx
 NOW = datetime.now(timezone.utc)
@@ -169,8 +170,7 @@ def test_the_fingerprint_gate_is_what_stops_the_lookalike(lab, tmp_path):
     with running_echo_backend() as echo:
         port = _serve(d, echo.port)
         conf = next((d / "out" / "nginx").glob("api.test_*.conf"))
-        conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True)
-                                if "_not_leaf0) {" not in line))
+        drop_lines(conf, "_not_leaf0) {")
         with running_nginx(f"include {d}/out/nginx/*.conf;", tmp_path / "nginx", ports=[port]) as n:
             assert _get(port, "/leaf/x", clients["look-alike under a staff sub-CA named alice"])[0] == 200
             assert n.wait_for_log('s_dn="CN=mallory,O=Laptops"')
