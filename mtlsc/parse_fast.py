@@ -79,7 +79,8 @@ def split(path: str, text: str, keywords: frozenset[str] = frozenset()) -> Split
             counted = m.start()
             found.append(_identity(path, line, m))
             cuts.append((m.start("kw"), m.end("close")))
-    tails = _allow_tails(path, text, keywords, cuts) if "allow" in text else {}
+    tails, blanked = _allow_tails(path, text, keywords) if "allow" in text else ({}, [])
+    cuts += blanked
     if not found and not tails:
         return None
     cuts.sort()
@@ -100,9 +101,11 @@ def _blank(text: str) -> str:
     return "\n".join(" " * len(part) for part in text.split("\n"))
 
 
-def _allow_tails(path: str, text: str, keywords: frozenset[str],
-                 cuts: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[ast.Word, ...]]:
-    tails = {}
+def _allow_tails(path: str, text: str, keywords: frozenset[str]
+                 ) -> tuple[dict[tuple[int, int], tuple[ast.Word, ...]], list[tuple[int, int]]]:
+    """Each long allow list's names after its first, by the first name's (line, col), and the
+    (start, end) offsets to blank for them."""
+    tails, cuts = {}, []
     line, line_start, counted = 1, 0, 0
 
     def position(offset: int) -> tuple[int, int]:
@@ -127,7 +130,7 @@ def _allow_tails(path: str, text: str, keywords: frozenset[str],
             names.append(ast.Word(w[0], Span(path, at_line, col, at_line, col + len(w[0]))))
         tails[first] = tuple(names)
         cuts.append((words[1].start(), words[-1].end()))
-    return tails
+    return tails, cuts
 
 
 def _identity(path: str, line: int, m: re.Match) -> ast.Identity:
