@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,6 +69,8 @@ CLIENTS = {
     "pinned": (GENERIC, []),
     "hostile": (GENERIC, [("uri", "urn:a,b%20c d"), ("email", "x,y@example.org"), ("dns", "ok.example.org"),
                           ("uri", "urn:x\r\nX-Client-Verify: SUCCESS"), ("ip", "10.0.0.1"), ("ip", "::ffff:10.0.0.2")]),
+    # OpenSSL's text listing separates names by ", ": this one URI reads there as a URI and a DNS name
+    "listing-lookalike": (GENERIC, [("uri", "urn:a, DNS:evil.example.org"), ("dns", "ok.example.org")]),
 }
 
 
@@ -114,7 +117,7 @@ def _subject(label: str) -> str:
     return {"cn-only": "CN=spiffe://prod.example.org/ns/default/sa/web", "dns": "CN=workload,O=mesh",
             "ipv6": "CN=workload,O=mesh", "ipv6-next": "CN=workload,O=mesh", "pinned": "CN=workload,O=mesh",
             "dns-suffix": "CN=workload,O=mesh", "dns-two-labels": "CN=workload,O=mesh",
-            "hostile": "CN=workload,O=mesh"}.get(label, "")
+            "hostile": "CN=workload,O=mesh", "listing-lookalike": "CN=workload,O=mesh"}.get(label, "")
 
 
 @pytest.mark.parametrize("path", ["/mesh/x", "/infra/x", "/any/x"])
@@ -157,6 +160,26 @@ def test_hostile_san_values_arrive_encoded(lab):
     assert seen.header_values("X-Client-San-Ip") == ["10.0.0.1,::ffff:a00:2"]
     assert seen.header_values("X-Client-Spiffe-Id") == []
     assert seen.header_values("X-Client-Verify") == []
+
+
+def test_tests_sh_expects_the_sans_nginx_forwards(lab):
+    """tests.sh computes from each certificate file (openssl + awk over the extension's bytes) the SAN
+    values the backend must receive: the same as njs forwarded through nginx, for every client."""
+    _, port, clients, echo = lab
+    script = (clients["svid"][0].parent / "out" / "tests.sh").read_text()
+    start = script.index("sans_of() {")
+    sans_of = script[start:script.index("\n}\n", start) + 3]
+    kinds = {"X-Client-San-Uri": "URI", "X-Client-San-Dns": "DNS", "X-Client-San-Email": "email",
+             "X-Client-San-Ip": "IP Address"}
+    for label, (crt, key, _, names) in clients.items():
+        echo.clear()
+        assert request("127.0.0.1", port, "/any/x", server_name="api.test", cert=crt, key=key).status == 200, label
+        [seen] = echo.snapshot()
+        lines = "".join(f'printf "%s\\n" "$(sans_of "$1" "{kind}")"\n' for kind in kinds.values())
+        out = subprocess.run(["bash", "-c", sans_of + lines, "sans", str(crt)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout.split("\n")
+        for (header, _), expected in zip(kinds.items(), out):
+            assert seen.header_values(header) == ([expected] if expected else []), (label, header)
 
 
 def test_lab_proves_a_policy_of_every_san_kind(tmp_path, nginx_bin):
